@@ -1,0 +1,38 @@
+# Set-up and checks. Every target builds .venv itself on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+OUTDIR  ?= out/demo
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: an open range would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[ml,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on the embedded default (synthetic demo corpus).
+demo: $(STAMP)
+	$(BIN)/ser demo --out $(OUTDIR)
+
+## Lint + the whole test suite.
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest_validate.py
+
+clean:
+	rm -rf $(VENV) out runs .pytest_cache .ruff_cache

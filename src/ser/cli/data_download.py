@@ -1,0 +1,1 @@
+"""`ser data download` (to be implemented)."""

@@ -1,0 +1,1 @@
+"""`ser data ingest` (to be implemented)."""

@@ -1,0 +1,1 @@
+"""`ser data split` (to be implemented)."""

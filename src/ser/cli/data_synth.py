@@ -1,0 +1,1 @@
+"""`ser data synth` (to be implemented)."""

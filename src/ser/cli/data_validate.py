@@ -1,0 +1,1 @@
+"""`ser data validate` (to be implemented)."""

@@ -1,0 +1,1 @@
+"""Data layer: corpora → manifest → validated manifest → speaker-independent splits."""
