@@ -1,0 +1,591 @@
+"""Training loop for the torch models: AdamW + schedule, class-weighted label-smoothed loss, early stopping on
+validation UAR, atomic per-epoch checkpoints with exact resume, CUDA mixed precision when available.
+
+``fit(train_ds, val_ds, cfg, out_dir)`` trains ``cfg.model`` on :class:`~ser.train.data.ArrayDataset` s and returns
+a :class:`TrainResult`; ``predict_proba(model, ds)`` gives class probabilities ``(N, n_classes)``.
+
+Files written to ``out_dir`` (all atomically):
+``last.pt`` — full training state after every epoch (model, optimiser, scheduler, grad scaler, epoch, best metric,
+best weights, history, early-stopping counter, every RNG state); ``best.pt`` — the best model so far
+(:func:`ser.models.registry.save_model` format, loadable with ``load_model``); ``history.json`` — per-epoch metrics.
+``fit(..., resume=True)`` continues from ``last.pt`` and ends with the same weights and history as an
+uninterrupted run with the same config on the same machine (same device and thread count).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from ser import TARGET_SR
+from ser.errors import ConfigError, SerError
+from ser.io import atomic_path, write_json
+from ser.models.cnn import SerModel
+from ser.models.registry import build_model, model_spec, save_model
+from ser.train.data import ArrayDataset, eval_batches, training_batches
+
+FRAME_HOP = TARGET_SR // 100
+"""Samples per 10 ms frame: crop and window lengths are given in frames and multiplied by this for waveforms."""
+CHECKPOINT = "last.pt"
+BEST_MODEL = "best.pt"
+HISTORY = "history.json"
+CHECKPOINT_FORMAT = "ser-train/1"
+_RESUME_IGNORES = ("device", "num_threads")
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. Lengths (``crop_frames``, ``eval_window``, ``eval_hop``) are in
+    10 ms frames (300 = 3 s); for waveform models (``ssl``) they are converted to samples."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "cnn"
+    model_params: dict[str, Any] = Field(default_factory=dict)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup: float = Field(0.1, ge=0, lt=1)
+    """Fraction of all steps spent warming up (one-cycle's rising phase; linear warm-up for cosine/constant)."""
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    """Cosine schedule floor as a fraction of ``lr``."""
+    patience: int | None = Field(10, ge=1)
+    """Stop after this many epochs without a validation-UAR gain above ``min_delta`` (None: never)."""
+    min_delta: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    class_weighting: bool = True
+    """Weigh the loss by inverse class frequency of the training set."""
+    grad_clip: float | None = Field(5.0, gt=0)
+    crop_frames: int | None = Field(300, ge=1)
+    """Training clips longer than this are randomly cropped each epoch (None: whole clips)."""
+    eval_mode: Literal["full", "windows"] = "full"
+    """Evaluation on whole clips, or the mean of logits over fixed windows."""
+    eval_window: int | None = Field(None, ge=1)
+    """Window for ``eval_mode=windows`` (default: ``crop_frames``, else 300)."""
+    eval_hop: int | None = Field(None, ge=1)
+    """Hop between windows (default: half a window)."""
+    eval_batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    amp: bool = True
+    """Mixed precision (float16 autocast + GradScaler) on CUDA; ignored on CPU."""
+    num_threads: int | None = Field(None, ge=1)
+    """torch CPU threads during training (None: leave as is)."""
+    deterministic: bool = True
+    """``torch.use_deterministic_algorithms`` (warn-only) and no cuDNN autotuning during training."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Validate ``data``; a problem raises ConfigError naming the field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            raise ConfigError(f"train config: {where}: {err['msg']}") from None
+
+    def window_frames(self) -> int:
+        return self.eval_window or self.crop_frames or 300
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`fit`. ``model`` holds the best weights (eval mode, on the training device)."""
+
+    model: SerModel
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]]
+    """Per epoch: epoch, lr, train_loss, train_acc, val_loss, val_uar, val_acc (val_* None without validation)."""
+    best_epoch: int
+    best_val_uar: float | None
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    epoch_seconds: list[float]
+    device: str
+    config: TrainConfig
+    class_weights: list[float] | None = None
+    out_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no tensors)."""
+        return {
+            "model": model_spec(self.model),
+            "n_params": self.model.n_params(),
+            "config": self.config.model_dump(mode="json"),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_val_uar": self.best_val_uar,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+            "epoch_seconds": self.epoch_seconds,
+            "device": self.device,
+            "class_weights": self.class_weights,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small pure pieces
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights ``N / (K · n_c)`` over the ``K`` classes present (a balanced set gives all ones);
+    classes without examples get 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n_classes, dtype=np.float64)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Unweighted average recall (balanced accuracy) over the classes present in ``y_true``."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available else CPU; an unavailable CUDA device is a ConfigError."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {spec!r} (use auto, cpu, cuda or cuda:N)")
+    return device
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Per-step LR schedule: ``onecycle`` (torch OneCycleLR, peak ``lr`` after ``warmup`` of the steps; runs of
+    fewer than 4 steps, too short for its two phases, get a constant ``lr``), ``cosine`` (linear warm-up then
+    cosine to ``min_lr_ratio``·lr) or ``constant`` (after the warm-up)."""
+    total_steps = max(1, total_steps)
+    if cfg.schedule == "onecycle" and total_steps < 4:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    if cfg.schedule == "onecycle":
+        pct = min(max(cfg.warmup, 2.0 / total_steps), 1.0 - 2.0 / total_steps)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps, pct_start=pct
+        )
+    warm = round(cfg.warmup * total_steps)
+    floor = cfg.min_lr_ratio
+    cosine = cfg.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on weight matrices / kernels, none on biases, norms and scalars."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _time_scale(model: SerModel) -> int:
+    return FRAME_HOP if model.input_kind == "waveform" else 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prediction
+
+
+def predict_logits(
+    model: SerModel,
+    ds: ArrayDataset,
+    *,
+    batch_size: int = 64,
+    eval_mode: Literal["full", "windows"] = "full",
+    window: int | None = None,
+    hop: int | None = None,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+) -> np.ndarray:
+    """Logits ``(N, n_classes)`` in dataset order, model in eval mode, no augmentation.
+
+    ``eval_mode="full"``: each whole clip; ``"windows"``: the mean of logits over fixed windows of ``window``
+    frames (default 300) every ``hop`` frames (default half a window).
+    """
+    _check_compatible(model, ds)
+    if eval_mode not in ("full", "windows"):
+        raise ConfigError(f"eval_mode must be full or windows, got {eval_mode!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    scale = _time_scale(model)
+    win = hop_s = None
+    if eval_mode == "windows":
+        win = (window or 300) * scale
+        hop_s = (hop or max(1, (window or 300) // 2)) * scale
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(ds), model.n_classes, dtype=torch.float64)
+    counts = torch.zeros(len(ds), dtype=torch.float64)
+    use_amp = amp and device.type == "cuda"
+    try:
+        with torch.inference_mode():
+            for x, lengths, owner in eval_batches(ds, batch_size, win, hop_s):
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = model(x.to(device), lengths.to(device))
+                idx = torch.from_numpy(owner)
+                sums.index_add_(0, idx, logits.float().cpu().double())
+                counts.index_add_(0, idx, torch.ones(len(owner), dtype=torch.float64))
+    finally:
+        model.train(was_training)
+    return (sums / counts[:, None]).numpy()
+
+
+def predict_proba(model: SerModel, ds: ArrayDataset, **kwargs: Any) -> np.ndarray:
+    """Class probabilities ``(N, n_classes)`` (softmax of :func:`predict_logits`; same keyword arguments)."""
+    logits = predict_logits(model, ds, **kwargs)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evaluate(model: SerModel, ds: ArrayDataset, **kwargs: Any) -> dict[str, float]:
+    """``loss`` (plain cross-entropy), ``uar`` and ``accuracy`` of ``model`` on ``ds``."""
+    logits = predict_logits(model, ds, **kwargs)
+    y = ds.labels
+    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
+    pred = logits.argmax(axis=1)
+    return {"loss": float(loss), "uar": uar(y, pred), "accuracy": float((pred == y).mean())}
+
+
+def _check_compatible(model: SerModel, ds: ArrayDataset) -> None:
+    if model.input_kind == "waveform" and not ds.is_waveform:
+        raise SerError(f"model {model.name!r} takes waveforms (N,) but the dataset holds (F, T) features")
+    if model.input_kind == "frames":
+        if ds.is_waveform:
+            raise SerError(f"model {model.name!r} takes (F, T) frame features but the dataset holds waveforms")
+        if ds.n_features != model.n_features:
+            raise SerError(f"model expects {model.n_features} feature rows, the dataset has {ds.n_features}")
+    if ds.n_classes > model.n_classes:
+        raise SerError(f"dataset has {ds.n_classes} classes, the model {model.n_classes}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+
+
+def fit(
+    train_ds: ArrayDataset,
+    val_ds: ArrayDataset | None,
+    cfg: TrainConfig | dict[str, Any],
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``cfg.model`` on ``train_ds``, pick the epoch with the best validation UAR.
+
+    ``val_ds`` None: no early stopping, the last epoch is kept. ``out_dir`` None: nothing written (no resume).
+    ``resume``: continue from ``out_dir/last.pt`` when it exists (it must come from the same config, except
+    ``device`` / ``num_threads``). ``progress``: one line per epoch on stderr. ``on_epoch(record)`` is called after
+    each epoch's checkpoint is written (e.g. for pruning; an exception stops the run, resumable).
+    """
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_dict(cfg)
+    if val_ds is not None and val_ds.n_classes != train_ds.n_classes:
+        raise SerError(f"train has {train_ds.n_classes} classes, validation {val_ds.n_classes}")
+    out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise ConfigError("resume needs an output folder")
+    device = resolve_device(cfg.device)
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    try:
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        if cfg.deterministic:
+            if device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        return _fit(train_ds, val_ds, cfg, out, device, progress, resume, on_epoch)
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+def _fit(
+    train_ds: ArrayDataset,
+    val_ds: ArrayDataset | None,
+    cfg: TrainConfig,
+    out: Path | None,
+    device: torch.device,
+    progress: bool,
+    resume: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, train_ds.n_classes, train_ds.n_features, seed=cfg.seed, **cfg.model_params)
+    if not isinstance(model, SerModel):
+        raise ConfigError(f"model {cfg.model!r} is not a torch model; fit it with its own fit()")
+    _check_compatible(model, train_ds)
+    if val_ds is not None:
+        _check_compatible(model, val_ds)
+    model.to(device)
+
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    weights = class_weights(train_ds.labels, train_ds.n_classes) if cfg.class_weighting else None
+    criterion = nn.CrossEntropyLoss(
+        weight=None if weights is None else torch.tensor(weights, dtype=torch.float32, device=device),
+        label_smoothing=cfg.label_smoothing,
+    )
+    data_rng = np.random.default_rng(cfg.seed)
+    scale = _time_scale(model)
+    crop = cfg.crop_frames * scale if cfg.crop_frames else None
+    eval_kw: dict[str, Any] = dict(
+        batch_size=cfg.eval_batch_size,
+        eval_mode=cfg.eval_mode,
+        window=cfg.window_frames(),
+        hop=cfg.eval_hop,
+        device=device,
+        amp=use_amp,
+    )
+
+    st: dict[str, Any] = dict(
+        epoch=0,
+        history=[],
+        epoch_seconds=[],
+        best_metric=None,
+        best_epoch=0,
+        best_state=None,
+        bad_epochs=0,
+        stopped_early=False,
+        done=False,
+    )
+    ckpt_path = out / CHECKPOINT if out is not None else None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        ck = _load_checkpoint(ckpt_path, cfg, device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        if ck["scaler"]:  # empty when written without mixed precision
+            scaler.load_state_dict(ck["scaler"])
+        _set_rng_states(ck["rng"], data_rng)
+        for k in st:
+            st[k] = ck[k]
+
+    console = _console() if progress else None
+    params = [p for g in opt.param_groups for p in g["params"]]
+    epoch = st["epoch"]
+    while not st["done"] and epoch < cfg.epochs:
+        epoch += 1
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for x, lengths, y in training_batches(train_ds, cfg.batch_size, data_rng, crop, augment=True):
+            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x, lengths)
+            loss = criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise SerError(f"training diverged at epoch {epoch} (loss is {loss.item()}); try a lower lr")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": float(sched.get_last_lr()[0]),
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_loss": None,
+            "val_uar": None,
+            "val_acc": None,
+        }
+        if val_ds is not None:
+            m = evaluate(model, val_ds, **eval_kw)
+            record.update(val_loss=m["loss"], val_uar=m["uar"], val_acc=m["accuracy"])
+            improved = st["best_metric"] is None or m["uar"] > st["best_metric"] + cfg.min_delta
+        else:
+            improved = True
+        if improved:
+            st["best_metric"] = record["val_uar"]
+            st["best_epoch"] = epoch
+            st["best_state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            st["bad_epochs"] = 0
+        else:
+            st["bad_epochs"] += 1
+        st["history"].append(record)
+        st["epoch_seconds"].append(time.perf_counter() - t0)
+        st["epoch"] = epoch
+        st["stopped_early"] = cfg.patience is not None and st["bad_epochs"] >= cfg.patience
+        st["done"] = st["stopped_early"] or epoch >= cfg.epochs
+        if out is not None:
+            _save_checkpoint(ckpt_path, cfg, model, opt, sched, scaler, data_rng, st)
+            if improved:
+                save_model(out / BEST_MODEL, model, extra=_best_extra(cfg, st))
+            write_json(out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
+        if console is not None:
+            _print_epoch(console, cfg, record, st)
+        if on_epoch is not None:
+            on_epoch(dict(record))
+
+    if st["best_state"] is None:  # pragma: no cover - epochs >= 1 always records a best state
+        raise SerError("training produced no model")
+    model.load_state_dict(st["best_state"])
+    model.eval()
+    return TrainResult(
+        model=model,
+        best_state=st["best_state"],
+        history=st["history"],
+        best_epoch=st["best_epoch"],
+        best_val_uar=st["best_metric"],
+        epochs_run=st["epoch"],
+        stopped_early=st["stopped_early"],
+        seconds=float(sum(st["epoch_seconds"])),
+        epoch_seconds=st["epoch_seconds"],
+        device=str(device),
+        config=cfg,
+        class_weights=None if weights is None else [float(w) for w in weights],
+        out_dir=out,
+    )
+
+
+def _best_extra(cfg: TrainConfig, st: dict[str, Any]) -> dict[str, Any]:
+    return {"epoch": st["best_epoch"], "val_uar": st["best_metric"], "config": cfg.model_dump(mode="json")}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _print_epoch(console: Any, cfg: TrainConfig, rec: dict[str, Any], st: dict[str, Any]) -> None:
+    line = f"epoch {rec['epoch']:>3}/{cfg.epochs}  loss {rec['train_loss']:.4f}  acc {rec['train_acc']:.3f}"
+    if rec["val_uar"] is not None:
+        line += f"  val UAR {rec['val_uar']:.3f}  acc {rec['val_acc']:.3f}"
+        line += f"  (best {st['best_metric']:.3f} @ {st['best_epoch']})"
+    line += f"  lr {rec['lr']:.2e}  {st['epoch_seconds'][-1]:.1f}s"
+    if st["stopped_early"]:
+        line += f"  early stop: no gain for {cfg.patience} epochs"
+    console.print(line, markup=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _rng_states(data_rng: np.random.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}},
+        "data": data_rng.bit_generator.state,
+    }
+
+
+def _set_rng_states(states: dict[str, Any], data_rng: np.random.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(_as_tuple(states["python"]))
+    np_state = dict(states["numpy"])
+    np_state["state"] = {
+        "key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
+        "pos": int(np_state["state"]["pos"]),
+    }
+    np.random.set_state(np_state)
+    data_rng.bit_generator.state = states["data"]
+
+
+def _as_tuple(obj: Any) -> Any:
+    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, list | tuple) else obj
+
+
+def _save_checkpoint(path, cfg, model, opt, sched, scaler, data_rng, st) -> None:
+    blob = {
+        "format": CHECKPOINT_FORMAT,
+        "config": cfg.model_dump(mode="json"),
+        "spec": model_spec(model),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_states(data_rng),
+        **st,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise SerError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it to start afresh") from exc
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise SerError(f"not a ser training checkpoint: {path}")
+    old, new = dict(ck["config"]), cfg.model_dump(mode="json")
+    for k in _RESUME_IGNORES:
+        old.pop(k, None)
+        new.pop(k, None)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(
+            f"checkpoint {path} was written with a different config ({', '.join(changed)} differ); "
+            "resume with the same config or use a new output folder"
+        )
+    ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
+    ck["rng"]["cuda"] = [s.cpu() for s in ck["rng"]["cuda"]]
+    if ck["best_state"] is not None:
+        ck["best_state"] = {k: v.cpu() for k, v in ck["best_state"].items()}
+    return ck
