@@ -22,6 +22,7 @@ from ser.models import (
 # small settings so every test runs in well under a second on one core
 SMALL = {
     "cnn": dict(channels=[8, 16, 16], time_pool=[2, 2, 1], hidden=32),
+    "cnn_double": dict(channels=[8, 16, 16], time_pool=[2, 2, 1], convs=[1, 2, 2], pool="attentive_stats", hidden=32),
     "tdnn": dict(channels=32, agg_channels=64, hidden=32),
     "rnn": dict(hidden=32, layers=2),
     "rnn_gru": dict(cell="gru", hidden=32, layers=1, pool="mean"),

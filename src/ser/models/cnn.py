@@ -190,17 +190,21 @@ def make_head(in_dim: int, hidden: int, n_classes: int, dropout: float) -> nn.Se
 
 
 class ConvBlock2d(nn.Module):
-    """Conv 3×3 → BatchNorm → ReLU → (mask) → max-pool ``(freq_pool, time_pool)`` with ``ceil_mode``.
+    """``n_convs`` × (Conv 3×3 → BatchNorm → ReLU → mask) → max-pool ``(freq_pool, time_pool)`` with ``ceil_mode``.
 
     Input ``(B, C_in, F, T)`` with valid lengths ``(B,)``; returns the pooled map and its lengths. ReLU output is
     ≥ 0 and padding is zeroed before pooling, so a pooling window that runs into padding gives the same value as
     one that runs off the end of an unpadded clip.
     """
 
-    def __init__(self, c_in: int, c_out: int, freq_pool: int = 2, time_pool: int = 2):
+    def __init__(self, c_in: int, c_out: int, freq_pool: int = 2, time_pool: int = 2, n_convs: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        if n_convs < 1:
+            raise ConfigError(f"convs per block must be at least 1, got {n_convs}")
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+            for i in range(n_convs)
+        )
         self.act = nn.ReLU()
         self.time_pool = int(time_pool)
         self.pool = (
@@ -208,8 +212,9 @@ class ConvBlock2d(nn.Module):
         )
 
     def forward(self, h: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.act(self.bn(self.conv(h)))
-        h = h * length_mask(lengths, h.shape[-1])[:, None, None, :].to(h.dtype)
+        mask = length_mask(lengths, h.shape[-1])[:, None, None, :].to(h.dtype)
+        for layer in self.layers:
+            h = self.act(layer(h)) * mask
         h = self.pool(h)
         if self.time_pool > 1:
             lengths = pooled_lengths(lengths, self.time_pool)
@@ -247,6 +252,7 @@ class CNN(SerModel):
         channels: Sequence[int] = (16, 32, 64, 64),
         time_pool: Sequence[int] = (2, 2, 2, 1),
         freq_pool: int = 2,
+        convs: Sequence[int] | None = None,
         pool: str = "stats",
         hidden: int = 64,
         dropout: float = 0.3,
@@ -259,6 +265,7 @@ class CNN(SerModel):
                 channels=list(channels),
                 time_pool=list(time_pool),
                 freq_pool=freq_pool,
+                convs=None if convs is None else list(convs),
                 pool=pool,
                 hidden=hidden,
                 dropout=dropout,
@@ -266,10 +273,12 @@ class CNN(SerModel):
             ),
         )
         _check_pools(channels, time_pool, "time_pool")
+        convs = [1] * len(channels) if convs is None else list(convs)
+        _check_pools(channels, convs, "convs")
         self.norm = InputNorm(n_features, input_norm)
         blocks, c_in = [], 1
-        for c_out, tp in zip(channels, time_pool, strict=True):
-            blocks.append(ConvBlock2d(c_in, int(c_out), freq_pool, int(tp)))
+        for c_out, tp, nc in zip(channels, time_pool, convs, strict=True):
+            blocks.append(ConvBlock2d(c_in, int(c_out), freq_pool, int(tp), int(nc)))
             c_in = int(c_out)
         self.blocks = nn.ModuleList(blocks)
         self.pool = make_pool(pool, c_in)
