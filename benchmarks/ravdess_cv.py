@@ -1,0 +1,192 @@
+"""The 6-fold speaker-independent RAVDESS-8 protocol (test folds = actors 1-4, 5-8, ..., 21-24) for every model.
+
+Usage::
+
+    .venv/bin/python benchmarks/ravdess_cv.py [--models classical,cnn,...] [--folds 0,1] [--threads 2]
+
+Per-fold predictions are kept under ``benchmarks/runs/ravdess_cv/`` (not committed), so a killed run resumes at
+the first missing fold. Results: ``benchmarks/results/ravdess_cv.json`` (a list of objects, one per model, UAR as a
+fraction) and the RAVDESS section of ``benchmarks/RESULTS.md``. Validation speakers for early stopping are carved
+out of each training fold; the test actors are never seen before the final prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ser.data.ingest import ingest
+from ser.data.labels import get_profile
+from ser.data.split import make_splits
+from ser.evaluate import aggregate_folds, evaluate_predictions, uar_score
+from ser.models.registry import benchmark_forward, build_model
+from ser.train.cv import EnsembleSpec, ModelSpec, cross_validate, ensemble_folds, load_frame_features
+
+HERE = Path(__file__).resolve().parent
+RAVDESS = Path(os.environ.get("SER_RAVDESS", HERE.parent.parent / "shared" / "data" / "ravdess"))
+RUNS = HERE / "runs" / "ravdess_cv"
+CACHE = HERE / "runs" / "feature_cache"
+RESULTS_JSON = HERE / "results" / "ravdess_cv.json"
+RESULTS_MD = HERE / "RESULTS.md"
+
+SPEC_AUG = {"freq_masks": 2, "freq_mask_max": 8, "time_masks": 2, "time_mask_max": 25, "mask_value": "zero"}
+TRAIN = {
+    "epochs": 40,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "weight_decay": 1e-2,
+    "schedule": "onecycle",
+    "patience": 40,
+    "label_smoothing": 0.1,
+    "crop_frames": 200,
+}
+
+SPECS: list[ModelSpec | EnsembleSpec] = [
+    ModelSpec(name="classical", model="classical", features="functionals", params={"kind": "svm", "C": 10.0}),
+    ModelSpec(
+        name="cnn",
+        model="cnn",
+        features="logmel",
+        params={
+            "channels": [16, 32, 64, 96],
+            "convs": [1, 2, 2, 2],
+            "time_pool": [2, 2, 2, 1],
+            "pool": "attentive_stats",
+        },
+        train=TRAIN,
+        augment=SPEC_AUG,
+    ),
+    ModelSpec(name="tdnn", model="tdnn", features="logmel", train=TRAIN, augment=SPEC_AUG),
+    ModelSpec(name="crnn", model="crnn", features="logmel", train=TRAIN, augment=SPEC_AUG),
+    ModelSpec(name="rnn", model="rnn", features="mfcc", params={"cell": "gru"}, train=TRAIN, augment=SPEC_AUG),
+    EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
+]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({'cuda' if torch.cuda.is_available() else 'cpu'})"
+    )
+
+
+def summarise(name: str, outputs, classes, n_params: int | None, infer_ms: float | None) -> dict:
+    per_fold = [
+        evaluate_predictions(o.y, o.proba.argmax(1), o.proba, classes=list(range(len(classes))), n_boot=0)
+        for o in outputs
+    ]
+    agg = aggregate_folds(per_fold)
+    m = agg["metrics"]
+    return {
+        "model": name,
+        "uar_mean": round(float(m["uar"]["mean"]), 4),
+        "uar_std": round(float(m["uar"]["std"] or 0.0), 4),
+        "acc_mean": round(float(m["accuracy"]["mean"]), 4),
+        "acc_std": round(float(m["accuracy"]["std"] or 0.0), 4),
+        "macro_f1_mean": round(float(m["macro_f1"]["mean"]), 4),
+        "uar_per_fold": [round(float(v), 4) for v in m["uar"]["values"]],
+        "folds": len(outputs),
+        "train_seconds_per_fold": round(float(np.mean([o.info.get("seconds", 0.0) for o in outputs])), 1),
+        "params": n_params,
+        "infer_ms_per_3s_clip": infer_ms,
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+    }
+
+
+def write_results(rows: list[dict]) -> None:
+    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_JSON.write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "## RAVDESS-8, 6-fold speaker-independent (actors 1-4, ..., 21-24)",
+        "",
+        f"Machine: {rows[0]['machine'] if rows else machine()}. Date: {dt.date.today().isoformat()}. "
+        "Produced by `benchmarks/ravdess_cv.py`; UAR = balanced accuracy; mean ± std over folds.",
+        "",
+        "| model | folds | UAR | accuracy | macro F1 | train s/fold | params | inference ms / 3 s clip (1 thread) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['folds']} | {100 * r['uar_mean']:.1f} ± {100 * r['uar_std']:.1f} % | "
+            f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} % | {100 * r['macro_f1_mean']:.1f} % | "
+            f"{r['train_seconds_per_fold']} | {r['params'] if r['params'] is not None else '-'} | "
+            f"{r['infer_ms_per_3s_clip'] if r['infer_ms_per_3s_clip'] is not None else '-'} |"
+        )
+    section = "\n".join(lines) + "\n"
+    _replace_section(RESULTS_MD, "## RAVDESS-8, 6-fold", section)
+
+
+def _replace_section(path: Path, heading: str, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    parts = text.split("\n## ")
+    kept = [p for i, p in enumerate(parts) if i == 0 or not ("## " + p).startswith(heading)]
+    path.write_text("\n## ".join(kept).rstrip() + "\n\n" + section)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(s.name for s in SPECS))
+    ap.add_argument("--folds", default=None, help="comma-separated fold indices (default: all 6)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    wanted = args.models.split(",")
+    folds = None if args.folds is None else [int(f) for f in args.folds.split(",")]
+
+    result = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True)
+    manifest = result.manifest
+    classes = get_profile("ravdess8").classes
+    splits = make_splits(manifest, "ravdess6")
+    specs = [s for s in SPECS if s.name in wanted]
+    needed = {s.name for s in specs if isinstance(s, ModelSpec)} | {
+        m for s in specs if isinstance(s, EnsembleSpec) for m in s.members
+    }
+    model_specs = [s for s in SPECS if isinstance(s, ModelSpec) and s.name in needed]
+    kinds = {"logmel"} | {s.features for s in model_specs}
+    feats = load_frame_features(manifest, tuple(kinds), cache_dir=CACHE, workers=args.workers, progress=True)
+
+    def log(name, k, out):
+        uar = uar_score(out.y, out.proba.argmax(1))
+        print(f"{name} fold {k}: UAR {uar:.3f} ({out.info.get('seconds')} s)", flush=True)
+
+    outputs, rows = {}, []
+    previous = {r["model"]: r for r in json.loads(RESULTS_JSON.read_text())} if RESULTS_JSON.exists() else {}
+    for spec in specs:
+        if isinstance(spec, EnsembleSpec):
+            outs = ensemble_folds([outputs[m] for m in spec.members], spec.weights)
+            n_params = sum(r["params"] or 0 for r in rows if r["model"] in spec.members)
+            infer = sum(r["infer_ms_per_3s_clip"] or 0 for r in rows if r["model"] in spec.members)
+            rows.append(summarise(spec.name, outs, classes, n_params, round(infer, 2)))
+        else:
+            outs = cross_validate(manifest, splits, spec, feats, classes, RUNS, folds=folds, progress=False, log=log)
+            outputs[spec.name] = outs
+            n_params, infer = outs[0].info.get("n_params"), None
+            if spec.model != "classical":
+                model = build_model(spec.model, len(classes), 64 if spec.features == "logmel" else 60, **spec.params)
+                infer = round(benchmark_forward(model, seconds=3.0, num_threads=1)["ms_median"], 2)
+            rows.append(summarise(spec.name, outs, classes, n_params, infer))
+        print(json.dumps(rows[-1]), flush=True)
+        merged = {**previous, **{r["model"]: r for r in rows}}
+        write_results(sorted(merged.values(), key=lambda r: -r["uar_mean"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

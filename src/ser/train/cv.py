@@ -1,0 +1,282 @@
+"""Speaker-independent cross-validation of model specs over a manifest and its splits.
+
+For each fold of ``splits`` (see :mod:`ser.data.split`): validation speakers are carved out of the fold's
+*training* speakers (early stopping and model selection never see the test speakers), the leakage guard is run,
+the model is trained on the remaining training speakers (augmentation on training data only) and the test
+speakers are predicted whole-clip. Each fold's predictions are written atomically to
+``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
+Ensembles average the members' saved fold probabilities (late fusion).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from ser.errors import ConfigError, SerError
+from ser.io import atomic_path, write_json
+
+FrameKind = Literal["logmel", "mfcc"]
+
+
+class ModelSpec(BaseModel):
+    """One model to cross-validate: which features, which model, how to train it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="name in results (e.g. 'cnn')")
+    model: str = Field(description="registry name: cnn, tdnn, rnn, crnn, classical")
+    features: Literal["logmel", "mfcc", "functionals"] = "logmel"
+    params: dict[str, Any] = Field(default_factory=dict, description="model constructor parameters")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (torch models)")
+    augment: dict[str, Any] | None = Field(
+        default_factory=dict, description="AugmentConfig fields for SpecAugment on training crops; None = off"
+    )
+    trim_db: float | None = Field(40.0, description="trim leading/trailing frames this far below the loudest")
+    val_speakers: int = Field(2, ge=1, description="validation speakers carved out of each training fold")
+
+
+class EnsembleSpec(BaseModel):
+    """Late fusion: the weighted mean of member models' class probabilities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    members: list[str]
+    weights: list[float] | None = None
+
+
+@dataclass
+class FoldOutput:
+    """Predictions of one fold: ``proba`` ``(n_test, n_classes)``, true class indices, utterance ids, facts."""
+
+    proba: np.ndarray
+    y: np.ndarray
+    utt_ids: list[str]
+    info: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def trim_bounds(logmel: np.ndarray, top_db: float | None) -> tuple[int, int]:
+    """First and one-past-last frame whose loudest band is within ``top_db`` dB of the clip's loudest frame.
+
+    ``logmel`` ``(n_mels, T)`` in dB. ``top_db=None`` keeps every frame.
+    """
+    T = logmel.shape[1]
+    if top_db is None or T == 0:
+        return 0, T
+    level = logmel.max(axis=0)
+    keep = np.flatnonzero(level >= level.max() - top_db)
+    return int(keep[0]), int(keep[-1]) + 1
+
+
+def fuse(probas: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
+    """Weighted mean of probability matrices of equal shape; rows still sum to 1."""
+    w = np.ones(len(probas)) if weights is None else np.asarray(weights, dtype=float)
+    if len(w) != len(probas) or np.any(w < 0) or w.sum() <= 0:
+        raise ConfigError("ensemble weights must be non-negative, one per member, not all zero")
+    out = sum(wi * p for wi, p in zip(w, probas, strict=True)) / w.sum()
+    return out / out.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# features
+
+
+def load_frame_features(
+    manifest: pd.DataFrame,
+    kinds: tuple[str, ...],
+    *,
+    feature_cfg=None,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, np.ndarray]]:
+    """``{utt_id: {kind: array}}`` through the feature cache; undecodable files are left out (reported upstream)."""
+    from ser.features.extract import extract_manifest
+
+    res = extract_manifest(
+        manifest, feature_cfg, cache_dir, kinds=tuple(sorted(set(kinds))), workers=workers, progress=progress
+    )
+    return res.features
+
+
+def _utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], utt_ids: list[str]) -> list:
+    out = []
+    for u in utt_ids:
+        f = feats[u]
+        if spec.features == "functionals":
+            out.append(np.asarray(f["functionals"], dtype=np.float32))
+            continue
+        lo, hi = trim_bounds(f["logmel"], spec.trim_db)
+        out.append(np.ascontiguousarray(f[spec.features][:, lo:hi], dtype=np.float32))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one fold
+
+
+def run_fold(
+    spec: ModelSpec,
+    roles: dict[str, pd.DataFrame],
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    *,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress: bool = False,
+) -> FoldOutput:
+    """Train ``spec`` on ``roles['train']`` (early stopping on ``roles['val']``), predict ``roles['test']``."""
+    index = {c: i for i, c in enumerate(classes)}
+    ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
+    y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
+    x = {r: _utterance_arrays(spec, feats, ids[r]) for r in ids}
+    start = time.perf_counter()
+    if spec.model == "classical":
+        from ser.models.classical import ClassicalModel
+
+        clf = ClassicalModel(len(classes), x["train"][0].shape[0], **{"seed": seed, **spec.params})
+        clf.fit(np.stack(x["train"] + x["val"]), np.concatenate([y["train"], y["val"]]))
+        proba = clf.predict_proba(np.stack(x["test"]))
+        info: dict[str, Any] = {"n_params": int(clf.n_params())}
+    else:
+        proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress)
+    info.update(
+        seconds=round(time.perf_counter() - start, 2),
+        n_train=len(ids["train"]),
+        n_val=len(ids["val"]),
+        n_test=len(ids["test"]),
+        val_speakers=sorted(roles["val"]["speaker"].unique().tolist()),
+        test_speakers=sorted(roles["test"]["speaker"].unique().tolist()),
+    )
+    return FoldOutput(proba=proba, y=y["test"], utt_ids=ids["test"], info=info)
+
+
+def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
+    from ser.augment import make_augment_config, spec_augment
+    from ser.models.registry import build_model
+    from ser.train.data import ArrayDataset
+    from ser.train.trainer import TrainConfig, fit, predict_proba
+
+    cfg = TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
+    transform = None
+    if spec.augment is not None:
+        aug = make_augment_config(spec.augment)
+
+        def transform(arr, rng):
+            return spec_augment(arr, aug, rng)
+
+    train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes, transform=transform)
+    val_ds = ArrayDataset(x["val"], y["val"], n_classes=n_classes)
+    test_ds = ArrayDataset(x["test"], y["test"], n_classes=n_classes)
+    result = fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None)
+    proba = predict_proba(result.model, test_ds, eval_mode=cfg.eval_mode)
+    model = build_model(spec.model, n_classes, train_ds.n_features, **spec.params)
+    return proba, {
+        "n_params": int(model.n_params()),
+        "best_epoch": int(result.best_epoch),
+        "best_val_uar": float(result.best_val_uar),
+        "epochs_run": int(result.epochs_run),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# folds on disk
+
+
+def _fold_paths(out_dir: Path, name: str, fold: int) -> tuple[Path, Path]:
+    d = out_dir / name
+    return d / f"fold_{fold}.npz", d / f"fold_{fold}.json"
+
+
+def save_fold(out_dir: Path, name: str, fold: int, out: FoldOutput) -> None:
+    npz, meta = _fold_paths(out_dir, name, fold)
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, proba=out.proba, y=out.y, utt_ids=np.array(out.utt_ids))
+    write_json(meta, out.info)
+
+
+def load_fold(out_dir: Path, name: str, fold: int) -> FoldOutput | None:
+    """A saved fold, or None when it is missing or unreadable (then it is recomputed)."""
+    npz, meta = _fold_paths(out_dir, name, fold)
+    if not (npz.is_file() and meta.is_file()):
+        return None
+    try:
+        with np.load(npz) as z:
+            return FoldOutput(z["proba"], z["y"], [str(u) for u in z["utt_ids"]], json.loads(meta.read_text()))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the protocol
+
+
+def fold_roles(manifest: pd.DataFrame, splits: pd.DataFrame, fold: int, val_speakers: int, seed: int) -> dict:
+    """Train / val / test manifest rows of ``fold``; val speakers are carved out of training when splits lack val."""
+    from ser.data.split import carve_validation, check_leakage, fold_frames
+
+    roles = fold_frames(manifest, splits, fold)
+    if roles.get("val") is None or len(roles.get("val", [])) == 0:
+        roles["train"], roles["val"] = carve_validation(roles["train"], val_speakers, seed + fold)
+    frame = pd.concat([df.assign(role=r, fold=fold) for r, df in roles.items()], ignore_index=True)
+    check_leakage(frame)
+    return roles
+
+
+def cross_validate(
+    manifest: pd.DataFrame,
+    splits: pd.DataFrame,
+    spec: ModelSpec,
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    out_dir: str | Path,
+    *,
+    folds: list[int] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    log=None,
+) -> list[FoldOutput]:
+    """Run (or resume) every fold of ``spec``; returns the fold outputs in fold order."""
+    from ser.data.split import n_folds
+
+    out_dir = Path(out_dir)
+    folds = list(range(n_folds(splits))) if folds is None else folds
+    outputs = []
+    for k in folds:
+        done = load_fold(out_dir, spec.name, k)
+        if done is None:
+            roles = fold_roles(manifest, splits, k, spec.val_speakers, seed)
+            ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
+            done = run_fold(spec, roles, feats, classes, seed=seed + k, out_dir=ckpt, progress=progress)
+            save_fold(out_dir, spec.name, k, done)
+        if log is not None:
+            log(spec.name, k, done)
+        outputs.append(done)
+    return outputs
+
+
+def ensemble_folds(members: list[list[FoldOutput]], weights: list[float] | None = None) -> list[FoldOutput]:
+    """Fuse members fold by fold; every member must have predicted the same utterances in the same order."""
+    fused = []
+    for parts in zip(*members, strict=True):
+        if any(p.utt_ids != parts[0].utt_ids for p in parts):
+            raise SerError("ensemble members predicted different test utterances")
+        info = {
+            "seconds": round(sum(p.info.get("seconds", 0.0) for p in parts), 2),
+            "n_params": int(sum(p.info.get("n_params", 0) for p in parts)),
+        }
+        fused.append(FoldOutput(fuse([p.proba for p in parts], weights), parts[0].y, parts[0].utt_ids, info))
+    return fused
