@@ -28,7 +28,8 @@ from ser.data.labels import get_profile
 from ser.data.split import make_splits
 from ser.evaluate import aggregate_folds, evaluate_predictions, uar_score
 from ser.models.registry import benchmark_forward, build_model
-from ser.train.cv import EnsembleSpec, ModelSpec, cross_validate, ensemble_folds, load_frame_features
+from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, load_frame_features
+from ser.train.recipes import RECIPES, members
 
 HERE = Path(__file__).resolve().parent
 RAVDESS = Path(os.environ.get("SER_RAVDESS", HERE.parent.parent / "shared" / "data" / "ravdess"))
@@ -37,38 +38,7 @@ CACHE = HERE / "runs" / "feature_cache"
 RESULTS_JSON = HERE / "results" / "ravdess_cv.json"
 RESULTS_MD = HERE / "RESULTS.md"
 
-SPEC_AUG = {"freq_masks": 2, "freq_mask_max": 8, "time_masks": 2, "time_mask_max": 25, "mask_value": "zero"}
-TRAIN = {
-    "epochs": 40,
-    "batch_size": 32,
-    "lr": 3e-3,
-    "weight_decay": 1e-2,
-    "schedule": "onecycle",
-    "patience": 40,
-    "label_smoothing": 0.1,
-    "crop_frames": 200,
-}
-
-SPECS: list[ModelSpec | EnsembleSpec] = [
-    ModelSpec(name="classical", model="classical", features="functionals", params={"kind": "svm", "C": 10.0}),
-    ModelSpec(
-        name="cnn",
-        model="cnn",
-        features="logmel",
-        params={
-            "channels": [16, 32, 64, 96],
-            "convs": [1, 2, 2, 2],
-            "time_pool": [2, 2, 2, 1],
-            "pool": "attentive_stats",
-        },
-        train=TRAIN,
-        augment=SPEC_AUG,
-    ),
-    ModelSpec(name="tdnn", model="tdnn", features="logmel", train=TRAIN, augment=SPEC_AUG),
-    ModelSpec(name="crnn", model="crnn", features="logmel", train=TRAIN, augment=SPEC_AUG),
-    ModelSpec(name="rnn", model="rnn", features="mfcc", params={"cell": "gru"}, train=TRAIN, augment=SPEC_AUG),
-    EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
-]
+SPECS = list(RECIPES.values())
 
 
 def machine() -> str:
@@ -154,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     manifest = result.manifest
     classes = get_profile("ravdess8").classes
     splits = make_splits(manifest, "ravdess6")
-    specs = [s for s in SPECS if s.name in wanted]
-    needed = {s.name for s in specs if isinstance(s, ModelSpec)} | {
-        m for s in specs if isinstance(s, EnsembleSpec) for m in s.members
-    }
-    model_specs = [s for s in SPECS if isinstance(s, ModelSpec) and s.name in needed]
+    specs = [
+        s
+        for s in SPECS
+        if s.name in wanted or s.name in {m.name for m in members([s for s in SPECS if s.name in wanted])}
+    ]
+    model_specs = members(specs)
     kinds = {"logmel"} | {s.features for s in model_specs}
     feats = load_frame_features(manifest, tuple(kinds), cache_dir=CACHE, workers=args.workers, progress=True)
 

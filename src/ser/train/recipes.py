@@ -1,0 +1,81 @@
+"""Named training recipes: the model specs the benchmark and ``ser train`` use by default.
+
+The ``cnn`` recipe is the one that tested best per unit of CPU on RAVDESS (see benchmarks/RESULTS.md):
+16-32-64-96 channels with two 3×3 convolutions in the later blocks, attentive statistics pooling, 2 s random crops,
+SpecAugment, label smoothing and a one-cycle schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ser.errors import ConfigError
+from ser.train.cv import EnsembleSpec, ModelSpec
+
+SPEC_AUGMENT: dict[str, Any] = {
+    "freq_masks": 2,
+    "freq_mask_max": 8,
+    "time_masks": 2,
+    "time_mask_max": 25,
+    "mask_value": "zero",
+}
+TRAIN: dict[str, Any] = {
+    "epochs": 40,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "weight_decay": 1e-2,
+    "schedule": "onecycle",
+    "patience": 40,
+    "label_smoothing": 0.1,
+    "crop_frames": 200,
+}
+
+RECIPES: dict[str, ModelSpec | EnsembleSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec(name="classical", model="classical", features="functionals", params={"kind": "svm", "C": 10.0}),
+        ModelSpec(
+            name="cnn",
+            model="cnn",
+            features="logmel",
+            params={
+                "channels": [16, 32, 64, 96],
+                "convs": [1, 2, 2, 2],
+                "time_pool": [2, 2, 2, 1],
+                "pool": "attentive_stats",
+            },
+            train=TRAIN,
+            augment=SPEC_AUGMENT,
+        ),
+        ModelSpec(name="tdnn", model="tdnn", features="logmel", train=TRAIN, augment=SPEC_AUGMENT),
+        ModelSpec(name="crnn", model="crnn", features="logmel", train=TRAIN, augment=SPEC_AUGMENT),
+        ModelSpec(name="rnn", model="rnn", features="mfcc", params={"cell": "gru"}, train=TRAIN, augment=SPEC_AUGMENT),
+        EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
+    ]
+}
+
+
+def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec | EnsembleSpec:
+    """A recipe by name, with top-level fields (``train``, ``params``, ...) merged from ``overrides``."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown model recipe {name!r}; known: {', '.join(RECIPES)}")
+    base = RECIPES[name]
+    if not overrides:
+        return base
+    data = base.model_dump()
+    for key, value in overrides.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) and isinstance(value, dict) else value
+    try:
+        return type(base).model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"recipe {name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+
+
+def members(specs: list[ModelSpec | EnsembleSpec]) -> list[ModelSpec]:
+    """The model specs needed to run ``specs`` (ensembles pull in their members), in recipe order."""
+    wanted = {s.name for s in specs if isinstance(s, ModelSpec)}
+    wanted |= {m for s in specs if isinstance(s, EnsembleSpec) for m in s.members}
+    return [s for s in RECIPES.values() if isinstance(s, ModelSpec) and s.name in wanted]
