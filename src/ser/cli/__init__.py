@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import sys
 
-import click
+import typer
 
 from ser.cli._apps import app
 from ser.errors import SerError
 
 # Register commands (import for side effects), one module per stage.
-from ser.cli import data_cmds  # noqa: F401  isort: skip
+from ser.cli import data_cmds, features_cmds, train_cmds  # noqa: F401  isort: skip
+
+try:  # typer >= 0.29 vendors click; older typer uses the click package
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exc
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure ends as a one-line ``error: ...`` on stderr and a non-zero exit."""
     try:
         rv = app(args=argv, prog_name="ser", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _click_exc.ClickException as exc:
         print(f"error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
     except SerError as exc:
