@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except _click_exc.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+        if message := exc.format_message():  # empty when the help was shown for a bare group
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
