@@ -16,13 +16,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
 from ser.data.ingest import ingest
 from ser.data.labels import get_profile
 from ser.data.split import make_splits
@@ -31,28 +31,12 @@ from ser.models.registry import benchmark_forward, build_model
 from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, load_frame_features
 from ser.train.recipes import RECIPES, members
 
-HERE = Path(__file__).resolve().parent
-RAVDESS = Path(os.environ.get("SER_RAVDESS", HERE.parent.parent / "shared" / "data" / "ravdess"))
+RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
 RUNS = HERE / "runs" / "ravdess_cv"
 CACHE = HERE / "runs" / "feature_cache"
-RESULTS_JSON = HERE / "results" / "ravdess_cv.json"
-RESULTS_MD = HERE / "RESULTS.md"
+RESULTS_JSON = RESULTS_DIR / "ravdess_cv.json"
 
 SPECS = list(RECIPES.values())
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({'cuda' if torch.cuda.is_available() else 'cpu'})"
-    )
 
 
 def summarise(name: str, outputs, classes, n_params: int | None, infer_ms: float | None) -> dict:
@@ -99,14 +83,7 @@ def write_results(rows: list[dict]) -> None:
             f"{r['infer_ms_per_3s_clip'] if r['infer_ms_per_3s_clip'] is not None else '-'} |"
         )
     section = "\n".join(lines) + "\n"
-    _replace_section(RESULTS_MD, "## RAVDESS-8, 6-fold", section)
-
-
-def _replace_section(path: Path, heading: str, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    parts = text.split("\n## ")
-    kept = [p for i, p in enumerate(parts) if i == 0 or not ("## " + p).startswith(heading)]
-    path.write_text("\n## ".join(kept).rstrip() + "\n\n" + section)
+    replace_section("## RAVDESS-8, 6-fold", section)
 
 
 def main(argv: list[str] | None = None) -> int:
