@@ -19,7 +19,7 @@ SPEC_AUGMENT: dict[str, Any] = {
     "freq_mask_max": 8,
     "time_masks": 2,
     "time_mask_max": 25,
-    "mask_value": "zero",
+    "mask_value": "mean",
 }
 TRAIN: dict[str, Any] = {
     "epochs": 40,
