@@ -77,7 +77,14 @@ def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec 
 
 
 def members(specs: list[ModelSpec | EnsembleSpec]) -> list[ModelSpec]:
-    """The model specs needed to run ``specs`` (ensembles pull in their members), in recipe order."""
-    wanted = {s.name for s in specs if isinstance(s, ModelSpec)}
-    wanted |= {m for s in specs if isinstance(s, EnsembleSpec) for m in s.members}
-    return [s for s in RECIPES.values() if isinstance(s, ModelSpec) and s.name in wanted]
+    """The model specs needed to run ``specs``: the given model specs as they are (overrides kept), plus the
+    recipe of every ensemble member not given explicitly."""
+    given = {s.name: s for s in specs if isinstance(s, ModelSpec)}
+    for ens in (s for s in specs if isinstance(s, EnsembleSpec)):
+        for name in ens.members:
+            if name not in given:
+                recipe = RECIPES.get(name)
+                if not isinstance(recipe, ModelSpec):
+                    raise ConfigError(f"ensemble {ens.name}: member {name!r} is not a model recipe")
+                given[name] = recipe
+    return list(given.values())
