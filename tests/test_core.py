@@ -118,3 +118,12 @@ def test_custom_profile_yaml(tmp_path):
         labels.get_profile(path)
     with pytest.raises(ConfigError, match="unknown label profile"):
         labels.get_profile("nonexistent")
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "ext"), [("MP3", "MPEG_LAYER_III", ".mp3"), ("AIFF", "ULAW", ".aifc")])
+def test_load_mp3_and_aiff_c(tmp_path, fmt, subtype, ext):
+    path = tmp_path / f"x{ext}"
+    sf.write(path, tone(1.0, 22_050), 22_050, format=fmt, subtype=subtype)
+    out = load_audio(path)
+    assert out.dtype == np.float32 and abs(len(out) - 16_000) < 1_600  # MP3 adds encoder padding
+    assert np.abs(out).max() > 0.1

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ser.audio import sha256_file
+from ser.data.ingest import RAVDESS_EMOTIONS
 from ser.data.schema import conform
 from ser.errors import AudioError, ConfigError, ManifestError, SerError
 from ser.features import FRAME_KINDS, KIND_PARAMS, FeatureConfig, load_config, make_config
@@ -458,18 +459,6 @@ def test_cli_help_and_errors(tmp_path, features_cli):
 
 
 # ---- real data -----------------------------------------------------------------------------------------------
-
-
-RAVDESS_EMOTIONS = {
-    "01": "neutral",
-    "02": "calm",
-    "03": "happy",
-    "04": "sad",
-    "05": "angry",
-    "06": "fearful",
-    "07": "disgust",
-    "08": "surprised",
-}
 
 
 @pytest.mark.shared_data
