@@ -111,7 +111,7 @@ def load_frame_features(
     return res.features
 
 
-def _utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], utt_ids: list[str]) -> list:
+def utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], utt_ids: list[str]) -> list:
     out = []
     for u in utt_ids:
         f = feats[u]
@@ -141,7 +141,7 @@ def run_fold(
     index = {c: i for i, c in enumerate(classes)}
     ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
     y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
-    x = {r: _utterance_arrays(spec, feats, ids[r]) for r in ids}
+    x = {r: utterance_arrays(spec, feats, ids[r]) for r in ids}
     start = time.perf_counter()
     if spec.model == "classical":
         from ser.models.classical import ClassicalModel

@@ -1,0 +1,768 @@
+"""Hyper-parameter tuning with Optuna on validation speakers carved out of one training fold.
+
+Protocol (speaker-independent, the test fold is never seen):
+
+1. :func:`tuning_roles` takes fold ``k`` of ``splits`` exactly as ``ser train`` does
+   (:func:`ser.train.cv.fold_roles`): the split's own ``val`` speakers when it has them, else ``val_speakers``
+   whole speakers carved out of the fold's *training* speakers (seed ``seed + k``). The ``test`` rows are dropped
+   there and :func:`check_test_unseen` asserts, against the split table itself, that no test utterance, speaker or
+   content hash is left in what the objective gets. Only the features of those rows are handed to the objective.
+2. Each trial draws values from the search space (:func:`parse_space`), applies them to the recipe
+   (:func:`apply_params`), trains on the remaining training speakers and returns the validation UAR: the best
+   epoch's UAR for torch models (reported every epoch, so a pruner can stop a poor trial early), the UAR of the
+   fitted scikit-learn model for ``classical`` (no epochs, no pruning).
+3. With ``storage`` (a SQLite file) the study lives on disk: the same storage + study name continues it and only
+   the trials still missing to reach ``n_trials`` finished (complete or pruned) trials are run. A process killed in
+   the middle of a trial leaves it ``RUNNING``; the storage's heartbeat marks it failed on the next run and re-queues
+   its parameters once.
+
+Search space (a mapping, e.g. from YAML); keys are dotted recipe fields (``params.<model parameter>``,
+``train.<TrainConfig field>``, ``augment.<AugmentConfig field>``) or ``trim_db``::
+
+    train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    params.dropout: {type: float, low: 0.1, high: 0.5}
+    params.channels: {type: categorical, choices: [[16, 32, 64, 64], [16, 32, 64, 96]]}
+    train.epochs: {type: int, low: 10, high: 40, step: 10}
+    params.kind: [svm, logreg]          # a bare list is short for a categorical
+
+Optuna stores only scalar categorical choices, so lists / mappings are JSON-encoded for it and decoded back.
+The grid sampler needs a finite grid: categorical choices and integer ranges; float ranges are rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from ser.errors import ConfigError, LeakageError, SerError
+from ser.train.cv import ModelSpec
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "halving", "none")
+TUNABLE_SECTIONS = ("params", "train", "augment")
+TUNABLE_FIELDS = ("trim_db",)
+METRIC = "val_uar"
+HEARTBEAT_S = 60
+"""Seconds between heartbeats of a running trial in a SQLite study."""
+GRACE_S = 180
+"""A running trial without a heartbeat for this long belongs to a dead process: it is failed and retried once."""
+MEDIAN_STARTUP_TRIALS = 3
+"""The median pruner prunes nothing before this many trials have finished ..."""
+MEDIAN_WARMUP_EPOCHS = 3
+"""... nor before this many epochs of a trial (early validation UAR is noisy)."""
+CONFIG_ATTR = "ser_tune"
+"""Study user attribute holding what the study was made for (recipe, fold, space, ...); checked on resume."""
+_TRAIN_RESERVED = ("model", "model_params")
+_SCALARS = (str, int, float, bool, type(None))
+
+ParamType = Literal["float", "int", "categorical"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# search space
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned recipe field. ``key`` is dotted (``train.lr``); ``choices`` hold the decoded values."""
+
+    key: str
+    type: ParamType
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def encoded_choices(self) -> list[Any]:
+        """Choices as optuna stores them: scalars as they are, lists / mappings as JSON strings."""
+        return [c if isinstance(c, _SCALARS) else json.dumps(c) for c in self.choices]
+
+    def decode(self, value: Any) -> Any:
+        """The recipe value of an optuna-side value (JSON strings of list / mapping choices are decoded)."""
+        if self.type != "categorical" or not isinstance(value, str):
+            return value
+        for raw, enc in zip(self.choices, self.encoded_choices(), strict=True):
+            if enc == value:
+                return raw
+        return value
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this parameter in an optuna ``trial``; returns the decoded recipe value."""
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return self.decode(trial.suggest_categorical(self.key, self.encoded_choices()))
+
+    def grid_values(self) -> list[Any]:
+        """The optuna-side values of a grid search over this parameter."""
+        if self.type == "categorical":
+            return self.encoded_choices()
+        if self.type == "int":
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        raise ConfigError(
+            f"grid search needs a finite set of values, but {self.key} is a float range; "
+            "give it as type: categorical with choices"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready definition (stored with the study to detect a changed space on resume)."""
+        if self.type == "categorical":
+            return {"type": "categorical", "choices": list(self.choices)}
+        out: dict[str, Any] = {"type": self.type, "low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+def load_space(path: str | Path) -> dict[str, Any]:
+    """Read a search-space YAML file into a mapping (validate it with :func:`parse_space`)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search space not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{path}: expected a non-empty mapping of dotted recipe fields to ranges")
+    return data
+
+
+def parse_space(space: Mapping[str, Any], spec: ModelSpec) -> list[Param]:
+    """Validate a search-space mapping against the recipe ``spec``; one :class:`Param` per key, in key order."""
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError("search space: expected a non-empty mapping of dotted recipe fields to ranges")
+    return [_parse_param(str(key), value, spec) for key, value in space.items()]
+
+
+def _parse_param(key: str, value: Any, spec: ModelSpec) -> Param:
+    _check_key(key, spec)
+    if isinstance(value, list):
+        value = {"type": "categorical", "choices": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"space {key}: expected a mapping with 'type' (float, int, categorical) or a list of choices")
+    kind = value.get("type")
+    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"}}
+    allowed["categorical"] = {"type", "choices"}
+    if kind not in allowed:
+        raise ConfigError(f"space {key}: type must be float, int or categorical, got {kind!r}")
+    extra = sorted(set(value) - allowed[kind])
+    if extra:
+        raise ConfigError(f"space {key}: unknown field(s) {', '.join(extra)} for type {kind}")
+    if kind == "categorical":
+        choices = value.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"space {key}: categorical needs a non-empty list of choices")
+        param = Param(key, "categorical", choices=tuple(choices))
+        enc = param.encoded_choices()
+        if len(set(map(repr, enc))) != len(enc):
+            raise ConfigError(f"space {key}: choices repeat")
+        return param
+    low, high, log, step = value.get("low"), value.get("high"), value.get("log", False), value.get("step")
+    number = int if kind == "int" else (int, float)
+    for name, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
+        if isinstance(v, bool) or not isinstance(v, number) or not math.isfinite(v):
+            raise ConfigError(f"space {key}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"space {key}: log must be true or false")
+    if not low < high:
+        raise ConfigError(f"space {key}: low must be below high ({low} ≥ {high})")
+    if step is not None and step <= 0:
+        raise ConfigError(f"space {key}: step must be positive")
+    if log and step is not None:
+        raise ConfigError(f"space {key}: log and step cannot be combined")
+    if log and low <= 0:
+        raise ConfigError(f"space {key}: a log range needs low > 0")
+    return Param(key, kind, low=low, high=high, log=log, step=step)
+
+
+def _check_key(key: str, spec: ModelSpec) -> None:
+    section, dot, name = key.partition(".")
+    if not dot:
+        if key in TUNABLE_FIELDS:
+            return
+        raise ConfigError(
+            f"space: cannot tune {key!r}; "
+            f"use params.<name>, train.<name>, augment.<name> or {', '.join(TUNABLE_FIELDS)}"
+        )
+    if section not in TUNABLE_SECTIONS or not name or "." in name:
+        raise ConfigError(f"space: cannot tune {key!r}; use params.<name>, train.<name> or augment.<name>")
+    if section == "params":
+        from ser.models.registry import model_params
+
+        known = model_params(spec.model)
+        if name not in known:
+            raise ConfigError(f"space {key}: {spec.model} has no parameter {name!r}; known: {', '.join(known)}")
+        return
+    if spec.model == "classical":
+        raise ConfigError(f"space {key}: the classical model has no training loop or augmentation; tune params.*")
+    if section == "train":
+        from ser.train.trainer import TrainConfig
+
+        known = [f for f in TrainConfig.model_fields if f not in _TRAIN_RESERVED]
+    else:
+        from ser.augment import AugmentConfig
+
+        known = list(AugmentConfig.model_fields)
+    if name not in known:
+        raise ConfigError(f"space {key}: unknown {section} field {name!r}; known: {', '.join(known)}")
+
+
+def nested_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted values → recipe overrides (``{"train": {"lr": ...}, "params": {...}}``), the form of
+    ``ser train --config``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        section, dot, name = key.partition(".")
+        if dot:
+            out.setdefault(section, {})[name] = value
+        else:
+            out[key] = value
+    return out
+
+
+def apply_params(spec: ModelSpec, values: Mapping[str, Any]) -> ModelSpec:
+    """``spec`` with dotted ``values`` set (``augment.*`` on a recipe without augmentation starts from defaults)."""
+    data = spec.model_dump()
+    for section, value in nested_overrides(values).items():
+        data[section] = {**(data.get(section) or {}), **value} if isinstance(value, dict) else value
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"recipe {spec.name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def grid_space(params: list[Param]) -> dict[str, list[Any]]:
+    """The grid-sampler search space ``{key: optuna-side values}``; float ranges raise ConfigError."""
+    return {p.key: p.grid_values() for p in params}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# samplers and pruners
+
+
+def make_sampler(name: str, params: list[Param], seed: int):
+    """A seeded optuna sampler: ``tpe``, ``random`` or ``grid`` (grid order shuffled by ``seed``)."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_space(params), seed=seed)
+    raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+
+
+def make_pruner(pruner: Any):
+    """``median`` (after :data:`MEDIAN_STARTUP_TRIALS` trials and :data:`MEDIAN_WARMUP_EPOCHS` epochs), ``halving``
+    (successive halving, asynchronous) or ``none``; an optuna pruner object is used as it is."""
+    import optuna
+
+    if isinstance(pruner, optuna.pruners.BasePruner):
+        return pruner
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS, n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+    if pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if pruner in ("none", None):
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner {pruner!r}; choose one of: {', '.join(PRUNERS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the data the objective sees
+
+
+def check_test_unseen(frame: pd.DataFrame, splits: pd.DataFrame, fold: int) -> None:
+    """Raise :class:`LeakageError` if any test utterance, speaker or content hash of ``fold`` (read from the split
+    table itself) is in ``frame`` (manifest rows the objective trains or validates on)."""
+    held = splits[(splits["fold"] == fold) & (splits["role"] == "test")]
+    for col in ("utt_id", "speaker", "sha256", "pcm_hash"):
+        if col not in held.columns or col not in frame.columns:
+            continue
+        test_values = {str(v) for v in held[col] if str(v) not in ("", "nan", "None", "<NA>")}
+        hit = frame[frame[col].astype(str).isin(test_values)]
+        if len(hit):
+            raise LeakageError(
+                f"fold {fold}: test {col} {hit[col].iloc[0]} is in the tuning data (utterance {hit['utt_id'].iloc[0]})"
+            )
+
+
+def tuning_roles(
+    manifest: pd.DataFrame, splits: pd.DataFrame, fold: int, val_speakers: int, seed: int
+) -> dict[str, pd.DataFrame]:
+    """``{"train", "val"}`` manifest rows the objective uses for ``fold`` — the same validation speakers
+    ``ser train`` would use for early stopping — with the test rows dropped and the test-fold guard run."""
+    from ser.train.cv import fold_roles
+
+    roles = fold_roles(manifest, splits, fold, val_speakers, seed)
+    out = {"train": roles["train"].reset_index(drop=True), "val": roles["val"].reset_index(drop=True)}
+    if out["train"].empty or out["val"].empty:
+        raise SerError(f"fold {fold}: tuning needs training and validation speakers")
+    check_test_unseen(pd.concat([out["train"], out["val"]], ignore_index=True), splits, fold)
+    return out
+
+
+class TrialFailed(SerError):
+    """A trial that could not be evaluated (e.g. training diverged); the study records it as failed and goes on."""
+
+
+@dataclass
+class _Data:
+    train_ids: list[str]
+    val_ids: list[str]
+    y_train: np.ndarray
+    y_val: np.ndarray
+    feats: dict[str, dict[str, np.ndarray]]
+    """Only the train + val utterances' features."""
+
+
+def _objective_data(roles: dict[str, pd.DataFrame], feats: Mapping, classes: list[str]) -> _Data:
+    index = {c: i for i, c in enumerate(classes)}
+    ids, ys = {}, {}
+    for role in ("train", "val"):
+        frame = roles[role]
+        unknown = sorted(set(frame["emotion"]) - set(index))
+        if unknown:
+            raise ConfigError(f"{role} rows have emotion(s) {', '.join(map(str, unknown))} outside the classes")
+        keep = frame[frame["utt_id"].isin(feats.keys())]
+        if keep.empty:
+            raise SerError(f"no {role} utterance has features")
+        ids[role] = keep["utt_id"].tolist()
+        ys[role] = np.array([index[e] for e in keep["emotion"]], dtype=np.int64)
+    seen = {u: feats[u] for u in ids["train"] + ids["val"]}
+    return _Data(ids["train"], ids["val"], ys["train"], ys["val"], seen)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the objective
+
+
+def _objective(spec: ModelSpec, params: list[Param], data: _Data, n_classes: int, train_seed: int):
+    import optuna
+
+    from ser.train.cv import utterance_arrays
+
+    def objective(trial) -> float:
+        values = {p.key: p.suggest(trial) for p in params}
+        s = apply_params(spec, values)
+        try:
+            return run(trial, s)
+        except ConfigError:  # a bad space or recipe: stop the study with its one-line reason
+            raise
+        except SerError as exc:  # e.g. training diverged at this learning rate: fail this trial, go on
+            trial.set_user_attr("error", str(exc))
+            raise TrialFailed(str(exc)) from None
+
+    def run(trial, s: ModelSpec) -> float:
+        x_train = utterance_arrays(s, data.feats, data.train_ids)
+        x_val = utterance_arrays(s, data.feats, data.val_ids)
+        start = time.perf_counter()
+        if s.model == "classical":
+            from ser.evaluate.metrics import uar_score
+            from ser.models.classical import ClassicalModel
+
+            clf = ClassicalModel(n_classes, x_train[0].shape[0], **{"seed": train_seed, **s.params})
+            clf.fit(np.stack(x_train), data.y_train)
+            value = uar_score(data.y_val, clf.predict_proba(np.stack(x_val)).argmax(axis=1))
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            return value
+
+        from ser.augment import make_augment_config, spec_augment
+        from ser.train.data import ArrayDataset
+        from ser.train.trainer import TrainConfig, fit
+
+        cfg = TrainConfig.from_dict({"model": s.model, "model_params": s.params, "seed": train_seed, **s.train})
+        transform = None
+        if s.augment is not None:
+            aug = make_augment_config(s.augment)
+
+            def transform(arr, rng):
+                return spec_augment(arr, aug, rng)
+
+        train_ds = ArrayDataset(x_train, data.y_train, n_classes=n_classes, transform=transform)
+        val_ds = ArrayDataset(x_val, data.y_val, n_classes=n_classes)
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            if record["val_uar"] is None:
+                return
+            epoch, uar = int(record["epoch"]), float(record["val_uar"])
+            trial.set_user_attr("last_val_uar", uar)
+            trial.set_user_attr("epochs_run", epoch)
+            trial.report(uar, epoch)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val UAR {uar:.3f})")
+
+        result = fit(train_ds, val_ds, cfg, None, on_epoch=on_epoch)
+        trial.set_user_attr("best_epoch", int(result.best_epoch))
+        trial.set_user_attr("epochs_run", int(result.epochs_run))
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        return float(result.best_val_uar)
+
+    return objective
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the study
+
+
+@dataclass
+class TuneResult:
+    """Outcome of :func:`tune`. ``best_*`` are None while no trial has completed."""
+
+    study_name: str
+    storage: str | None
+    model: str
+    fold: int
+    best_params: dict[str, Any] | None
+    best_value: float | None
+    best_trial: int | None
+    best_spec: ModelSpec | None
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    n_new: int
+    """Trials run by this call (the rest were already in the storage)."""
+    n_target: int
+    trials: pd.DataFrame
+    """One row per trial: number, state, value, param columns (dotted keys; lists as JSON), user attributes."""
+    train_speakers: list[str] = field(default_factory=list)
+    val_speakers: list[str] = field(default_factory=list)
+
+    def overrides(self) -> dict[str, Any]:
+        """The best values as recipe overrides (``ser train --config``); empty without a completed trial."""
+        return nested_overrides(self.best_params or {})
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (no trial table)."""
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "model": self.model,
+            "fold": self.fold,
+            "metric": METRIC,
+            "best_value": self.best_value,
+            "best_trial": self.best_trial,
+            "best_params": self.best_params,
+            "overrides": self.overrides(),
+            "trials": {
+                "target": self.n_target,
+                "complete": self.n_complete,
+                "pruned": self.n_pruned,
+                "failed": self.n_failed,
+                "new": self.n_new,
+            },
+            "train_speakers": self.train_speakers,
+            "val_speakers": self.val_speakers,
+        }
+
+
+def _storage_url(storage: str | Path) -> str:
+    text = str(storage)
+    if text.startswith("sqlite:///"):
+        return text
+    if "://" in text:
+        raise ConfigError(f"storage must be a SQLite file path (or sqlite:/// URL), got {text!r}")
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(f"storage is a folder, expected a SQLite file: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _open_study(storage: str | Path | None, study_name: str, pruner: Any):
+    import optuna
+    from optuna.storages import RDBStorage
+
+    try:  # optuna >= 4.9
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        retry = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    except ImportError:  # pragma: no cover - older optuna
+        from optuna.storages import RetryFailedTrialCallback
+
+        retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
+    url = None if storage is None else _storage_url(storage)
+    try:
+        rdb = None
+        if url is not None:
+            rdb = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry)
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=study_name,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=optuna.samplers.RandomSampler(),  # replaced once the trial count is known
+            pruner=make_pruner(pruner),
+        )
+    except SerError:
+        raise
+    except Exception as exc:  # sqlalchemy / optuna errors: a bad or foreign storage file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SerError(f"cannot open study {study_name!r} in {storage}: {reason}") from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ConfigError(f"study {study_name!r} in {storage} minimises; use another study name")
+    return study, url
+
+
+def _check_study_config(study, config: dict[str, Any], storage: Any) -> None:
+    config = json.loads(json.dumps(config))
+    old = study.user_attrs.get(CONFIG_ATTR)
+    if old is None:
+        if study.trials:
+            raise ConfigError(f"study {study.study_name!r} in {storage} was not made by ser tune; use another name")
+        study.set_user_attr(CONFIG_ATTR, config)
+        return
+    changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    if changed:
+        raise ConfigError(
+            f"study {study.study_name!r} in {storage} was made with a different {', '.join(changed)}; "
+            "use the same settings to resume, or another --study name"
+        )
+
+
+def tune(
+    manifest: pd.DataFrame,
+    splits: pd.DataFrame,
+    spec: ModelSpec,
+    feats: Mapping[str, Mapping[str, np.ndarray]],
+    classes: list[str],
+    *,
+    fold: int = 0,
+    space: Mapping[str, Any],
+    n_trials: int | None,
+    sampler: str = "tpe",
+    pruner: Any = "median",
+    storage: str | Path | None = None,
+    study_name: str | None = None,
+    val_speakers: int | None = None,
+    seed: int = 0,
+    timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Tune ``spec``'s hyper-parameters in ``space`` by validation UAR on fold ``fold``'s carved validation speakers.
+
+    ``feats`` ``{utt_id: {kind: array}}`` as :mod:`ser.train.cv` takes it (only train + val utterances are read).
+    ``n_trials``: finished (complete + pruned) trials the study should hold; a resumed study runs only the missing
+    ones. ``None`` with ``sampler="grid"`` means the whole grid. ``pruner``: ``median``, ``halving``, ``none`` or an
+    optuna pruner. ``storage``: a SQLite file (``None``: in memory, no resume). ``study_name`` defaults to
+    ``<recipe>-fold<k>``. ``val_speakers`` (default ``spec.val_speakers``) are carved when the split has no
+    ``val`` role. Samplers are seeded: ``seed`` plus the number of trials already in the study (grid: ``seed``).
+    ``log(line)`` gets one progress line per finished trial.
+    """
+    import optuna
+
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError("tune one model recipe, not an ensemble")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+    params = parse_space(space, spec)
+    grid = grid_space(params) if sampler == "grid" else None
+    grid_size = math.prod(len(v) for v in grid.values()) if grid is not None else None
+    if n_trials is None:
+        if grid_size is None:
+            raise ConfigError("the number of trials is required unless the sampler is grid")
+        n_trials = grid_size
+    if n_trials < 1:
+        raise ConfigError(f"the number of trials must be at least 1, got {n_trials}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"timeout must be positive, got {timeout}")
+    val_speakers = spec.val_speakers if val_speakers is None else int(val_speakers)
+    study_name = study_name or f"{spec.name}-fold{fold}"
+
+    roles = tuning_roles(manifest, splits, fold, val_speakers, seed)
+    data = _objective_data(roles, feats, classes)
+    check_test_unseen(pd.concat([r[r["utt_id"].isin(data.feats.keys())] for r in roles.values()]), splits, fold)
+    objective = _objective(spec, params, data, len(classes), seed + fold)
+
+    prev_verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line reports each trial
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study, url = _open_study(storage, study_name, pruner)
+            _check_study_config(
+                study,
+                {
+                    "recipe": spec.model_dump(mode="json"),
+                    "fold": fold,
+                    "space": {p.key: p.describe() for p in params},
+                    "classes": list(classes),
+                    "val_speakers": sorted(map(str, roles["val"]["speaker"].unique())),
+                    "seed": seed,
+                },
+                storage,
+            )
+            existing = study.get_trials(deepcopy=False)
+            study.sampler = make_sampler(sampler, params, seed if sampler == "grid" else seed + len(existing))
+            finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            done_before = sum(t.state in finished_states for t in existing)
+            remaining = max(0, n_trials - done_before)
+            if grid is not None:
+                visited = {
+                    t.system_attrs["grid_id"] for t in existing if t.state.is_finished() and "grid_id" in t.system_attrs
+                }
+                remaining = min(remaining, grid_size - len(visited))
+            n_before = len(existing)
+            if remaining:
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    timeout=timeout,
+                    callbacks=[_progress(log, n_trials, finished_states)],
+                    catch=(TrialFailed,),
+                )
+    finally:
+        optuna.logging.set_verbosity(prev_verbosity)
+    return _result(study, url, spec, params, fold, roles, n_trials, n_new=len(study.trials) - n_before)
+
+
+def _progress(log: Callable[[str], None] | None, n_target: int, finished_states: tuple):
+    def callback(study, trial) -> None:
+        if log is None:
+            return
+        done = sum(t.state in finished_states for t in study.get_trials(deepcopy=False))
+        state = trial.state.name.lower()
+        if state == "complete":
+            what = f"{METRIC} {trial.value:.3f}"
+        elif "pruned_at_epoch" in trial.user_attrs:
+            attrs = trial.user_attrs
+            what = f"pruned at epoch {attrs['pruned_at_epoch']} ({METRIC} {attrs['last_val_uar']:.3f})"
+        elif "error" in trial.user_attrs:
+            what = f"failed: {trial.user_attrs['error']}"
+        else:
+            what = state
+        try:
+            best = f"best {study.best_value:.3f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "no completed trial yet"
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        log(f"trial {done}/{n_target} (#{trial.number}) {what} | {best} | {shown}")
+
+    return callback
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _result(study, url, spec, params, fold, roles, n_target, n_new) -> TuneResult:
+    from optuna.trial import TrialState
+
+    by_key = {p.key: p for p in params}
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.value if t.state == TrialState.COMPLETE else None  # optuna gives pruned ones their last report
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name.lower(), "value": value}
+        for key, p in by_key.items():
+            v = p.decode(t.params[key]) if key in t.params else None
+            row[key] = v if isinstance(v, _SCALARS) else json.dumps(v)
+        row["seconds"] = t.duration.total_seconds() if t.duration is not None else None
+        for attr in ("best_epoch", "epochs_run", "last_val_uar", "pruned_at_epoch", "error"):
+            row[attr] = t.user_attrs.get(attr)
+        row["retry_of"] = t.system_attrs.get("failed_trial")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["number", "state", "value", *by_key, "seconds", "best_epoch", "epochs_run",
+                                        "last_val_uar", "pruned_at_epoch", "error", "retry_of"])  # fmt: skip
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    best_params = None if best is None else {k: by_key[k].decode(v) for k, v in best.params.items() if k in by_key}
+    count = lambda s: sum(t.state == s for t in study.get_trials(deepcopy=False))  # noqa: E731
+    return TuneResult(
+        study_name=study.study_name,
+        storage=url,
+        model=spec.name,
+        fold=fold,
+        best_params=best_params,
+        best_value=None if best is None else float(best.value),
+        best_trial=None if best is None else best.number,
+        best_spec=None if best_params is None else apply_params(spec, best_params),
+        n_complete=count(TrialState.COMPLETE),
+        n_pruned=count(TrialState.PRUNED),
+        n_failed=count(TrialState.FAIL),
+        n_new=n_new,
+        n_target=n_target,
+        trials=table,
+        train_speakers=sorted(map(str, roles["train"]["speaker"].unique())),
+        val_speakers=sorted(map(str, roles["val"]["speaker"].unique())),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# outputs
+
+
+BEST_PARAMS = "best_params.json"
+BEST_CONFIG = "best_config.yaml"
+TRIALS = "trials.csv"
+HISTORY_PLOT = "optimization_history.png"
+
+
+def plot_history(trials: pd.DataFrame, path: str | Path, title: str = "optimisation history") -> Path:
+    """PNG of the objective per trial (completed: dots; pruned: crosses at their last reported value) and the best
+    value so far, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ser.io import atomic_write
+
+    fig = Figure(figsize=(7.0, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    done = trials[trials["state"] == "complete"].sort_values("number")
+    pruned = trials[(trials["state"] == "pruned") & trials["last_val_uar"].notna()]
+    if len(done):
+        ax.scatter(done["number"], done["value"], color="tab:blue", s=22, label="completed trial", zorder=3)
+        best = done["value"].astype(float).cummax().tolist()
+        x = done["number"].tolist()
+        ax.step(
+            [*x, int(trials["number"].max())], [*best, best[-1]], where="post", color="tab:red", label="best so far"
+        )
+    if len(pruned):
+        ax.scatter(pruned["number"], pruned["last_val_uar"], marker="x", color="0.5", label="pruned (last value)")
+    if not len(done) and not len(pruned):
+        ax.text(0.5, 0.5, "no finished trial", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation UAR")
+    ax.set_ylim(-0.02, 1.03)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+
+
+def write_outputs(result: TuneResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``best_params.json``, ``trials.csv``, ``optimization_history.png`` and, once a trial has completed,
+    ``best_config.yaml`` (recipe overrides for ``ser train --config``) atomically into ``out_dir``."""
+    import yaml
+
+    from ser.io import write_json, write_text
+
+    out = Path(out_dir)
+    paths = {
+        "best_params": write_json(out / BEST_PARAMS, result.summary()),
+        "trials": write_text(out / TRIALS, result.trials.to_csv(index=False)),
+        "plot": plot_history(result.trials, out / HISTORY_PLOT, f"{result.study_name}: {METRIC} per trial"),
+    }
+    if result.best_params is not None:
+        text = yaml.safe_dump(result.overrides(), sort_keys=False, default_flow_style=False)
+        paths["best_config"] = write_text(out / BEST_CONFIG, text)
+    return paths
