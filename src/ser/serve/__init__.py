@@ -1,0 +1,9 @@
+"""Serving: the HTTP API (:mod:`ser.serve.app`), the hot-reloadable model (:mod:`ser.serve.engine`) and the emotion
+timeline of long recordings (:mod:`ser.serve.timeline`).
+
+Nothing under ``ser.serve`` imports PyTorch: a model is an exported folder run by onnxruntime.
+"""
+
+from ser.serve.engine import ModelHolder, ModelNotReady, ReloadResult
+
+__all__ = ["ModelHolder", "ModelNotReady", "ReloadResult"]
