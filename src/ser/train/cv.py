@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ser.errors import ConfigError, SerError
+from ser.inference import trim_bounds
 from ser.io import atomic_path, write_json
 
 FrameKind = Literal["logmel", "mfcc"]
@@ -65,19 +66,6 @@ class FoldOutput:
 
 # ----------------------------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def trim_bounds(logmel: np.ndarray, top_db: float | None) -> tuple[int, int]:
-    """First and one-past-last frame whose loudest band is within ``top_db`` dB of the clip's loudest frame.
-
-    ``logmel`` ``(n_mels, T)`` in dB. ``top_db=None`` keeps every frame.
-    """
-    T = logmel.shape[1]
-    if top_db is None or T == 0:
-        return 0, T
-    level = logmel.max(axis=0)
-    keep = np.flatnonzero(level >= level.max() - top_db)
-    return int(keep[0]), int(keep[-1]) + 1
 
 
 def fuse(probas: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray:
@@ -280,3 +268,67 @@ def ensemble_folds(members: list[list[FoldOutput]], weights: list[float] | None 
         }
         fused.append(FoldOutput(fuse([p.proba for p in parts], weights), parts[0].y, parts[0].utt_ids, info))
     return fused
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the model that ships
+
+
+def fit_final(
+    spec: ModelSpec,
+    manifest: pd.DataFrame,
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    *,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress: bool = False,
+):
+    """Train the model that ships on *every* speaker of ``manifest`` (``spec.val_speakers`` whole speakers carved
+    out for early stopping), after cross-validation has estimated how such a model does on unseen speakers.
+
+    Returns ``(model, info)``: a torch :class:`~ser.models.cnn.SerModel` in eval mode (best validation epoch) and
+    facts about the run. Resumes from ``out_dir`` when a checkpoint is there.
+    """
+    from ser.data.split import carve_validation
+    from ser.train.data import ArrayDataset
+    from ser.train.trainer import TrainConfig, fit
+
+    if spec.model == "classical":
+        raise ConfigError("the pipeline ships torch models (exported to ONNX); choose cnn, tdnn, rnn or crnn")
+    frame = manifest[manifest["utt_id"].isin(feats.keys()) & manifest["emotion"].isin(classes)]
+    train, val = carve_validation(frame, spec.val_speakers, seed)
+    index = {c: i for i, c in enumerate(classes)}
+    data = {}
+    for role, df in (("train", train), ("val", val)):
+        ids = df["utt_id"].tolist()
+        data[role] = (utterance_arrays(spec, feats, ids), np.array([index[e] for e in df["emotion"]]))
+    transform = None
+    if spec.augment is not None:
+        from ser.augment import make_augment_config, spec_augment
+
+        aug = make_augment_config(spec.augment)
+
+        def transform(arr, rng):
+            return spec_augment(arr, aug, rng)
+
+    cfg = TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
+    train_ds = ArrayDataset(*data["train"], n_classes=len(classes), transform=transform)
+    val_ds = ArrayDataset(*data["val"], n_classes=len(classes))
+    start = time.perf_counter()
+    result = fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None)
+    info = {
+        "seconds": round(time.perf_counter() - start, 2),
+        "best_epoch": int(result.best_epoch),
+        "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
+        "epochs_run": int(result.epochs_run),
+        "n_train": len(train),
+        "n_val": len(val),
+        "train_speakers": sorted(train["speaker"].unique().tolist()),
+        "val_speakers": sorted(val["speaker"].unique().tolist()),
+        "device": result.device,
+        "eval_mode": cfg.eval_mode,
+        "eval_window": cfg.window_frames if cfg.eval_mode == "windows" else None,
+        "eval_hop": cfg.eval_hop,
+    }
+    return result.model.cpu().eval(), info

@@ -1,0 +1,196 @@
+"""Model cards (Markdown in the Hugging Face model-card format: YAML front matter, then sections).
+
+:func:`render_card` is pure: metadata of the exported model + the evaluation → text. ``{{version}}`` is filled in
+when the folder is registered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.1f} %"
+
+
+def _ci(ci: dict[str, Any], metric: str) -> str:
+    c = (ci or {}).get(metric)
+    if not c or c.get("low") is None:
+        return ""
+    return f" (95 % CI {_pct(c['low'])} – {_pct(c['high'])}, {ci.get('method', '')} bootstrap)"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def front_matter(meta: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    training = meta.get("training", {})
+    corpora = training.get("corpora", [])
+    return {
+        "library_name": "onnxruntime",
+        "pipeline_tag": "audio-classification",
+        "license": "other",
+        "tags": ["speech-emotion-recognition", "audio-classification", "onnx", "ser"]
+        + (["synthetic-data"] if training.get("synthetic") else []),
+        "datasets": corpora,
+        "metrics": ["balanced_accuracy", "accuracy", "f1"],
+        "model-index": [
+            {
+                "name": meta.get("name", "ser-emotion"),
+                "results": [
+                    {
+                        "task": {"type": "audio-classification", "name": "Speech emotion recognition"},
+                        "dataset": {"name": ", ".join(corpora) or "unknown", "type": ", ".join(corpora) or "unknown"},
+                        "metrics": [
+                            {
+                                "type": "balanced_accuracy",
+                                "name": "UAR (mean over folds)",
+                                "value": evaluation.get("uar"),
+                            },
+                            {
+                                "type": "accuracy",
+                                "name": "accuracy (mean over folds)",
+                                "value": evaluation.get("accuracy"),
+                            },
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str, Any], cfg: Any = None) -> str:
+    """The model card of an exported model. ``meta``: its metadata.json; ``evaluation``: the evaluate stage's
+    block (uar, ci, per fold, gaps); ``full``: the whole evaluation (pooled result, cv, fairness)."""
+    training = meta.get("training", {})
+    model = meta.get("model", {})
+    labels = meta.get("labels", [])
+    synthetic = bool(training.get("synthetic"))
+    result = full.get("result", {})
+    ci = result.get("ci", {})
+    pooled = result.get("metrics", {})
+    lines = ["---", yaml.safe_dump(front_matter(meta, evaluation), sort_keys=False).strip(), "---", ""]
+    lines += [f"# {meta.get('name', 'ser-emotion')} (version {{{{version}}}})", ""]
+    if synthetic:
+        lines += [
+            "> **Trained on the SYNTHETIC demo corpus** (signals made by code, not speech). It exists to show the",
+            "> pipeline end to end; its numbers say nothing about real speech. Do not use it on real audio.",
+            "",
+        ]
+    lines += [
+        "A speech emotion recognition model: it takes a mono audio clip and returns a probability for each of "
+        f"{len(labels)} emotions ({', '.join(labels)}).",
+        "",
+        "## Model details",
+        "",
+        f"- Architecture: `{model.get('name')}` ({model.get('n_params', '?'):,} parameters), parameters "
+        f"`{model.get('params')}`.",
+        f"- Input: {meta.get('sample_rate')} Hz mono audio → `{meta.get('input', {}).get('kind')}` features "
+        f"({meta.get('input', {}).get('shape')}); silence trimmed at {meta.get('input', {}).get('trim_db')} dB "
+        "below the loudest frame, exactly as in training.",
+        "- Format: ONNX (`model.onnx`, opset "
+        f"{meta.get('export', {}).get('opset')}), run with onnxruntime; `metadata.json` holds the preprocessing. "
+        f"ONNX vs PyTorch parity: max |Δlogit| {meta.get('export', {}).get('parity_max_abs_diff', float('nan')):.1e}.",
+        f"- Code version: `{meta.get('code_version')}`; created {meta.get('created')}.",
+        "",
+        "## Intended use",
+        "",
+        "- Aggregate analysis of emotional tone in recorded or live speech (e.g. the share of angry speech over many "
+        "customer calls, the emotional arc of a conversation), and emotion-aware interfaces that adapt softly.",
+        "- Research and benchmarking of speech emotion recognition.",
+        "",
+        "## Out-of-scope uses",
+        "",
+        "- Decisions about individuals (hiring, credit, insurance, policing, health, performance reviews) and any "
+        "use on people who have not been told and have not consented.",
+        "- Lie detection, clinical diagnosis, or inferring feelings as facts: the model recognises *expressed* "
+        "emotion in the voice, which may differ from what a person feels.",
+        "- Covert monitoring of employees or the public.",
+        "",
+        "## Training data",
+        "",
+        f"- Corpora: {', '.join(training.get('corpora', [])) or 'unknown'}"
+        + (" (synthetic, made by `ser data synth`)" if synthetic else ""),
+        f"- {training.get('utterances')} utterances, {training.get('speakers')} speakers "
+        f"({', '.join(f'{k}: {v}' for k, v in (training.get('speakers_by_gender') or {}).items())}), "
+        f"{training.get('hours')} hours.",
+        f"- Label profile `{meta.get('label_profile')}`; utterances per class: "
+        + ", ".join(f"{k} {v}" for k, v in (training.get("classes") or {}).items()),
+        f"- The shipped model was trained on all these speakers, {training.get('final_model', {}).get('n_val')} "
+        "utterances of whole held-out speakers kept for early stopping.",
+        "",
+        "## Evaluation",
+        "",
+        f"Protocol: {evaluation.get('protocol')}. No speaker is on both sides of any split; augmentation touches "
+        "training data only; validation speakers for early stopping come out of each training fold, so test "
+        "speakers are seen only at the final prediction. UAR is the unweighted average recall (balanced accuracy).",
+        "",
+        f"- **UAR {_pct(evaluation.get('uar'))} ± {_pct(evaluation.get('uar_std'))}** (mean ± std over folds); "
+        f"accuracy {_pct(evaluation.get('accuracy'))}.",
+        f"- Pooled over all test predictions: UAR {_pct(pooled.get('uar'))}{_ci(ci, 'uar')}; accuracy "
+        f"{_pct(pooled.get('accuracy'))}{_ci(ci, 'accuracy')}; macro F1 {_pct(pooled.get('macro_f1'))}; expected "
+        f"calibration error {pooled.get('ece') if pooled.get('ece') is None else round(pooled['ece'], 4)}.",
+        "- UAR per fold: " + ", ".join(_pct(v) for v in evaluation.get("uar_per_fold") or []),
+        "",
+    ]
+    per_class = result.get("per_class") or {}
+    if isinstance(per_class, dict) and per_class:
+        rows = []
+        for label, m in per_class.items():
+            if isinstance(m, dict):
+                rows.append(
+                    [label, _pct(m.get("precision")), _pct(m.get("recall")), _pct(m.get("f1")), m.get("support")]
+                )
+        if rows:
+            lines += ["### Per class", "", *_table(["emotion", "precision", "recall", "F1", "support"], rows), ""]
+    attrs = (full.get("fairness") or {}).get("attributes") or {}
+    if attrs:
+        lines += ["### Per group", ""]
+        rows = []
+        for attr, block in attrs.items():
+            for g in block.get("groups", []):
+                rows.append([attr, g["group"], _pct(g.get("uar")), _pct(g.get("accuracy")), g.get("count")])
+        lines += _table(["attribute", "group", "UAR", "accuracy", "utterances"], rows)
+        gaps = ", ".join(
+            f"{a}: {_pct(v['gap']['uar'])}" for a, v in attrs.items() if v.get("gap", {}).get("uar") is not None
+        )
+        lines += ["", f"Largest UAR gap between groups: {gaps or 'n/a (fewer than two groups)'}.", ""]
+    lines += [
+        "### Confusion matrix",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "## Known limitations",
+        "",
+        "- Acted speech: emotions in the training corpora are portrayed by actors, stronger and cleaner than in real "
+        "calls; expect lower accuracy on spontaneous speech, telephone bandwidth, noise and overlapping talk.",
+        "- Language and culture: trained on the languages and speakers listed above (RAVDESS is North-American "
+        "English; EmoDB German); expression of emotion differs across languages and cultures.",
+        "- Few speakers: a handful of speakers per gender; per-group numbers above have wide uncertainty.",
+        "- Fixed label set: anything else (e.g. boredom, contempt) is forced into one of the classes.",
+        "",
+        "## Ethical considerations",
+        "",
+        "- Emotion is personal data in many jurisdictions (GDPR special-category risk when linked to health). Tell "
+        "people, get consent, keep audio only as long as needed (the service stores none by default).",
+        "- Check the per-group gaps on your own population before deployment and monitor them in production.",
+        "- Show probabilities and uncertainty to people, not only a label; let people contest outcomes.",
+        "",
+        "## How to use",
+        "",
+        "```bash",
+        "ser predict clip.wav --model path/to/this/folder",
+        "ser serve --model path/to/this/folder   # POST /v1/predict",
+        "```",
+        "",
+    ]
+    decision = meta.get("decision")
+    if decision:
+        lines += ["## Registry decision", "", f"{decision.get('alias')}: {decision.get('reason')}", ""]
+    return "\n".join(lines)

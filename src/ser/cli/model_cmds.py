@@ -1,0 +1,122 @@
+"""``ser model``: the registry — list, show, promote, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ser.cli._apps import app, console, print_json
+
+model_app = typer.Typer(help="Registered models and their champion / challenger aliases.")
+app.add_typer(model_app, name="model", no_args_is_help=True)
+
+WORKDIR = typer.Option(None, "--workdir", help="pipeline workdir [$SER_WORKDIR or ./runs]")
+
+
+def _wd(workdir: Path | None) -> Path:
+    from ser.registry import default_workdir
+
+    return workdir or default_workdir()
+
+
+def _mirror(workdir: Path, name: str, alias: str, version: int | None) -> None:
+    """Mirror an alias change into the workdir's MLflow store, when it has one."""
+    from ser.tracking import open_tracker
+
+    tracker = open_tracker(workdir)
+    if tracker is not None:
+        tracker.set_alias(name, alias, version)
+
+
+@model_app.command("list")
+def list_cmd(workdir: Path | None = WORKDIR, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List registered versions with their aliases and UAR.
+
+    Example: ser model list --workdir runs
+    """
+    from ser.registry import list_versions
+
+    rows = list_versions(_wd(workdir))
+    if as_json:
+        print_json([r.to_dict() for r in rows])
+        return
+    table = Table(title=f"registry: {_wd(workdir) / 'registry'}")
+    for col in ("name", "version", "aliases", "UAR", "model", "registered"):
+        table.add_column(col)
+    for r in rows:
+        uar = "-" if r.uar is None else f"{100 * r.uar:.1f} %"
+        table.add_row(r.name, str(r.version), ", ".join(r.aliases), uar, r.model, r.registered)
+    console.print(table if rows else "no registered models")
+
+
+@model_app.command("show")
+def show_cmd(
+    ref: str = typer.Argument("champion", help="NAME[@ALIAS|/VERSION], ALIAS or VERSION"),
+    workdir: Path | None = WORKDIR,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show a registered model's metadata (folder, aliases, evaluation, training data).
+
+    Example: ser model show ser-emotion@champion
+    """
+    from ser.registry import show
+
+    info = show(_wd(workdir), ref)
+    if as_json:
+        print_json(info)
+        return
+    ev = info.get("evaluation") or {}
+    console.print(f"[bold]{info.get('name')}[/] v{info.get('version')}  aliases: {', '.join(info['aliases']) or '-'}")
+    console.print(f"folder: {info['path']}")
+    console.print(f"model: {info.get('model', {}).get('name')}  labels: {', '.join(info.get('labels', []))}")
+    if ev:
+        console.print(f"UAR {100 * ev['uar']:.1f} % — {ev.get('protocol')}")
+    if info.get("decision"):
+        console.print(f"decision: {info['decision'].get('alias')} — {info['decision'].get('reason')}")
+
+
+@model_app.command("promote")
+def promote_cmd(
+    ref: str = typer.Argument(..., help="NAME/VERSION, VERSION or NAME@challenger"),
+    workdir: Path | None = WORKDIR,
+    reason: str = typer.Option("promoted by hand", "--reason"),
+) -> None:
+    """Make a registered version the champion (the old champion can be restored with rollback).
+
+    Example: ser model promote ser-emotion/3 --reason "reviewed on fresh calls"
+    """
+    from ser.registry import read_aliases, resolve, set_alias
+
+    wd = _wd(workdir)
+    path = resolve(wd, ref)
+    name, version = path.parent.name, int(path.name)
+    set_alias(wd, name, "champion", version, reason)
+    if read_aliases(wd, name).get("challenger") == version:
+        set_alias(wd, name, "challenger", None, f"v{version} promoted")
+        _mirror(wd, name, "challenger", None)
+    _mirror(wd, name, "champion", version)
+    console.print(f"{name} v{version} is now champion")
+
+
+@model_app.command("rollback")
+def rollback_cmd(
+    name: str = typer.Argument("ser-emotion", help="registered model name"),
+    workdir: Path | None = WORKDIR,
+) -> None:
+    """Point champion back at the version that held it before.
+
+    Example: ser model rollback ser-emotion
+    """
+    from ser.errors import SerError
+    from ser.registry import previous_champion, read_aliases, set_alias
+
+    wd = _wd(workdir)
+    prev = previous_champion(wd, name)
+    if prev is None:
+        raise SerError(f"{name}: no earlier champion to roll back to")
+    current = read_aliases(wd, name).get("champion")
+    set_alias(wd, name, "champion", prev, f"rollback from v{current}")
+    _mirror(wd, name, "champion", prev)
+    console.print(f"{name}: champion v{current} → v{prev}")

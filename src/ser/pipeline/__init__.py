@@ -1,0 +1,31 @@
+"""The pipeline: corpus → registered model in one call, locally (this runner) or as Airflow DAGs (``dags/``).
+
+>>> from ser.pipeline import run, load_config
+>>> summary = run(load_config(None), "runs")      # the embedded default: the synthetic demo corpus
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ser.pipeline.config import PipelineConfig, load_config, parse_config
+from ser.pipeline.runner import RunSummary, run_pipeline
+
+
+def run(
+    cfg: PipelineConfig,
+    workdir: str | Path,
+    *,
+    only: Iterable[str] | None = None,
+    force: Iterable[str] = (),
+    progress: bool = False,
+    on_stage: Callable[[str, str], None] | None = None,
+) -> RunSummary:
+    """Run (or resume) the training pipeline of ``cfg`` in ``workdir``; see :func:`ser.pipeline.runner.run_pipeline`."""
+    from ser.pipeline.stages import STAGES
+
+    return run_pipeline(STAGES, cfg, workdir, only=only, force=force, progress=progress, on_stage=on_stage)
+
+
+__all__ = ["PipelineConfig", "RunSummary", "load_config", "parse_config", "run"]

@@ -1,0 +1,155 @@
+"""The pipeline configuration: one YAML file, validated with pydantic; a bad value names its field.
+
+Every section has defaults, so an empty file (or none) runs the embedded default: the synthetic demo corpus, a
+small CNN, 3 speaker-independent folds, tracking in ``WORKDIR/mlflow.db``. Example for real data::
+
+    data: {corpus: ravdess, path: ../shared/data/ravdess, profile: ravdess8}
+    split: {method: ravdess6}
+    train: {model: cnn}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ser.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Section):
+    corpus: str = Field("synthetic", description="adapter: synthetic, ravdess, cremad, tess, savee, emodb, folder, csv")
+    path: str | None = Field(
+        None, description="corpus folder (csv: the file); a URI with a scheme is fetched by fsspec"
+    )
+    profile: str = Field("ravdess8", description="label profile (ravdess8, seven, four) or a YAML file")
+    demographics: str | None = Field(None, description="CREMA-D VideoDemographics.csv")
+    synth_speakers: int = Field(8, ge=2, description="synthetic corpus: speakers")
+    synth_per_emotion: int = Field(4, ge=1, description="synthetic corpus: clips per emotion and speaker")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.corpus != "synthetic" and not self.path:
+            raise ValueError(f"corpus {self.corpus!r} needs data.path")
+        return self
+
+
+class ValidateConfig(_Section):
+    thresholds: dict[str, Any] = Field(default_factory=dict, description="ValidationConfig fields")
+    fail_on_thresholds: bool = Field(True, description="stop the pipeline when a dataset threshold is crossed")
+
+
+class SplitConfig(_Section):
+    method: Literal["kfold", "loso", "holdout", "ravdess6"] = "kfold"
+    k: int = Field(3, ge=2)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    folds: list[int] | None = Field(None, description="cross-validate only these folds (default: all)")
+
+
+class TuneConfig(_Section):
+    enabled: bool = False
+    trials: int = Field(10, ge=1)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "halving", "none"] = "median"
+    fold: int = Field(0, ge=0)
+    space: dict[str, Any] = Field(default_factory=dict, description="search space (see ser.tune)")
+
+
+class TrainConfig(_Section):
+    model: str | None = Field(
+        None,
+        description="recipe: cnn, cnn-small, tdnn, rnn, crnn (default: cnn; cnn-small on the synthetic demo corpus)",
+    )
+    overrides: dict[str, Any] = Field(default_factory=dict, description="recipe fields: params, train, augment, ...")
+    seed: int = 0
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+
+
+class EvaluateConfig(_Section):
+    n_boot: int = Field(1000, ge=0, description="bootstrap resamples for the 95 % CIs (0: none)")
+
+
+class RegisterConfig(_Section):
+    margin: float = Field(0.0, ge=0, description="UAR a challenger must gain over the champion to replace it")
+    max_group_gap: float | None = Field(0.25, ge=0, le=1, description="largest per-group UAR gap allowed")
+    group: str = Field("gender", description="group attribute whose gap is bounded")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI (default sqlite:///WORKDIR/mlflow.db)")
+    experiment: str = "ser"
+
+
+class PipelineConfig(_Section):
+    name: str = Field("ser-emotion", description="registered model name")
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    features: dict[str, Any] = Field(default_factory=dict, description="FeatureConfig fields")
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    workers: int = Field(2, ge=1, description="processes for ingest / validation / features")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _default_model(self) -> PipelineConfig:
+        if self.train.model is None:
+            self.train.model = "cnn-small" if self.data.corpus == "synthetic" else "cnn"
+        return self
+
+    def section(self, name: str) -> Any:
+        return getattr(self, f"{name}_" if name in ("validate", "register") else name)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able value."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> PipelineConfig:
+    """Validate a mapping; a problem raises :class:`ConfigError` naming the field, e.g. ``train.threads``."""
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """The config in a YAML file, or the embedded default when ``path`` is None."""
+    if path is None:
+        return parse_config({})
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pipeline config not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections (data, split, train, ...)")
+    cfg = parse_config(data, str(p))
+    if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).is_absolute():
+        # relative corpus paths are relative to the config file
+        resolved = (p.parent / cfg.data.path).resolve()
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(resolved)})})
+    return cfg
