@@ -1,0 +1,198 @@
+"""``ser serve``, ``ser predict`` and ``ser timeline``: the exported model over HTTP and on files (no PyTorch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ser.cli._apps import app, console, print_json, require_file
+from ser.errors import ConfigError, SerError
+
+_MODEL_HELP = "an exported model folder (model.onnx + metadata.json)"
+_WORKDIR_HELP = "workdir whose registry holds the model (default $SER_WORKDIR or ./runs)"
+_REF_HELP = "registry reference NAME[@ALIAS|/VERSION] (default: the champion of ser-emotion)"
+
+
+def _model_dir(model: Path | None, workdir: Path | None, ref: str | None) -> Path:
+    """The model folder named by ``--model``, or by ``--workdir`` / ``--ref`` in a registry."""
+    from ser.inference import check_model_dir
+    from ser.registry import default_workdir, resolve
+
+    if model is not None and (workdir is not None or ref is not None):
+        raise ConfigError("give --model or --workdir/--ref, not both")
+    if model is not None:
+        return check_model_dir(model)
+    return resolve(workdir or default_workdir(), ref)
+
+
+def _load(model: Path | None, workdir: Path | None, ref: str | None, threads: int | None):
+    from ser.inference import Predictor, default_threads
+
+    return Predictor(_model_dir(model, workdir, ref), threads=threads or default_threads())
+
+
+@app.command("serve")
+def serve(
+    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    api_key: list[str] | None = typer.Option(
+        None, "--api-key", help="accepted X-API-Key (repeatable; or $SER_API_KEYS)"
+    ),
+    reload_poll: float | None = typer.Option(None, "--reload-poll", help="poll the model source every N s; 0: off"),
+    max_upload_mb: float | None = typer.Option(None, "--max-upload-mb", help="largest upload, MiB (default 20)"),
+    max_audio_s: float | None = typer.Option(None, "--max-audio-s", help="longest clip for /v1/predict (default 60)"),
+    timeout: float | None = typer.Option(None, "--timeout", help="per-request inference time limit, s (default 30)"),
+    cors: list[str] | None = typer.Option(None, "--cors", help="allowed CORS origin (repeatable)"),
+    workers: int | None = typer.Option(None, "--workers", help="concurrent inferences (default: all cores)"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve the model over HTTP (FastAPI + uvicorn), documented at /docs.
+
+    Routes: /v1/predict, /v1/predict/batch, /v1/timeline, /v1/model, /v1/admin/reload, /healthz, /readyz, /metrics.
+
+    Options left out are read from SER_* environment variables (SER_MODEL_DIR, SER_WORKDIR, SER_API_KEYS, ...).
+    With --reload-poll the registry's champion (or the model folder) is watched and hot-reloaded.
+
+    Example: ser serve --workdir runs --port 8000 --api-key s3cret --reload-poll 10
+    """
+    import uvicorn
+
+    from ser.serve.app import Settings, create_app
+
+    if model is not None and (workdir is not None or ref is not None):
+        raise ConfigError("give --model or --workdir/--ref, not both")
+    if model is not None:
+        _model_dir(model, None, None)  # fail now on a bad folder, not in the background
+    settings = Settings.from_env(
+        model_dir=model,
+        workdir=workdir,
+        model_ref=ref,
+        api_keys=api_key or None,
+        reload_poll_s=reload_poll,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb is not None else None,
+        max_audio_s=max_audio_s,
+        request_timeout_s=timeout,
+        cors_origins=cors or None,
+        inference_workers=workers,
+    )
+    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (open)"
+    console.print(f"serving on http://{host}:{port} ({auth}); docs at /docs", highlight=False)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+
+
+def _prediction_rows(files: list[Path], predictor) -> list[dict[str, Any]]:
+    rows = []
+    for f in files:
+        try:
+            require_file(f, "audio file")
+            rows.append({"file": str(f), "ok": True, **predictor.predict_file(f).to_dict()})
+        except SerError as exc:
+            rows.append({"file": str(f), "ok": False, "error": str(exc)})
+    return rows
+
+
+@app.command("predict")
+def predict(
+    files: list[Path] = typer.Argument(..., help="audio files (any format libsndfile reads)"),
+    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads (default: all cores)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per file"),
+) -> None:
+    """Predict the emotion of audio files with an exported model (onnxruntime, no PyTorch).
+
+    A file that cannot be read is reported on its own line; the exit code is 1 if any file failed.
+
+    Example: ser predict clip1.wav clip2.flac --workdir runs --json
+    """
+    predictor = _load(model, workdir, ref, threads)
+    rows = _prediction_rows(files, predictor)
+    if as_json:
+        print_json(rows)
+    else:
+        table = Table(title=f"{predictor.name} v{predictor.version}")
+        for col in ("file", "emotion", "p", "runner-up", "duration s", "ms"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            if not r["ok"]:
+                table.add_row(r["file"], "[red]error[/red]", "", r["error"], "", "")
+                continue
+            ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
+            second = f"{ranked[1][0]} {ranked[1][1]:.2f}" if len(ranked) > 1 else ""
+            table.add_row(
+                r["file"],
+                r["label"],
+                f"{ranked[0][1]:.2f}",
+                second,
+                f"{r['duration_s']:.2f}",
+                f"{r['processing_ms']:.0f}",
+            )
+        console.print(table)
+    if any(not r["ok"] for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command("timeline")
+def timeline(
+    file: Path = typer.Argument(..., help="a (long) recording"),
+    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    plot: Path | None = typer.Option(None, "--plot", help="write the timeline as a PNG here"),
+    step: float = typer.Option(0.5, "--step", help="grid step, seconds"),
+    smoothing: str = typer.Option("ema", "--smoothing", help="ema, median or none"),
+    aggressiveness: int = typer.Option(2, "--aggressiveness", help="webrtcvad mode 0..3"),
+    threshold: float = typer.Option(0.5, "--threshold", help="peak threshold on smoothed p(angry)"),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads (default: all cores)"),
+    as_json: bool = typer.Option(False, "--json", help="print segments, timeline and summary as JSON"),
+) -> None:
+    """Emotion timeline of a long recording, with a summary and an optional plot.
+
+    Voiced segments (webrtcvad) are classified one by one, put on a smoothed grid, and summarised: share of voiced
+    time per emotion, dominant emotion, anger peaks.
+
+    Example: ser timeline call.wav --workdir runs --plot call.png
+    """
+    from ser.audio import load_audio
+    from ser.serve.timeline import TimelineConfig, VadConfig, analyze, plot_timeline
+
+    cfg = TimelineConfig(
+        vad=VadConfig(aggressiveness=aggressiveness),
+        step_s=step,
+        smoothing=smoothing,  # type: ignore[arg-type]  # checked by TimelineConfig
+        peak_threshold=threshold,
+    )
+    predictor = _load(model, workdir, ref, threads)
+    audio = load_audio(require_file(file, "audio file"), predictor.sample_rate)
+    tl = analyze(audio, predictor.sample_rate, predictor.predict_proba, predictor.labels, cfg)
+    if plot is not None:
+        plot_timeline(tl, plot, title=f"{file.name}: {predictor.name} v{predictor.version}")
+    if as_json:
+        print_json({"file": str(file), "model_version": predictor.version, **tl.to_dict(), "plot": plot and str(plot)})
+        return
+    s = tl.summary
+    console.print(
+        f"{file}: {s.duration_s:.1f} s, voiced {s.voiced_s:.1f} s in {len(tl.segments)} segments; "
+        f"dominant: {s.dominant or 'none'}",
+        highlight=False,
+    )
+    table = Table(title="share of voiced time")
+    table.add_column("emotion")
+    table.add_column("share")
+    table.add_column("mean p")
+    for label in tl.labels:
+        table.add_row(label, f"{100 * s.shares[label]:.1f} %", f"{s.mean_probabilities[label]:.2f}")
+    console.print(table)
+    for pk in s.peaks:
+        console.print(
+            f"{s.peak_label} peak {pk.start_s:.1f}–{pk.end_s:.1f} s (max {pk.max_p:.2f} at {pk.t_max_s:.1f} s)"
+        )
+    if plot is not None:
+        console.print(f"plot: {plot}")
