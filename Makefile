@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-OUTDIR  ?= out/demo
+WORKDIR ?= runs/demo
 
 .PHONY: venv demo test lint bench clean
 
@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job on the embedded default (synthetic demo corpus).
+## The main job on the embedded default: the whole pipeline on the synthetic demo corpus.
 demo: $(STAMP)
-	$(BIN)/ser demo --out $(OUTDIR)
+	$(BIN)/ser pipeline run --workdir $(WORKDIR)
 
 ## Lint + the whole test suite.
 test: $(STAMP)
