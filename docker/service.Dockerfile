@@ -1,0 +1,55 @@
+# The service image: `ser serve` (FastAPI + uvicorn + onnxruntime). No PyTorch: only the `serve` extra is installed.
+#
+# Build (from the repository root):
+#   docker build -f docker/service.Dockerfile -t ser-service .
+#   # bake a model folder (model.onnx + metadata.json) into the image:
+#   docker build -f docker/service.Dockerfile --build-arg MODEL_DIR=runs/registry/ser-emotion/3 -t ser-service .
+# Run:
+#   docker run -p 8000:8000 ser-service                                    # the baked model
+#   docker run -p 8000:8000 -v $PWD/m:/models/m:ro -e SER_MODEL_DIR=/models/m ser-service
+#   docker run -p 8000:8000 -v $PWD/runs:/runs:ro -e SER_WORKDIR=/runs ser-service --reload-poll 10
+# Extra arguments go to `ser serve` (e.g. --api-key, --workers, --reload-poll); SER_* variables work as well.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------------------------- build stage
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --upgrade pip \
+    && pip install ".[serve]" \
+    && ! pip show torch >/dev/null 2>&1
+
+# ---------------------------------------------------------------------------------------------------- runtime stage
+FROM ${PYTHON_IMAGE}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libsndfile1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ser \
+    && useradd --system --uid 10001 --gid ser --home-dir /home/ser --create-home --shell /usr/sbin/nologin ser \
+    && mkdir -p /runs && chown ser:ser /runs
+COPY --from=build /opt/venv /opt/venv
+
+# A model folder baked in at build time (default: an empty placeholder; mount one or set SER_WORKDIR instead).
+ARG MODEL_DIR=docker/no-model
+COPY --chown=root:root ${MODEL_DIR}/ /opt/ser/model/
+COPY --chmod=0755 docker/service-entrypoint.sh /usr/local/bin/ser-entrypoint
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    SER_BAKED_MODEL_DIR=/opt/ser/model \
+    SER_PORT=8000
+USER 10001:10001
+WORKDIR /home/ser
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('SER_PORT', '8000')}/healthz\", timeout=2)"]
+ENTRYPOINT ["/usr/local/bin/ser-entrypoint"]
+CMD []

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs Prometheus for tests/test_ops.py (its integration test starts its own `prometheus` on loopback; without
+# the binary that test fails under CI and skips elsewhere). Idempotent: does nothing when `prometheus` is on PATH.
+# Debian / Ubuntu only (the distribution's `prometheus` package, which also brings `promtool`).
+#
+#   scripts/install_prometheus.sh          # as root, or with sudo available
+set -euo pipefail
+
+if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    echo "prometheus already installed: $(prometheus --version 2>&1 | head -n 1)"
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: no apt-get here; install Prometheus (prometheus + promtool on PATH) another way" >&2
+    exit 2
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends prometheus
+# The package registers a system service on :9090; the tests run their own instance, so keep that one off.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
+echo "installed: $(prometheus --version 2>&1 | head -n 1)"
