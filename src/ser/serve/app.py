@@ -11,6 +11,9 @@ Routes (``X-API-Key`` required on the ``/v1`` POST routes when keys are configur
 ``POST /v1/admin/reload``   reload the model from its source (a failed load keeps the old one: 409)
 ``GET /healthz``            the process answers; ``GET /readyz``: 503 until a model is loaded
 ``GET /metrics``            Prometheus text format (a registry per app)
+``WS /v1/stream``           real-time stream: audio frames in, partial and per-utterance emotions out (protocol in
+                            :mod:`ser.serve.stream`; the key as ``X-API-Key`` header or ``?api_key=``)
+``GET /``                   the browser demo (microphone streaming, file timeline; files under ``static/``)
 =========================== =====================================================================================
 
 Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a 4xx status for a bad request: empty
@@ -27,6 +30,7 @@ from __future__ import annotations
 import functools
 import hmac
 import io
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -35,10 +39,10 @@ from typing import Any, Literal
 
 import anyio
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,6 +52,8 @@ from ser.errors import AudioError
 from ser.serve.engine import ModelHolder, ModelNotReady, ReloadResult
 
 ENV_PREFIX = "SER_"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("ser.serve")
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may hold beyond its files (boundaries, part headers)."""
 
@@ -75,6 +81,9 @@ class Settings(BaseModel):
     reload_poll_s: float = Field(0.0, ge=0, description="poll the model source every N s and reload; 0: off")
     inference_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     threads: int = Field(1, ge=1, description="onnxruntime threads per request")
+    max_streams: int = Field(64, ge=1, description="concurrent WebSocket streams; more are refused (close 1013)")
+    max_stream_s: float = Field(3600.0, gt=0, description="longest stream (audio seconds) on /v1/stream")
+    stream_idle_timeout_s: float = Field(60.0, gt=0, description="close a stream silent for this long, seconds")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -547,6 +556,17 @@ class Metrics:
         self.model_info = Gauge("ser_model_info", "The served model (value 1)", ["name", "version"], registry=r)
         self.model_loaded = Gauge("ser_model_loaded", "1 when a model is loaded", registry=r)
         self.reloads = Counter("ser_model_reloads", "Model (re)loads by result", ["result"], registry=r)
+        self.streams_active = Gauge("ser_stream_active", "Open WebSocket streams on /v1/stream", registry=r)
+        self.streams = Counter("ser_streams", "WebSocket streams by how they ended", ["end"], registry=r)
+        self.stream_messages = Counter(
+            "ser_stream_messages", "Messages sent on /v1/stream by type (and error code)", ["type", "code"], registry=r
+        )
+        self.partial_latency = Histogram(
+            "ser_stream_partial_latency_seconds",
+            "Processing time of a stream partial (frame arrival to partial ready: resampling, VAD, inference)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
 
     def observe_prediction(self, endpoint: str, label: str, confidence: float) -> None:
         self.predictions.labels(endpoint, label).inc()
@@ -651,10 +671,13 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
 
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when keys are configured")
 
-    async def require_key(key: str | None = Depends(key_header)) -> None:
+    def key_ok(key: str | None) -> bool:
         if not settings.api_keys:
-            return
-        if not key or not any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys):
+            return True
+        return bool(key) and any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys)
+
+    async def require_key(key: str | None = Depends(key_header)) -> None:
+        if not key_ok(key):
             raise ApiError(401, "unauthorized", "missing or invalid X-API-Key")
 
     def predictor() -> Any:
@@ -663,10 +686,14 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
         except ModelNotReady as exc:
             raise ApiError(503, "not_ready", str(exc)) from None
 
-    async def in_thread(request: Request, fn: Any, *args: Any) -> Any:
-        limiter = getattr(request.app.state, "limiter", None)
+    def limiter_of(app_: Any) -> anyio.CapacityLimiter:
+        limiter = getattr(app_.state, "limiter", None)
         if limiter is None:  # app used without its lifespan
-            limiter = request.app.state.limiter = anyio.CapacityLimiter(settings.inference_workers)
+            limiter = app_.state.limiter = anyio.CapacityLimiter(settings.inference_workers)
+        return limiter
+
+    async def in_thread(request: Request, fn: Any, *args: Any) -> Any:
+        limiter = limiter_of(request.app)
         try:
             with anyio.fail_after(settings.request_timeout_s):
                 return await anyio.to_thread.run_sync(
@@ -821,6 +848,92 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
                 details=result.to_dict(),
             )
         return ReloadOut(**{k: v for k, v in result.to_dict().items() if k in ReloadOut.model_fields})
+
+    streams_open = [0]
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        """Real-time emotion of a live audio stream (protocol: :mod:`ser.serve.stream`). Each message is handled in
+        the inference thread pool, one at a time per stream; a client that disconnects at any point just ends it."""
+        from ser.serve.stream import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, StreamLimits, StreamSession
+
+        await websocket.accept()
+
+        async def send_all(messages: list[dict[str, Any]]) -> None:
+            for m in messages:
+                metrics.stream_messages.labels(m["type"], m.get("code", "")).inc()
+                if m["type"] == "partial":
+                    metrics.partial_latency.observe(m["latency_ms"] / 1e3)
+                elif m["type"] == "final":
+                    metrics.observe_prediction("stream", m["label"], m["probabilities"][m["label"]])
+                await websocket.send_json(m)
+
+        async def refuse(code: str, message: str, close_code: int) -> None:
+            await send_all([{"type": "error", "code": code, "message": message}])
+            await websocket.close(close_code, code)
+
+        end = "disconnect"
+        try:
+            key = websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+            if not key_ok(key):
+                metrics.streams.labels("unauthorized").inc()
+                await refuse("unauthorized", "missing or invalid API key (X-API-Key header or ?api_key=)", CLOSE_POLICY)
+                return
+            if streams_open[0] >= settings.max_streams:
+                metrics.streams.labels("too_many_streams").inc()
+                msg = f"{streams_open[0]} streams open (at most {settings.max_streams}); try again later"
+                await refuse("too_many_streams", msg, CLOSE_TRY_AGAIN)
+                return
+        except (WebSocketDisconnect, OSError):
+            return
+        session = StreamSession(holder.get, StreamLimits(max_stream_s=settings.max_stream_s))
+        limiter = limiter_of(websocket.app)
+        streams_open[0] += 1
+        metrics.streams_active.inc()
+        try:
+            while session.close is None:
+                try:
+                    with anyio.fail_after(settings.stream_idle_timeout_s):
+                        message = await websocket.receive()
+                except TimeoutError:
+                    end = "idle_timeout"
+                    msg = f"no message for {settings.stream_idle_timeout_s:g} s"
+                    await refuse("idle_timeout", msg, CLOSE_POLICY)
+                    return
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes") if message.get("bytes") is not None else message.get("text")
+                if data is None:
+                    continue
+                try:
+                    out = await anyio.to_thread.run_sync(session.handle, data, limiter=limiter)
+                except Exception as exc:  # a bug, never a bad input: report it, close, keep serving
+                    log.exception("stream session failed")
+                    end = "internal"
+                    await refuse("internal", f"internal error ({type(exc).__name__})", CLOSE_INTERNAL)
+                    return
+                await send_all(out)
+            end = "done" if session.close.code == 1000 else session.close.reason.replace(" ", "_")
+            await websocket.close(session.close.code, session.close.reason)
+        except (WebSocketDisconnect, OSError):  # the client went away (any moment, even mid-send)
+            pass
+        finally:
+            streams_open[0] -= 1
+            metrics.streams_active.dec()
+            metrics.streams.labels(end).inc()
+
+    @app.get("/", include_in_schema=False)
+    async def demo_page() -> FileResponse:
+        """The browser demo."""
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static_file(name: str) -> FileResponse:
+        """The demo's script and style sheet (a flat folder: no sub-paths, nothing outside it)."""
+        path = STATIC_DIR / name
+        if "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+            raise ApiError(404, "not_found", f"no static file {name!r}")
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     @app.get(
         "/metrics",
