@@ -39,6 +39,11 @@ ARG MODEL_DIR=docker/no-model
 COPY --chown=root:root ${MODEL_DIR}/ /opt/ser/model/
 COPY --chmod=0755 docker/service-entrypoint.sh /usr/local/bin/ser-entrypoint
 
+# One request per core (onnxruntime runs 1 thread per request): keep BLAS (the log-mel projection) to one thread
+# too; its default of one thread per core oversubscribes the cores and doubles the per-clip time under load.
+ENV OMP_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1 \
+    MKL_NUM_THREADS=1
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
