@@ -620,6 +620,22 @@ def test_ws_inference_does_not_block_other_requests(model_dir):
         assert ws.receive_json()["voiced"] is True
 
 
+def test_demo_page_routes(make_client):
+    c = make_client()
+    page = c.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for needle in ('id="status"', 'id="bars"', 'id="summary"', 'src="static/app.js"', 'href="static/style.css"'):
+        assert needle in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # everything is served from here
+    js = c.get("/static/app.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"] and "v1/stream" in js.text
+    assert "://" not in js.text and "import " not in js.text  # no CDN, no module fetched from elsewhere
+    assert c.get("/static/style.css").headers["content-type"].startswith("text/css")
+    for bad in ("/static/missing.js", "/static/..%2Fapp.py", "/static/.hidden", "/static/../app.py"):
+        r = c.get(bad)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", bad
+
+
 # ------------------------------------------------------------------------------------------------ a real server
 
 

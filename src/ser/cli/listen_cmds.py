@@ -163,7 +163,9 @@ def listen(
     the optional sounddevice package (PortAudio); --file plays a recording instead (no audio device needed).
     Ctrl-C stops and prints the utterances so far.
 
-    Example: ser listen --workdir runs            (or: ser listen --model m/ --file call.wav --fast --json)
+    Example: ser listen --workdir runs
+
+    Example: ser listen --model m/ --file call.wav --fast --json
     """
     from ser.serve.stream import StreamLimits, StreamSession, parse_start
 
