@@ -137,7 +137,7 @@ TINY = {
     "data": {"synth_speakers": 8, "synth_per_emotion": 3},
     "split": {"k": 2},
     "evaluate": {"n_boot": 200},
-    "register": {"max_group_gap": None},
+    "register": {"max_group_gap": None, "publish": "memory://published"},
 }
 
 
@@ -175,6 +175,11 @@ def test_pipeline_registers_a_champion_with_card_and_working_onnx(first_run, rav
     assert card.startswith("---\n") and "version 1" in card
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["export"]["parity_max_abs_diff"] <= 1e-4
+    import fsspec  # register.publish copied the version to a URI (fsspec's memory filesystem here)
+
+    mem = fsspec.filesystem("memory")
+    assert mem.cat("/published/ser-emotion/1/model.onnx") == (folder / "model.onnx").read_bytes()
+    assert json.loads(mem.cat("/published/ser-emotion/aliases.json")) == {"champion": 1}
     assert meta["evaluation"]["uar"] > 0.25  # 8 classes: chance is 0.125
     # onnxruntime only, on a real clip and on the corpus it was trained on
     code = (

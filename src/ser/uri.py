@@ -46,3 +46,43 @@ def local_copy(uri: str | Path, cache_dir: str | Path) -> Path:
         raise SerError(f"{uri}: cannot fetch ({exc})") from None
     done.write_text(str(uri))
     return dest / "data"
+
+
+def publish_folder(folder: str | Path, dest_uri: str) -> str:
+    """Copy a local folder to ``dest_uri`` (a local path or any fsspec URI, e.g. ``s3://bucket/models/x/3``);
+    returns the destination. Files are uploaded first, then a ``_COMPLETE`` marker, so readers can tell a whole
+    copy from a partial one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SerError(f"not a folder: {folder}")
+    try:
+        import fsspec
+    except ImportError as exc:  # pragma: no cover
+        raise ConfigError("publishing needs fsspec") from exc
+    fs, root = fsspec.core.url_to_fs(str(dest_uri))
+    root = root.rstrip("/")
+    try:
+        fs.makedirs(root, exist_ok=True)
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                target = f"{root}/{p.relative_to(folder).as_posix()}"
+                fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                fs.put_file(str(p), target)
+        with fs.open(f"{root}/_COMPLETE", "w") as fh:
+            fh.write("ok\n")
+    except OSError as exc:
+        raise SerError(f"cannot publish to {dest_uri}: {exc}") from None
+    return str(dest_uri)
+
+
+def publish_file(path: str | Path, dest_uri: str) -> str:
+    """Copy one local file to ``dest_uri`` (path or fsspec URI)."""
+    import fsspec
+
+    fs, target = fsspec.core.url_to_fs(str(dest_uri))
+    try:
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(path), target)
+    except OSError as exc:
+        raise SerError(f"cannot publish to {dest_uri}: {exc}") from None
+    return str(dest_uri)

@@ -83,6 +83,9 @@ class RegisterConfig(_Section):
     margin: float = Field(0.0, ge=0, description="UAR a challenger must gain over the champion to replace it")
     max_group_gap: float | None = Field(0.25, ge=0, le=1, description="largest per-group UAR gap allowed")
     group: str = Field("gender", description="group attribute whose gap is bounded")
+    publish: str | None = Field(
+        None, description="also copy each registered version to this location (path or URI: s3://, gs://, ...)"
+    )
 
 
 class TrackingConfig(_Section):

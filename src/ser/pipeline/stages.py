@@ -432,6 +432,13 @@ def register_stage(ctx: StageContext) -> dict[str, Any]:
     if tracker is not None:
         tracker.set_alias(cfg.name, alias, version)
         tracker.tag_run(run_id, {"registered_version": str(version), "alias": alias, "decision": decision.reason})
+    published = None
+    if cfg.register_.publish:
+        from ser.uri import publish_file, publish_folder
+
+        base = cfg.register_.publish.rstrip("/")
+        published = publish_folder(dest, f"{base}/{cfg.name}/{version}")
+        publish_file(registry.model_root(ctx.workdir, cfg.name) / "aliases.json", f"{base}/{cfg.name}/aliases.json")
     result = {
         "name": cfg.name,
         "version": version,
@@ -440,6 +447,7 @@ def register_stage(ctx: StageContext) -> dict[str, Any]:
         "uar": evaluation["uar"],
         "model_dir": str(dest),
         "mlflow_run_id": run_id,
+        "published": published,
     }
     return {
         "outputs": {"model_dir": str(dest)},
