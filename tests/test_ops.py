@@ -43,6 +43,18 @@ GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"
 TORCH_LIKE = re.compile(r"^(torch|torchaudio|torchvision|nvidia-.*|triton)$")
 
 
+def require_tool(name: str) -> str:
+    """Path of a Prometheus tool (``prometheus``, ``promtool``; ``$PROMETHEUS_BIN`` / ``$PROMTOOL_BIN`` override);
+    missing, the test fails under CI and skips elsewhere."""
+    path = os.environ.get(f"{name.upper()}_BIN") or shutil.which(name)
+    if not path:
+        msg = f"{name} binary missing (scripts/install_prometheus.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ Dockerfiles
 
 
@@ -316,10 +328,9 @@ def test_prometheus_config(compose):
     assert ser.get("metrics_path", "/metrics") == "/metrics"
     assert [t for sc in ser["static_configs"] for t in sc["targets"]] == ["ser:8000"]
     assert "ser" in compose["services"]
-    promtool = shutil.which("promtool")
-    if promtool:
-        out = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
-        assert out.returncode == 0, out.stdout + out.stderr
+    promtool = require_tool("promtool")
+    out = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_grafana_provisioning(compose):
@@ -365,9 +376,7 @@ def _substitute(expr: str) -> str:
 
 def test_dashboard_promql_parses(tmp_path):
     """Every dashboard query is valid PromQL (promtool parses them as recording rules)."""
-    promtool = shutil.which("promtool")
-    if not promtool:
-        pytest.skip("promtool missing (scripts/install_prometheus.sh)")
+    promtool = require_tool("promtool")
     rules = {
         "groups": [
             {
@@ -473,16 +482,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prometheus_bin() -> str:
-    path = os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
-    if not path:
-        msg = "prometheus binary missing (scripts/install_prometheus.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -519,7 +518,7 @@ def _query(base: str, q: str) -> list[dict]:
 def test_prometheus_scrapes_ser_serve(tmp_path, model_dir, ravdess_dir):
     """A real ``ser serve`` and a real Prometheus on loopback: predictions on real clips show up in Prometheus'
     query API (request counter and per-emotion prediction counter), and every dashboard query runs there."""
-    prometheus = _prometheus_bin()
+    prometheus = require_tool("prometheus")
     clips = sorted((ravdess_dir / "Actor_01").glob("*.flac"))[:4]
     assert len(clips) == 4
     ser_port, prom_port = _free_port(), _free_port()
@@ -591,20 +590,23 @@ def test_prometheus_scrapes_ser_serve(tmp_path, model_dir, ravdess_dir):
                 assert r.status_code == 200, r.text
             assert client.post("/v1/predict", content=b"", headers={"content-type": "audio/flac"}).status_code == 400
 
-        deadline = time.monotonic() + 30
-        requests = predictions = None
+        def value(q: str) -> float | None:
+            res = _query(prom_url, q)
+            return float(res[0]["value"][1]) if res else None
+
+        deadline = time.monotonic() + 30  # until a scrape after the last request has been stored
+        requests = errors = predictions = None
         while time.monotonic() < deadline:
-            res = _query(prom_url, 'sum(ser_http_requests_total{job="ser",route="/v1/predict",status="200"})')
-            requests = float(res[0]["value"][1]) if res else None
+            requests = value('sum(ser_http_requests_total{job="ser",route="/v1/predict",status="200"})')
+            errors = value('sum(ser_http_requests_total{job="ser",route="/v1/predict",status="400"})')
             per_emotion = _query(prom_url, 'sum by (emotion) (ser_predictions_total{job="ser",endpoint="predict"})')
             predictions = {r["metric"]["emotion"]: float(r["value"][1]) for r in per_emotion}
-            if requests == len(clips) and sum(predictions.values()) == len(clips):
+            if requests == len(clips) and errors == 1 and sum(predictions.values()) == len(clips):
                 break
             time.sleep(0.5)
         assert requests == len(clips), f"request counter in Prometheus: {requests}"
+        assert errors == 1, f"400 counter in Prometheus: {errors}"
         assert sum(predictions.values()) == len(clips) and set(predictions) <= set(LABELS), predictions
-        errors = _query(prom_url, 'sum(ser_http_requests_total{job="ser",status="400"})')
-        assert errors and float(errors[0]["value"][1]) == 1
         assert _query(prom_url, 'ser_model_info{job="ser"}')[0]["metric"]["version"] == "7"
         for expr in dashboard_exprs():  # every panel's query is accepted by a real Prometheus
             _query(prom_url, _substitute(expr))
