@@ -66,3 +66,40 @@ def write_wav(path: Path, y: np.ndarray, sr: int = 16_000, subtype: str = "PCM_1
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, y, sr, subtype=subtype)
     return path
+
+
+RAVDESS8 = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+
+
+def export_tiny_model(path: Path, version: str = "1", labels: list[str] | None = None, **extra) -> Path:
+    """A model folder (ONNX + metadata) of a small untrained CNN over 64-band log-mel: for serving tests, which check
+    shapes, protocols and errors, not accuracy. ``extra`` is merged into metadata.json."""
+    from ser.export import write_model_folder
+    from ser.features import FeatureConfig
+    from ser.models.registry import build_model
+
+    m = build_model("cnn", 8, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats", seed=0)
+    return write_model_folder(
+        path, m, labels=labels or RAVDESS8, feature_config=FeatureConfig(), extra={"version": version, **extra}
+    )
+
+
+@pytest.fixture
+def make_client(holder):
+    """``make_client(**settings)`` → a started TestClient over the module's loaded ``holder`` (closed afterwards)."""
+    from fastapi.testclient import TestClient
+
+    from ser.serve.app import Settings, create_app
+
+    opened: list = []
+
+    def _make(holder_=None, **kw):
+        kw.setdefault("model_dir", holder.model_dir)
+        c = TestClient(create_app(Settings(**kw), holder=holder_ or holder))
+        c.__enter__()
+        opened.append(c)
+        return c
+
+    yield _make
+    for c in opened:
+        c.__exit__(None, None, None)

@@ -22,8 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ser.serve.app import Settings, create_app, parse_multipart
 from ser.serve.engine import ModelHolder
+from tests.conftest import RAVDESS8, export_tiny_model
 
-LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+LABELS = RAVDESS8
 CLIPS = {  # Actor_01, statement 1, repetition 1
     "neutral": "03-01-01-01-01-01-01.flac",
     "happy": "03-01-03-02-01-01-01.flac",
@@ -38,13 +39,7 @@ pytestmark = pytest.mark.shared_data
 
 
 def _export(path: Path, version: str) -> Path:
-    from ser.export import write_model_folder
-    from ser.features import FeatureConfig
-    from ser.models.registry import build_model
-
-    m = build_model("cnn", 8, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats", seed=0)
-    extra = {"version": version, "metrics": {"uar": 0.125, "accuracy": 0.125}}
-    return write_model_folder(path, m, labels=LABELS, feature_config=FeatureConfig(), extra=extra)
+    return export_tiny_model(path, version, metrics={"uar": 0.125, "accuracy": 0.125})
 
 
 @pytest.fixture(scope="module")
@@ -62,23 +57,6 @@ def holder(model_dir) -> ModelHolder:
 @pytest.fixture(scope="module")
 def clips(ravdess_dir) -> dict[str, bytes]:
     return {k: (ravdess_dir / "Actor_01" / name).read_bytes() for k, name in CLIPS.items()}
-
-
-@pytest.fixture
-def make_client(holder):
-    """``make_client(**settings)`` → a started TestClient over the shared, loaded model."""
-    opened: list[TestClient] = []
-
-    def _make(holder_=None, **kw) -> TestClient:
-        kw.setdefault("model_dir", holder.model_dir)
-        c = TestClient(create_app(Settings(**kw), holder=holder_ or holder))
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield _make
-    for c in opened:
-        c.__exit__(None, None, None)
 
 
 @pytest.fixture

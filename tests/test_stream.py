@@ -23,9 +23,10 @@ from ser.errors import SerError
 from ser.serve import stream as S
 from ser.serve.app import Settings, create_app
 from ser.serve.engine import ModelHolder
+from tests.conftest import RAVDESS8, export_tiny_model
 
 SR = 16_000
-LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+LABELS = RAVDESS8
 CLIP = "03-01-05-02-01-01-01.flac"  # Actor_01, angry, statement 1: 4.1 s, voice from about 1.0 to 3.1 s
 
 
@@ -72,12 +73,7 @@ class FakePredictor:
 
 
 def _export(path: Path, version: str) -> Path:
-    from ser.export import write_model_folder
-    from ser.features import FeatureConfig
-    from ser.models.registry import build_model
-
-    m = build_model("cnn", 8, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats", seed=0)
-    return write_model_folder(path, m, labels=LABELS, feature_config=FeatureConfig(), extra={"version": version})
+    return export_tiny_model(path, version)
 
 
 @pytest.fixture(scope="module")
@@ -408,22 +404,6 @@ def test_session_closes_only_when_it_cannot_go_on():
 
 
 # ------------------------------------------------------------------------------------------------ the WebSocket route
-
-
-@pytest.fixture
-def make_client(holder):
-    opened: list[TestClient] = []
-
-    def _make(holder_=None, **kw) -> TestClient:
-        kw.setdefault("model_dir", holder.model_dir)
-        c = TestClient(create_app(Settings(**kw), holder=holder_ or holder))
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield _make
-    for c in opened:
-        c.__exit__(None, None, None)
 
 
 def receive_until_done(ws, limit: int = 10_000) -> list[dict]:

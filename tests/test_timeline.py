@@ -11,10 +11,10 @@ import pytest
 
 from ser.errors import ConfigError
 from ser.serve import timeline as T
-from tests.conftest import write_wav
+from tests.conftest import RAVDESS8, export_tiny_model, write_wav
 
 SR = 16_000
-LABELS = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+LABELS = RAVDESS8
 
 
 def voice(seconds: float, f0: float = 140.0, amp: float = 0.3) -> np.ndarray:
@@ -218,14 +218,7 @@ def test_segments_the_model_rejects_are_left_out():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from ser.export import write_model_folder
-    from ser.features import FeatureConfig
-    from ser.models.registry import build_model
-
-    m = build_model("cnn", 8, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats", seed=0)
-    return write_model_folder(
-        tmp_path_factory.mktemp("model") / "m", m, labels=LABELS, feature_config=FeatureConfig(), extra={"version": "7"}
-    )
+    return export_tiny_model(tmp_path_factory.mktemp("model") / "m", "7", labels=LABELS)
 
 
 def test_cli_predict_json_and_bad_file(run_cli, model_dir, tmp_path):
