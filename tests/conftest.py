@@ -84,6 +84,16 @@ def export_tiny_model(path: Path, version: str = "1", labels: list[str] | None =
     )
 
 
+@pytest.fixture(scope="module")
+def holder(model_dir):
+    """A loaded hot-reloadable model over the module's ``model_dir`` fixture."""
+    from ser.serve.engine import ModelHolder
+
+    h = ModelHolder(model_dir)
+    assert h.reload().ok
+    return h
+
+
 @pytest.fixture
 def make_client(holder):
     """``make_client(**settings)`` → a started TestClient over the module's loaded ``holder`` (closed afterwards)."""

@@ -19,7 +19,6 @@ import pytest
 import soundfile as sf
 
 from ser.serve.app import Settings, create_app
-from ser.serve.engine import ModelHolder
 from tests.test_stream import CLIP, LABELS, _export, running_server
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
@@ -52,13 +51,6 @@ def browser_paths() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     return _export(tmp_path_factory.mktemp("browser") / "m", "1")
-
-
-@pytest.fixture(scope="module")
-def holder(model_dir) -> ModelHolder:
-    h = ModelHolder(model_dir)
-    assert h.reload().ok
-    return h
 
 
 @pytest.fixture(scope="module")

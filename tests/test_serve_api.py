@@ -48,13 +48,6 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def holder(model_dir) -> ModelHolder:
-    h = ModelHolder(model_dir)
-    assert h.reload().ok
-    return h
-
-
-@pytest.fixture(scope="module")
 def clips(ravdess_dir) -> dict[str, bytes]:
     return {k: (ravdess_dir / "Actor_01" / name).read_bytes() for k, name in CLIPS.items()}
 

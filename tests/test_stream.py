@@ -82,13 +82,6 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def holder(model_dir) -> ModelHolder:
-    h = ModelHolder(model_dir)
-    assert h.reload().ok
-    return h
-
-
-@pytest.fixture(scope="module")
 def clip(ravdess_dir) -> np.ndarray:
     y, sr = sf.read(ravdess_dir / "Actor_01" / CLIP, dtype="float32")
     assert sr == SR and y.ndim == 1
