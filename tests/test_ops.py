@@ -28,7 +28,7 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import tone
+from tests.conftest import export_tiny_model, tone
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE_DOCKERFILE = ROOT / "docker" / "service.Dockerfile"
@@ -443,18 +443,9 @@ def test_dashboard_promql_parses(tmp_path):
 # ------------------------------------------------------------------------------------------------ the app's metrics
 
 
-def _export(path: Path) -> Path:
-    from ser.export import write_model_folder
-    from ser.features import FeatureConfig
-    from ser.models.registry import build_model
-
-    m = build_model("cnn", 8, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats", seed=0)
-    return write_model_folder(path, m, labels=LABELS, feature_config=FeatureConfig(), extra={"version": "7"})
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return _export(tmp_path_factory.mktemp("ops") / "m")
+    return export_tiny_model(tmp_path_factory.mktemp("ops") / "m", "7", LABELS)
 
 
 def _wav(y: np.ndarray, sr: int = 16_000) -> bytes:
