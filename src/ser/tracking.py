@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,10 @@ class Tracker:
         self, cfg: Any, inputs: dict[str, dict[str, Any]], evaluation: dict[str, Any], model_dir
     ) -> str:
         """Log a finished training pipeline; returns the run id."""
+        with contextlib.redirect_stdout(sys.stderr):  # MLflow prints "View run ..." links; stdout stays for --json
+            return self._log_pipeline_run(cfg, inputs, evaluation, model_dir)
+
+    def _log_pipeline_run(self, cfg: Any, inputs: dict[str, dict], evaluation: dict[str, Any], model_dir) -> str:
         from mlflow.entities import Metric, Param, RunTag
 
         from ser.export import code_version

@@ -83,6 +83,9 @@ def serve(
     )
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (open)"
     console.print(f"serving on http://{host}:{port} ({auth}); docs at /docs", highlight=False)
+    from ser.serve.app import one_blas_thread_per_request
+
+    one_blas_thread_per_request()
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
 
 

@@ -955,6 +955,18 @@ def _package_version() -> str:
     return ser.__version__
 
 
+def one_blas_thread_per_request() -> None:
+    """Limit BLAS / OpenMP pools to one thread for the whole process. A server runs one request per core already;
+    letting the log-mel's matrix products spawn a thread per core on top oversubscribes the cores (about 2× slower
+    per clip under load, measured by benchmarks/serve.py). Only server entry points call this."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return
+    threadpool_limits(limits=1)
+
+
 def app_from_env() -> FastAPI:
     """``uvicorn --factory ser.serve.app:app_from_env``: settings from ``SER_*`` variables."""
+    one_blas_thread_per_request()
     return create_app(Settings.from_env())
