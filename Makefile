@@ -23,13 +23,13 @@ demo: $(STAMP)
 
 ## Lint + the whole test suite.
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks dags tests_airflow
+	$(BIN)/ruff format --check src tests benchmarks dags tests_airflow
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks dags tests_airflow
+	$(BIN)/ruff format --check src tests benchmarks dags tests_airflow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_validate.py
