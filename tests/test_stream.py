@@ -239,6 +239,32 @@ def test_bursts_separated_by_silence_give_one_final_each():
     assert out[i_final - 1]["t"] == 2.5 and out[i_final + 1]["t"] == 3.0
 
 
+def test_split_path_gives_the_same_messages_and_calls_the_model_only_when_due():
+    """What the server does per audio frame: ingest_frame (no model) + advance, the latter in a worker only when
+    work_pending says a partial or a final is due. Same messages as handle(); the model runs only then."""
+    y = np.concatenate([silence(0.6), voice(1.0), silence(1.0), voice(0.8, f0=300), silence(0.8)])
+    reference = run_session(y)
+    pred = FakePredictor()
+    s = S.StreamSession(lambda: pred)
+    out = s.handle(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm16"}))
+    n, pending, calls_when_idle = round(0.02 * SR), 0, 0
+    for i in range(0, y.size, n):
+        out += s.ingest_frame(S.encode_frame(y[i : i + n], "pcm16"))
+        before = len(pred.calls)
+        if s.work_pending():
+            pending += 1
+            out += s.advance()
+        else:
+            out += s.advance()
+            calls_when_idle += len(pred.calls) - before
+    out += s.handle('{"type": "end"}')
+    strip = [{k: v for k, v in m.items() if k != "latency_ms"} for m in out]
+    assert strip == [{k: v for k, v in m.items() if k != "latency_ms"} for m in reference]
+    assert calls_when_idle == 0  # advance never ran the model when work_pending said no
+    frames = -(-y.size // n)
+    assert pending <= len(of_type(out, "partial")) + len(of_type(out, "final")) < frames / 10
+
+
 def test_final_covers_the_whole_utterance_and_partials_the_window():
     fake = FakePredictor()
     run_session(np.concatenate([silence(0.5), voice(4.0), silence(1.0)]), fake, hop_s=1.0, window_s=1.5)

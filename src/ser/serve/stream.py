@@ -38,6 +38,7 @@ the model-rate stream.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -382,9 +383,16 @@ class StreamSession:
 
     def on_bytes(self, data: bytes) -> list[dict[str, Any]]:
         """Answer one binary audio frame (in the started stream's encoding)."""
+        t0 = self.clock()
+        out = self.ingest_frame(data)
+        return out + self.advance(t0)
+
+    def ingest_frame(self, data: bytes) -> list[dict[str, Any]]:
+        """The cheap half of :meth:`on_bytes`: decode the frame, buffer it and run voice activity over it (no
+        model call); returns error messages, if any. Then :meth:`work_pending` says whether :meth:`advance` will
+        call the model (a hop completed or an utterance may close), so a server can run only that in a worker."""
         if self.close is not None:
             return []
-        t0 = self.clock()
         try:
             if self.config is None:
                 raise StreamError("not_started", 'send {"type": "start", ...} before audio')
@@ -395,7 +403,27 @@ class StreamSession:
             samples = decode_frame(data, self.config.encoding)
         except StreamError as exc:
             return self._error(exc)
-        return self.feed(samples, t0=t0)
+        return self._ingest(samples)
+
+    def work_pending(self) -> bool:
+        """Would :meth:`advance` call the model? True when a hop is complete or the endpointer may close an
+        utterance over the frames analysed so far (checked on a copy of its state)."""
+        if self.config is None or self.close is not None:
+            return False
+        if self._buf.end >= self._next_partial:
+            return True
+        ep = copy.copy(self._endpointer)
+        upto = self._buf.end / self.sr
+        while ep.n < self._flag0 + len(self._flags) and (ep.n + 1) * self.frame_s <= upto + 1e-9:
+            if ep.push(self._flags[ep.n - self._flag0]) is not None:
+                return True
+        return False
+
+    def advance(self, t0: float | None = None) -> list[dict[str, Any]]:
+        """Partials and finals due after :meth:`ingest_frame` (``t0``: the frame's arrival, for ``latency_ms``)."""
+        if self.close is not None or self.config is None:
+            return []
+        return self._advance(self.clock() if t0 is None else t0)
 
     def _error(self, exc: StreamError) -> list[dict[str, Any]]:
         self.errors += 1
@@ -455,17 +483,22 @@ class StreamSession:
         if self.config is None:
             return self._error(StreamError("not_started", 'send {"type": "start", ...} before audio'))
         t0 = self.clock() if t0 is None else t0
+        out = self._ingest(samples, last)
+        if self.close is not None:
+            return out
+        return out + self._advance(t0)
+
+    def _ingest(self, samples: np.ndarray, last: bool = False) -> list[dict[str, Any]]:
+        """Resample, buffer and voice-flag ``samples``; the error when the stream grows past its limit."""
         x = self._to_model(np.asarray(samples, dtype=np.float32).reshape(-1), last)
-        out: list[dict[str, Any]] = []
         if self._buf.end + x.size > self.limits.max_stream_s * self.sr:
-            out += self._error(StreamError("stream_too_long", f"stream longer than {self.limits.max_stream_s:g} s"))
+            out = self._error(StreamError("stream_too_long", f"stream longer than {self.limits.max_stream_s:g} s"))
             self.close = Close(CLOSE_POLICY, "stream too long")
             return out
         self._buf.append(x)
         vad_in = x if self._to_vad is None else self._to_vad(x, last)
         self._flags.extend(bool(f) for f in self._vad.push(vad_in))
-        out += self._advance(t0)
-        return out
+        return []
 
     def _endpoint(self, upto_s: float) -> list[dict[str, Any]]:
         """Push the VAD frames that end by ``upto_s`` seconds to the endpointer → the finals they close."""
