@@ -62,3 +62,25 @@ def test_cli_cross_corpus_classical(two_corpora, run_cli):
     assert res["uar"] > 2 * res["chance_uar"]  # the synthetic prosody carries over to unseen speakers
     assert (root / "run" / "report" / "confusion_matrix.png").is_file()
     assert isinstance(pd.read_json(root / "run" / "report" / "metrics.json", typ="series"), pd.Series)
+
+
+def test_corpus_normalize_standardises_each_corpus_separately():
+    import numpy as np
+
+    from ser.evaluate.crosscorpus import corpus_normalize
+
+    rng = np.random.default_rng(0)
+    feats = {f"a{i}": {"functionals": rng.normal(5, 2, 3), "logmel": rng.normal(-40, 10, (4, 20))} for i in range(30)}
+    feats |= {
+        f"b{i}": {"functionals": rng.normal(-9, 0.5, 3), "logmel": rng.normal(-70, 3, (4, 25))} for i in range(20)
+    }
+    corpus_of = {u: u[0] for u in feats}
+    out = corpus_normalize(feats, corpus_of)
+    for c in "ab":
+        utts = [u for u in out if u[0] == c]
+        f = np.stack([out[u]["functionals"] for u in utts])
+        np.testing.assert_allclose(f.mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(f.std(0), 1, atol=1e-3)
+        frames = np.concatenate([out[u]["logmel"] for u in utts], axis=1)
+        np.testing.assert_allclose(frames.mean(1), 0, atol=1e-4)
+        assert out[utts[0]]["logmel"].shape == feats[utts[0]]["logmel"].shape

@@ -170,6 +170,7 @@ def cross_corpus_cmd(
     model: str = typer.Option("cnn", "--model", help="recipe: cnn, tdnn, crnn, rnn, classical"),
     config: Path | None = typer.Option(None, "--config", help="YAML overriding recipe fields"),
     profile: str = typer.Option("four", "--profile", help="shared label profile (four, seven, ... or a YAML file)"),
+    normalize: str = typer.Option("corpus", "--normalize", help="corpus: standardise features per corpus; none"),
     cache: Path | None = typer.Option(None, "--cache", help="feature cache folder (default OUT/cache)"),
     workers: int = typer.Option(2, "--workers", help="feature-extraction processes"),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
@@ -197,6 +198,7 @@ def cross_corpus_cmd(
         cache_dir=cache or out / "cache",
         workers=workers,
         seed=seed,
+        normalize=normalize,
         progress=not as_json,
     )
     if as_json:

@@ -37,6 +37,33 @@ def align(train: pd.DataFrame, test: pd.DataFrame, profile: str) -> tuple[pd.Dat
     return tr, te, classes, {"train": d_tr, "test": d_te, **only}
 
 
+def corpus_normalize(
+    feats: dict[str, dict[str, np.ndarray]], corpus_of: dict[str, str], eps: float = 1e-6
+) -> dict[str, dict[str, np.ndarray]]:
+    """Standardise every feature row per corpus (mean 0, std 1 over that corpus' utterances / frames).
+
+    Unsupervised (no labels), the classic cross-corpus baseline (Schuller et al., 2010): it removes recording-level
+    differences (microphone, level, bandwidth) that otherwise swamp emotion cues. ``feats`` ``{utt: {kind: array}}``
+    with arrays ``(D,)`` (utterance functionals) or ``(F, T)`` (frames); returns new arrays, same shapes.
+    """
+    by_corpus: dict[str, list[str]] = {}
+    for u in feats:
+        by_corpus.setdefault(corpus_of[u], []).append(u)
+    out: dict[str, dict[str, np.ndarray]] = {u: {} for u in feats}
+    for utts in by_corpus.values():
+        for kind in feats[utts[0]]:
+            arrays = [np.asarray(feats[u][kind], dtype=np.float64) for u in utts]
+            if arrays[0].ndim == 1:
+                stack = np.stack(arrays)
+                mu, sd = np.nanmean(stack, axis=0), np.nanstd(stack, axis=0)
+            else:
+                frames = np.concatenate(arrays, axis=1)
+                mu, sd = frames.mean(axis=1, keepdims=True), frames.std(axis=1, keepdims=True)
+            for u, a in zip(utts, arrays, strict=True):
+                out[u][kind] = ((a - mu) / (sd + eps)).astype(np.float32)
+    return out
+
+
 def cross_corpus_splits(train: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
     """One fold: every row of ``train`` in role train, every row of ``test`` in role test; leakage-checked."""
     from ser.data.split import SPLIT_COLUMNS, check_leakage
@@ -60,10 +87,16 @@ def cross_corpus(
     workers: int | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    normalize: str = "corpus",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train ``spec`` (a :class:`~ser.train.cv.ModelSpec`) on ``train``, evaluate on ``test``; writes the report
-    (JSON + Markdown + confusion matrix) to ``out_dir/report`` and returns the evaluation summary."""
+    (JSON + Markdown + confusion matrix) to ``out_dir/report`` and returns the evaluation summary.
+
+    ``normalize``: ``corpus`` standardises features per corpus (:func:`corpus_normalize`), ``none`` keeps them.
+    """
+    if normalize not in ("corpus", "none"):
+        raise SerError(f"normalize must be corpus or none, got {normalize!r}")
     from ser.evaluate.cv import cv_evaluation, write_cv_report
     from ser.train.cv import cross_validate, load_frame_features
 
@@ -72,6 +105,17 @@ def cross_corpus(
     splits = cross_corpus_splits(tr, te)
     kinds = tuple(sorted({"logmel", spec.features}))
     feats = load_frame_features(both, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
+    if normalize == "corpus":
+        if spec.features != "functionals" and spec.trim_db is not None:  # trim on the raw dB log-mel first
+            from ser.inference import trim_bounds
+
+            trimmed = {}
+            for u, f in feats.items():
+                lo, hi = trim_bounds(f["logmel"], spec.trim_db)
+                trimmed[u] = {k: (a[:, lo:hi] if a.ndim == 2 else a) for k, a in f.items()}
+            feats, spec = trimmed, spec.model_copy(update={"trim_db": None})
+        corpus_of = dict(zip(both["utt_id"].astype(str), both["corpus"].astype(str), strict=True))
+        feats = corpus_normalize(feats, corpus_of)
     outs = cross_validate(both, splits, spec, feats, classes, out_dir, seed=seed)
     ev = cv_evaluation(outs, both, classes, n_boot=n_boot, seed=seed)
     corpora = {
@@ -84,6 +128,7 @@ def cross_corpus(
     return {
         "model": spec.name,
         "profile": profile,
+        "normalize": normalize,
         "classes": classes,
         **{f"{k}_corpora": v for k, v in corpora.items()},
         "n_train": len(tr),
