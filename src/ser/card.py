@@ -139,13 +139,15 @@ def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str
         "- UAR per fold: " + ", ".join(_pct(v) for v in evaluation.get("uar_per_fold") or []),
         "",
     ]
-    per_class = result.get("per_class") or {}
-    if isinstance(per_class, dict) and per_class:
+    per_class = result.get("per_class") or []
+    if isinstance(per_class, dict):  # {label: metrics}
+        per_class = [{"class": k, **v} for k, v in per_class.items() if isinstance(v, dict)]
+    if per_class:
         rows = []
-        for label, m in per_class.items():
+        for m in per_class:
             if isinstance(m, dict):
                 rows.append(
-                    [label, _pct(m.get("precision")), _pct(m.get("recall")), _pct(m.get("f1")), m.get("support")]
+                    [m.get("class"), *(_pct(m.get(k)) for k in ("precision", "recall", "f1")), m.get("support")]
                 )
         if rows:
             lines += ["### Per class", "", *_table(["emotion", "precision", "recall", "F1", "support"], rows), ""]
