@@ -151,11 +151,12 @@ def run_fold(
     return FoldOutput(proba=proba, y=y["test"], utt_ids=ids["test"], info=info)
 
 
-def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
+def _train_torch(spec: ModelSpec, x: dict, y: dict, n_classes: int, seed: int, out_dir, progress: bool):
+    """Fit ``spec`` on ``x/y['train']`` (SpecAugment on training crops only) with early stopping on
+    ``x/y['val']``; resumes from ``out_dir``. Returns ``(TrainResult, TrainConfig)``."""
     from ser.augment import make_augment_config, spec_augment
-    from ser.models.registry import build_model
     from ser.train.data import ArrayDataset
-    from ser.train.trainer import TrainConfig, fit, predict_proba
+    from ser.train.trainer import TrainConfig, fit
 
     cfg = TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
     transform = None
@@ -167,12 +168,18 @@ def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
 
     train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes, transform=transform)
     val_ds = ArrayDataset(x["val"], y["val"], n_classes=n_classes)
+    return fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None), cfg
+
+
+def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
+    from ser.train.data import ArrayDataset
+    from ser.train.trainer import predict_proba
+
+    result, cfg = _train_torch(spec, x, y, n_classes, seed, out_dir, progress)
     test_ds = ArrayDataset(x["test"], y["test"], n_classes=n_classes)
-    result = fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None)
     proba = predict_proba(result.model, test_ds, eval_mode=cfg.eval_mode)
-    model = build_model(spec.model, n_classes, train_ds.n_features, **spec.params)
     return proba, {
-        "n_params": int(model.n_params()),
+        "n_params": int(result.model.n_params()),
         "best_epoch": int(result.best_epoch),
         "best_val_uar": float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),
@@ -291,32 +298,17 @@ def fit_final(
     facts about the run. Resumes from ``out_dir`` when a checkpoint is there.
     """
     from ser.data.split import carve_validation
-    from ser.train.data import ArrayDataset
-    from ser.train.trainer import TrainConfig, fit
 
     if spec.model == "classical":
         raise ConfigError("the pipeline ships torch models (exported to ONNX); choose cnn, tdnn, rnn or crnn")
     frame = manifest[manifest["utt_id"].isin(feats.keys()) & manifest["emotion"].isin(classes)]
     train, val = carve_validation(frame, spec.val_speakers, seed)
     index = {c: i for i, c in enumerate(classes)}
-    data = {}
-    for role, df in (("train", train), ("val", val)):
-        ids = df["utt_id"].tolist()
-        data[role] = (utterance_arrays(spec, feats, ids), np.array([index[e] for e in df["emotion"]]))
-    transform = None
-    if spec.augment is not None:
-        from ser.augment import make_augment_config, spec_augment
-
-        aug = make_augment_config(spec.augment)
-
-        def transform(arr, rng):
-            return spec_augment(arr, aug, rng)
-
-    cfg = TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
-    train_ds = ArrayDataset(*data["train"], n_classes=len(classes), transform=transform)
-    val_ds = ArrayDataset(*data["val"], n_classes=len(classes))
+    roles = {"train": train, "val": val}
+    x = {r: utterance_arrays(spec, feats, df["utt_id"].tolist()) for r, df in roles.items()}
+    y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in roles.items()}
     start = time.perf_counter()
-    result = fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None)
+    result, cfg = _train_torch(spec, x, y, len(classes), seed, out_dir, progress)
     info = {
         "seconds": round(time.perf_counter() - start, 2),
         "best_epoch": int(result.best_epoch),
