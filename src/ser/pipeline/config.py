@@ -115,9 +115,6 @@ class PipelineConfig(_Section):
             self.train.model = "cnn-small" if self.data.corpus == "synthetic" else "cnn"
         return self
 
-    def section(self, name: str) -> Any:
-        return getattr(self, f"{name}_" if name in ("validate", "register") else name)
-
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 

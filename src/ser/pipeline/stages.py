@@ -308,12 +308,11 @@ def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
 def export_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.export import write_model_folder
     from ser.models.registry import load_model
-    from ser.train.cv import utterance_arrays
-    from ser.train.recipes import get_recipe
+    from ser.train.cv import ModelSpec, utterance_arrays
 
     model, extra = load_model(ctx.path("train", "model"))
     rec = ctx.inputs["train"]
-    spec = get_recipe(rec["recipe"]["name"], {k: v for k, v in rec["recipe"].items() if k != "name"})
+    spec = ModelSpec.model_validate(rec["recipe"])
     manifest = read_parquet(ctx.path("split", "manifest"))
     sample = manifest.sample(n=min(8, len(manifest)), random_state=0)
     feats = _load_features(ctx, sample, _kinds(ctx.cfg))
@@ -507,14 +506,3 @@ STAGES: list[Stage] = [
     ),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
-
-
-def stage_metric_values(summary) -> dict[str, Any]:
-    """Numbers worth printing beside the table (UAR, version, alias)."""
-    out: dict[str, Any] = {}
-    for r in summary.results:
-        if r.name == "evaluate":
-            out["uar"] = r.record.get("evaluation", {}).get("uar")
-        if r.name == "register":
-            out.update(r.record.get("result") or {})
-    return out
