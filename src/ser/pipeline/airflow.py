@@ -114,6 +114,14 @@ def _fail(exc: BaseException | str):
     return AirflowFailException(str(exc))
 
 
+def _resolve_in_task(context: Any, where: dict[str, Any]) -> tuple[str | None, str]:
+    """:func:`resolve` for a running task (``where``: its keyword arguments); a problem fails the task at once."""
+    try:
+        return resolve(context["params"], **where)
+    except Exception as exc:
+        raise _fail(exc) from exc
+
+
 def run_stage(stage: str, config: str | None, workdir: str):
     """Run one stage whose upstream stages are done (cached when its record exists); its :class:`StageResult`.
 
@@ -154,19 +162,13 @@ def add_stage_tasks(
     under the XCom key ``status``."""
     from airflow.sdk import get_current_context, task
 
+    where = {"config_variable": config_variable, "workdir_variable": workdir_variable, "require_config": require_config}
+
     def make(stage: str, deps: tuple[str, ...]):
         @task(task_id=stage, doc_md=f"Pipeline stage `{stage}` (upstream: {', '.join(deps) or 'none'}).")
         def run_one() -> str:
             context = get_current_context()
-            try:
-                config, workdir = resolve(
-                    context["params"],
-                    config_variable=config_variable,
-                    workdir_variable=workdir_variable,
-                    require_config=require_config,
-                )
-            except Exception as exc:
-                raise _fail(exc) from exc
+            config, workdir = _resolve_in_task(context, where)
             result = run_stage(stage, config, workdir)
             context["ti"].xcom_push(key=STATUS_KEY, value=result.status)
             return result.metric
@@ -193,18 +195,15 @@ def add_decision_task(
     read from the cache (nothing changed since)."""
     from airflow.sdk import get_current_context, task
 
+    where = {"config_variable": config_variable, "workdir_variable": workdir_variable, "require_config": require_config}
+
     @task(task_id=DECISION_TASK, doc_md="The registry decision: champion or challenger, and why.")
     def decision() -> dict[str, Any]:
         from ser import registry
 
         context = get_current_context()
+        config, workdir = _resolve_in_task(context, where)
         try:
-            config, workdir = resolve(
-                context["params"],
-                config_variable=config_variable,
-                workdir_variable=workdir_variable,
-                require_config=require_config,
-            )
             rec = stage_record("register", config, workdir)
         except Exception as exc:
             raise _fail(exc) from exc
