@@ -10,15 +10,6 @@ if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&
     echo "chromium already installed: $(chromium --version 2>/dev/null | head -n 1)"
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: no apt-get here; install Chromium and a matching chromedriver (both on PATH) another way" >&2
-    exit 2
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q chromium chromium-driver
+. "$(dirname "$0")/_apt.sh"
+apt_install "Chromium and a matching chromedriver (both on PATH)" chromium chromium-driver
 echo "installed: $(chromium --version 2>/dev/null | head -n 1); $(chromedriver --version | head -n 1)"

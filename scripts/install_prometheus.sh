@@ -10,17 +10,8 @@ if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1;
     echo "prometheus already installed: $(prometheus --version 2>&1 | head -n 1)"
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: no apt-get here; install Prometheus (prometheus + promtool on PATH) another way" >&2
-    exit 2
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends prometheus
+. "$(dirname "$0")/_apt.sh"
+apt_install "Prometheus (prometheus + promtool on PATH)" --no-install-recommends prometheus
 # The package registers a system service on :9090; the tests run their own instance, so keep that one off.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
