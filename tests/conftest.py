@@ -68,6 +68,20 @@ def write_wav(path: Path, y: np.ndarray, sr: int = 16_000, subtype: str = "PCM_1
     return path
 
 
+def synth_run_dir(root: Path, n_speakers: int, per_emotion: int, k: int) -> Path:
+    """A synthetic corpus ingested to ``root/m/manifest.parquet`` with ``k`` speaker folds in
+    ``root/s/splits.parquet`` (what ``ser train`` / ``ser tune`` take on the command line)."""
+    from ser.data.ingest import ingest, write_outputs
+    from ser.data.split import make_splits
+    from ser.data.synth import synthesize
+    from ser.io import write_parquet
+
+    result = ingest("ravdess", synthesize(root / "corpus", n_speakers=n_speakers, per_emotion=per_emotion, seed=0))
+    write_outputs(result, root / "m")
+    write_parquet(root / "s" / "splits.parquet", make_splits(result.manifest, "kfold", k=k, seed=0))
+    return root
+
+
 RAVDESS8 = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from ser.errors import ConfigError, SerError
 from ser.train.cv import FoldOutput, ensemble_folds, fuse, load_fold, save_fold, trim_bounds
+from tests.conftest import synth_run_dir
 
 
 def test_trim_bounds_drops_quiet_edges():
@@ -57,16 +58,7 @@ def test_ensemble_requires_same_utterances():
 
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
-    from ser.data.ingest import ingest, write_outputs
-    from ser.data.split import make_splits
-    from ser.data.synth import synthesize
-    from ser.io import write_parquet
-
-    root = tmp_path_factory.mktemp("synth")
-    result = ingest("ravdess", synthesize(root / "corpus", n_speakers=6, per_emotion=4, seed=0))
-    write_outputs(result, root / "m")
-    write_parquet(root / "s" / "splits.parquet", make_splits(result.manifest, "kfold", k=3, seed=0))
-    return root
+    return synth_run_dir(tmp_path_factory.mktemp("synth"), n_speakers=6, per_emotion=4, k=3)
 
 
 def test_ser_train_classical_and_tiny_cnn_on_synthetic(synth_run, run_cli, tmp_path):

@@ -25,6 +25,7 @@ from ser.tune import (
     tuning_roles,
     write_outputs,
 )
+from tests.conftest import synth_run_dir
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
 TINY_CNN = {
@@ -410,16 +411,7 @@ def test_argument_errors(data, classical, tiny_cnn):
 
 @pytest.fixture(scope="module")
 def synth_run(tmp_path_factory):
-    from ser.data.ingest import ingest, write_outputs
-    from ser.data.split import make_splits
-    from ser.data.synth import synthesize
-    from ser.io import write_parquet
-
-    root = tmp_path_factory.mktemp("synth")
-    result = ingest("ravdess", synthesize(root / "corpus", n_speakers=5, per_emotion=1, seed=0))
-    write_outputs(result, root / "m")
-    write_parquet(root / "s" / "splits.parquet", make_splits(result.manifest, "kfold", k=5, seed=0))
-    return root
+    return synth_run_dir(tmp_path_factory.mktemp("synth"), n_speakers=5, per_emotion=1, k=5)
 
 
 def test_cli_tune_writes_outputs_and_resumes(synth_run, run_cli, tmp_path):
