@@ -21,6 +21,7 @@ from ser.io import atomic_path
 from ser.models.classical import ClassicalModel
 from ser.models.cnn import CNN, TDNN, SerModel
 from ser.models.crnn import CRNN
+from ser.models.ensemble import Ensemble
 from ser.models.rnn import RNN
 from ser.models.ssl import SSLClassifier
 
@@ -31,6 +32,7 @@ MODELS: dict[str, type] = {
     "crnn": CRNN,
     "ssl": SSLClassifier,
     "classical": ClassicalModel,
+    "ensemble": Ensemble,
 }
 """Model name → class. Frame models take ``(B, F, T)``; ``ssl`` takes ``(B, N)``; ``classical`` takes ``(N, D)``."""
 

@@ -86,8 +86,20 @@ def _load_features(ctx: StageContext, manifest: pd.DataFrame, kinds: tuple[str, 
     )
 
 
+def _members(spec) -> list:
+    """The model specs that train for ``spec``: itself, or an ensemble's members."""
+    from ser.train.recipes import members
+
+    return members([spec])
+
+
+def _recipe_dump(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    spec = recipe(cfg)
+    return [spec.model_dump(mode="json")] + [m.model_dump(mode="json") for m in _members(spec) if m is not spec]
+
+
 def _kinds(cfg: PipelineConfig) -> tuple[str, ...]:
-    return tuple(sorted({"logmel", recipe(cfg).features}))
+    return tuple(sorted({"logmel"} | {s.features for s in _members(recipe(cfg))}))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,7 +210,7 @@ def tune_stage(ctx: StageContext) -> dict[str, Any]:
     res = tune(
         manifest,
         splits,
-        recipe(ctx.cfg),
+        _members(recipe(ctx.cfg))[0],  # an ensemble tunes its first member; the overrides go to every member
         feats,
         classes,
         fold=t.fold,
@@ -222,7 +234,7 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from ser.models.registry import save_model
-    from ser.train.cv import cross_validate, fit_final
+    from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, fit_shipped, save_fold
 
     torch.set_num_threads(ctx.cfg.train.threads)
     manifest = read_parquet(ctx.path("split", "manifest"))
@@ -234,24 +246,42 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
     def log(name, k, o):
         ctx.log("fold", fold=k, n_test=len(o.y), seconds=o.info.get("seconds"))
 
-    cross_validate(
-        manifest,
-        splits,
-        spec,
-        feats,
-        classes,
-        ctx.out / "cv",
-        folds=ctx.cfg.split.folds,
-        seed=ctx.cfg.train.seed,
-        log=log,
+    specs = _members(spec)
+    outs = {
+        s.name: cross_validate(
+            manifest,
+            splits,
+            s,
+            feats,
+            classes,
+            ctx.out / "cv",
+            folds=ctx.cfg.split.folds,
+            seed=ctx.cfg.train.seed,
+            log=log,
+        )
+        for s in specs
+    }
+    if isinstance(spec, EnsembleSpec):  # fused fold predictions, read by the evaluate stage like any model's
+        fused = ensemble_folds([outs[m] for m in spec.members], spec.weights)
+        folds = ctx.cfg.split.folds or list(range(len(fused)))
+        for k, out in zip(folds, fused, strict=True):
+            save_fold(ctx.out / "cv", spec.name, k, out)
+    model, info = fit_shipped(
+        spec, specs, manifest, feats, classes, seed=ctx.cfg.train.seed, out_dir=ctx.out / "final_ckpt"
     )
-    model, info = fit_final(spec, manifest, feats, classes, seed=ctx.cfg.train.seed, out_dir=ctx.out / "final_ckpt")
     save_model(ctx.out / "model.pt", model, {"classes": classes, "recipe": spec.model_dump(mode="json")})
+    if info["best_val_uar"] is None:
+        metric = f"final model: {info['n_train']} clips, last of {info['epochs_run']} epochs (no validation)"
+    else:
+        metric = f"final model: best val UAR {info['best_val_uar']:.3f} at epoch {info['best_epoch']}"
+    if isinstance(spec, EnsembleSpec):
+        metric = f"{len(specs)}-member ensemble; " + metric
     return {
         "outputs": {"cv": str(ctx.out / "cv"), "model": str(ctx.out / "model.pt")},
         "recipe": spec.model_dump(mode="json"),
+        "input_spec": specs[0].model_dump(mode="json"),
         "final": info,
-        "metric": f"final model: best val UAR {info['best_val_uar']:.3f} at epoch {info['best_epoch']}",
+        "metric": metric,
     }
 
 
@@ -312,7 +342,7 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
 
     model, extra = load_model(ctx.path("train", "model"))
     rec = ctx.inputs["train"]
-    spec = ModelSpec.model_validate(rec["recipe"])
+    spec = ModelSpec.model_validate(rec["input_spec"])  # features and trimming of the model's input
     manifest = read_parquet(ctx.path("split", "manifest"))
     sample = manifest.sample(n=min(8, len(manifest)), random_state=0)
     feats = _load_features(ctx, sample, _kinds(ctx.cfg))
@@ -479,7 +509,11 @@ STAGES: list[Stage] = [
         tune_stage,
         ("split", "features"),
         lambda c: (
-            {"tune": c.tune.model_dump(mode="json"), "train": c.train.model_dump(mode="json", exclude={"threads"})}
+            {
+                "tune": c.tune.model_dump(mode="json"),
+                "train": c.train.model_dump(mode="json", exclude={"threads"}),
+                "recipes": _recipe_dump(c),
+            }
             if c.tune.enabled
             else None
         ),
@@ -488,7 +522,12 @@ STAGES: list[Stage] = [
         "train",
         train_stage,
         ("split", "features", "tune"),
-        lambda c: {"train": c.train.model_dump(mode="json", exclude={"threads"}), "folds": c.split.folds},
+        lambda c: {
+            "train": c.train.model_dump(mode="json", exclude={"threads"}),
+            "folds": c.split.folds,
+            "recipes": _recipe_dump(c),  # a recipe changed in code retrains
+        },
+        version="2",  # 2: ensembles, input_spec, recipe contents in the key
     ),
     Stage(
         "evaluate",

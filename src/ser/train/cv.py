@@ -11,6 +11,7 @@ Ensembles average the members' saved fold probabilities (late fusion).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,16 @@ class ModelSpec(BaseModel):
         default_factory=dict, description="AugmentConfig fields for SpecAugment on training crops; None = off"
     )
     trim_db: float | None = Field(40.0, description="trim leading/trailing frames this far below the loudest")
-    val_speakers: int = Field(2, ge=1, description="validation speakers carved out of each training fold")
+    val_speakers: int = Field(
+        2, ge=0, description="validation speakers carved out of each training fold (0: none, keep the last epoch)"
+    )
+    seed: int = Field(0, description="added to the run's seed: members of a seed ensemble differ only here")
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it)."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class EnsembleSpec(BaseModel):
@@ -52,6 +62,9 @@ class EnsembleSpec(BaseModel):
     name: str
     members: list[str]
     weights: list[float] | None = None
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="recipe overrides (train, params, ...) applied to every member recipe"
+    )
 
 
 @dataclass
@@ -167,7 +180,7 @@ def _train_torch(spec: ModelSpec, x: dict, y: dict, n_classes: int, seed: int, o
             return spec_augment(arr, aug, rng)
 
     train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes, transform=transform)
-    val_ds = ArrayDataset(x["val"], y["val"], n_classes=n_classes)
+    val_ds = ArrayDataset(x["val"], y["val"], n_classes=n_classes) if len(x["val"]) else None
     return fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None), cfg
 
 
@@ -181,7 +194,7 @@ def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
     return proba, {
         "n_params": int(result.model.n_params()),
         "best_epoch": int(result.best_epoch),
-        "best_val_uar": float(result.best_val_uar),
+        "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),
     }
 
@@ -250,12 +263,18 @@ def cross_validate(
     out_dir = Path(out_dir)
     folds = list(range(n_folds(splits))) if folds is None else folds
     outputs = []
+    seed += spec.seed
+    fingerprint = spec.fingerprint()
     for k in folds:
         done = load_fold(out_dir, spec.name, k)
+        if done is not None and done.info.get("spec", fingerprint) != fingerprint:
+            done = None  # saved by another version of this spec: rerun (the checkpoint folder too)
+            shutil.rmtree(out_dir / spec.name / f"fold_{k}_ckpt", ignore_errors=True)
         if done is None:
             roles = fold_roles(manifest, splits, k, spec.val_speakers, seed)
             ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
             done = run_fold(spec, roles, feats, classes, seed=seed + k, out_dir=ckpt, progress=progress)
+            done.info["spec"] = fingerprint
             save_fold(out_dir, spec.name, k, done)
         if log is not None:
             log(spec.name, k, done)
@@ -302,6 +321,7 @@ def fit_final(
     if spec.model == "classical":
         raise ConfigError("the pipeline ships torch models (exported to ONNX); choose cnn, tdnn, rnn or crnn")
     frame = manifest[manifest["utt_id"].isin(feats.keys()) & manifest["emotion"].isin(classes)]
+    seed += spec.seed
     train, val = carve_validation(frame, spec.val_speakers, seed)
     index = {c: i for i, c in enumerate(classes)}
     roles = {"train": train, "val": val}
@@ -324,3 +344,48 @@ def fit_final(
         "eval_hop": cfg.eval_hop,
     }
     return result.model.cpu().eval(), info
+
+
+def fit_shipped(
+    spec: ModelSpec | EnsembleSpec,
+    member_specs: list[ModelSpec],
+    manifest: pd.DataFrame,
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    *,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress: bool = False,
+):
+    """The model that ships for ``spec``: :func:`fit_final` of a model spec, or of every member of an ensemble
+    (each in ``out_dir/<member>``) joined into one :class:`~ser.models.ensemble.Ensemble` module.
+
+    Returns ``(model, info)``; an ensemble's ``info`` is its first member's facts plus ``members`` (each member's).
+    Ensemble members must be torch models on the same input (features and trimming).
+    """
+    if isinstance(spec, ModelSpec):
+        return fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress)
+    from ser.models.ensemble import Ensemble
+
+    inputs = {(m.features, m.trim_db) for m in member_specs}
+    if len(inputs) != 1 or any(m.model == "classical" for m in member_specs):
+        raise ConfigError(
+            f"ensemble {spec.name}: to ship as one model its members must be torch models on the same features "
+            f"and trimming (got {', '.join(f'{m.name}: {m.model} on {m.features}' for m in member_specs)})"
+        )
+    models, infos = [], {}
+    for m in member_specs:
+        sub = None if out_dir is None else Path(out_dir) / m.name
+        model, infos[m.name] = fit_final(m, manifest, feats, classes, seed=seed, out_dir=sub, progress=progress)
+        models.append(model)
+    modes = {(i["eval_mode"], i["eval_window"], i["eval_hop"]) for i in infos.values()}
+    if len(modes) != 1:
+        raise ConfigError(f"ensemble {spec.name}: members must evaluate the same way (eval_mode, window, hop)")
+    first = infos[member_specs[0].name]
+    info = {
+        **first,
+        "seconds": round(sum(i["seconds"] for i in infos.values()), 2),
+        "best_val_uar": None,
+        "members": infos,
+    }
+    return Ensemble.of(models, spec.weights), info

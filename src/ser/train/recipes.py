@@ -33,24 +33,32 @@ TRAIN: dict[str, Any] = {
     "crop_frames": 200,
 }
 
+CNN_PARAMS: dict[str, Any] = {
+    "channels": [16, 32, 64, 96],
+    "convs": [1, 2, 2, 2],
+    "time_pool": [2, 2, 2, 1],
+    "pool": "attentive_stats",
+    "hidden": 0,
+    "input_norm": "utterance",
+}
+
 RECIPES: dict[str, ModelSpec | EnsembleSpec] = {
     s.name: s
     for s in [
         ModelSpec(name="classical", model="classical", features="functionals", params={"kind": "svm", "C": 10.0}),
-        ModelSpec(
-            name="cnn",
-            model="cnn",
-            features="logmel",
-            params={
-                "channels": [16, 32, 64, 96],
-                "convs": [1, 2, 2, 2],
-                "time_pool": [2, 2, 2, 1],
-                "pool": "attentive_stats",
-                "hidden": 0,
-            },
-            train=TRAIN,
-            augment=SPEC_AUGMENT,
-        ),
+        *[
+            ModelSpec(
+                name="cnn" if seed == 0 else f"cnn-s{seed}",
+                model="cnn",
+                features="logmel",
+                params=CNN_PARAMS,
+                train=TRAIN,
+                augment=SPEC_AUGMENT,
+                val_speakers=0,
+                seed=seed,
+            )
+            for seed in range(3)
+        ],
         ModelSpec(  # the pipeline's default on the synthetic demo corpus: seconds, not minutes, on 2 cores
             name="cnn-small",
             model="cnn",
@@ -63,6 +71,7 @@ RECIPES: dict[str, ModelSpec | EnsembleSpec] = {
         ModelSpec(name="tdnn", model="tdnn", features="logmel", train=TRAIN, augment=SPEC_AUGMENT),
         ModelSpec(name="crnn", model="crnn", features="logmel", train=TRAIN, augment=SPEC_AUGMENT),
         ModelSpec(name="rnn", model="rnn", features="mfcc", params={"cell": "gru"}, train=TRAIN, augment=SPEC_AUGMENT),
+        EnsembleSpec(name="cnn-x3", members=["cnn", "cnn-s1", "cnn-s2"]),
         EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
     ]
 }
@@ -76,8 +85,13 @@ def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec 
     if not overrides:
         return base
     data = base.model_dump()
+    target = data["overrides"] if isinstance(base, EnsembleSpec) else data  # an ensemble passes them to members
     for key, value in overrides.items():
-        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) and isinstance(value, dict) else value
+        if isinstance(base, EnsembleSpec) and key in EnsembleSpec.model_fields and key != "overrides":
+            data[key] = value
+            continue
+        merged = target.get(key)
+        target[key] = {**merged, **value} if isinstance(merged, dict) and isinstance(value, dict) else value
     try:
         return type(base).model_validate(data)
     except ValidationError as exc:
@@ -87,13 +101,12 @@ def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec 
 
 def members(specs: list[ModelSpec | EnsembleSpec]) -> list[ModelSpec]:
     """The model specs needed to run ``specs``: the given model specs as they are (overrides kept), plus the
-    recipe of every ensemble member not given explicitly."""
+    recipe of every ensemble member not given explicitly (with the ensemble's ``overrides``), in order."""
     given = {s.name: s for s in specs if isinstance(s, ModelSpec)}
     for ens in (s for s in specs if isinstance(s, EnsembleSpec)):
         for name in ens.members:
             if name not in given:
-                recipe = RECIPES.get(name)
-                if not isinstance(recipe, ModelSpec):
+                if not isinstance(RECIPES.get(name), ModelSpec):
                     raise ConfigError(f"ensemble {ens.name}: member {name!r} is not a model recipe")
-                given[name] = recipe
+                given[name] = get_recipe(name, ens.overrides)
     return list(given.values())

@@ -66,6 +66,9 @@ class TrainConfig(BaseModel):
     """Stop after this many epochs without a validation-UAR gain above ``min_delta`` (None: never)."""
     min_delta: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.05, ge=0, lt=1)
+    mixup: float = Field(0.0, ge=0)
+    """Mixup of training batches: each batch is blended with a shuffled copy of itself by λ ~ Beta(α, α) and the
+    loss is the same blend of the two targets' losses (α here; 0: off). Training data only."""
     class_weighting: bool = True
     """Weigh the loss by inverse class frequency of the training set."""
     grad_clip: float | None = Field(5.0, gt=0)
@@ -161,6 +164,18 @@ def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def mixup_batch(
+    x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., 2018) of a padded batch: ``λ x + (1 - λ) x[perm]`` with ``λ ~ Beta(α, α)``.
+
+    Returns ``(x_mixed, lengths, y[perm], λ)``; a mixed clip is valid as far as the longer of its two parts.
+    Randomness comes from ``rng`` (the trainer's data generator, so resume stays exact)."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.as_tensor(rng.permutation(len(y)), device=x.device)
+    return lam * x + (1.0 - lam) * x[perm], torch.maximum(lengths, lengths[perm]), y[perm], lam
 
 
 def seed_everything(seed: int) -> None:
@@ -423,9 +438,16 @@ def _fit(
         loss_sum, correct, seen = 0.0, 0, 0
         for x, lengths, y in training_batches(train_ds, cfg.batch_size, data_rng, crop, augment=True):
             x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+            y2, lam = y, 1.0
+            if cfg.mixup > 0 and len(y) > 1:
+                x, lengths, y2, lam = mixup_batch(x, lengths, y, cfg.mixup, data_rng)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(x, lengths)
-            loss = criterion(logits.float(), y)
+            loss = (
+                criterion(logits.float(), y)
+                if lam == 1.0
+                else (lam * criterion(logits.float(), y) + (1.0 - lam) * criterion(logits.float(), y2))
+            )
             if not torch.isfinite(loss):
                 raise SerError(f"training diverged at epoch {epoch} (loss is {loss.item()}); try a lower lr")
             opt.zero_grad(set_to_none=True)
