@@ -12,6 +12,7 @@ Usage::
     python3 benchmarks/sweep.py run --data benchmarks/runs/sweep_data --variants benchmarks/sweep_variants.json \
         --out runs/sweep --jobs 12
     python3 benchmarks/sweep.py summary --out runs/sweep --variants benchmarks/sweep_variants.json
+    .venv/bin/python benchmarks/sweep.py record runs/sweep/summary.json ... --device "..." --note "..."
 
 Variants file: ``{"variants": [{"name": ..., "base": "cnn", "seed": 0, "overrides": {...},
 "speaker_norm": false}], "ensembles": {"name": [member, ...]}}``. ``speaker_norm`` standardises every mel band per
@@ -170,6 +171,36 @@ def summary(out: Path, variants_file: Path) -> dict:
     return rows
 
 
+def record(summaries: list[Path], device: str, note: str) -> None:
+    """Merge sweep ``summary.json`` files into ``benchmarks/results/gpu_sweep.json`` and a RESULTS.md section."""
+    import datetime as dt
+
+    from _common import RESULTS_DIR, replace_section
+
+    rows = {}
+    for path in summaries:
+        rows.update(json.loads(path.read_text()))
+    ranked = sorted(rows.items(), key=lambda kv: -kv[1]["uar_mean"])
+    doc = {"device": device, "note": note, "date": dt.date.today().isoformat(), "variants": dict(ranked)}
+    (RESULTS_DIR / "gpu_sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [
+        "## Recipe sweep on a GPU (RAVDESS-8, 6 folds)",
+        "",
+        f"Device: {device}. Date: {doc['date']}. Produced by `benchmarks/sweep.py` (variants in "
+        "`benchmarks/sweep_variants*.json`). " + note,
+        "",
+        "| variant | members | UAR | accuracy | UAR per fold | s / fold (contended) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in ranked:
+        lines.append(
+            f"| {name} | {len(r['members'])} | {100 * r['uar_mean']:.1f} ± {100 * r['uar_std']:.1f} % | "
+            f"{100 * r['acc_mean']:.1f} % | {' '.join(f'{100 * u:.0f}' for u in r['uar_per_fold'])} | "
+            f"{r['train_seconds_per_fold']} |"
+        )
+    replace_section("## Recipe sweep on a GPU", "\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,8 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("summary")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--variants", type=Path, required=True)
+    c = sub.add_parser("record")
+    c.add_argument("summaries", type=Path, nargs="+")
+    c.add_argument("--device", required=True)
+    c.add_argument("--note", default="")
     args = ap.parse_args(argv)
-    if args.cmd == "pack":
+    if args.cmd == "record":
+        record(args.summaries, args.device, args.note)
+    elif args.cmd == "pack":
         pack(args.out)
     elif args.cmd == "run":
         run(args.data, args.variants, args.out, args.jobs, args.device, [int(k) for k in args.folds.split(",")])
