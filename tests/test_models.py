@@ -45,7 +45,7 @@ def one_thread():
 
 
 def test_registry_lists_every_model():
-    assert set(available_models()) == {"cnn", "tdnn", "rnn", "crnn", "ssl", "classical"}
+    assert set(available_models()) == {"cnn", "tdnn", "rnn", "crnn", "ssl", "classical", "ensemble"}
     assert model_params("rnn")["cell"] == "lstm"
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("transformer", 4, F)

@@ -31,6 +31,16 @@ def test_default_config_is_the_synthetic_demo():
     assert parse_config({"data": {"corpus": "ravdess", "path": "/x"}}).train.model == "cnn"
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_name_known_recipes(path):
+    from ser.pipeline.stages import _kinds, _recipe_dump
+
+    cfg = load_config(path)
+    dumps = _recipe_dump(cfg)  # resolves the recipe and, for an ensemble, every member
+    assert dumps[0]["name"] == cfg.train.model
+    assert "logmel" in _kinds(cfg)
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

@@ -28,8 +28,8 @@ from ser.tune import (
 from tests.conftest import synth_run_dir
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
-TINY_CNN = {
-    "params": {"channels": [8, 16], "convs": [1, 1], "time_pool": [2, 1], "hidden": 0},
+TINY_CNN = {  # input_norm batch: the classes below differ in stationary band levels, which per-utterance norm removes
+    "params": {"channels": [8, 16], "convs": [1, 1], "time_pool": [2, 1], "hidden": 0, "input_norm": "batch"},
     "train": {
         "epochs": 4,
         "batch_size": 8,
@@ -467,3 +467,13 @@ def test_cli_help_and_bad_space(synth_run, run_cli, tmp_path):
     assert code == 2 and "--trials is required" in err
     code, _, err = run_cli(*base, "--model", "classical", "--space", good, "--sampler", "grid", "--out", tmp_path)
     assert code == 2 and "params.C is a float range" in err
+
+
+def test_a_recipe_without_validation_speakers_is_tuned_on_carved_ones(data, classical):
+    from ser.tune import TUNE_VAL_SPEAKERS, tuning_val_speakers
+
+    manifest, splits, feats = data
+    no_val = classical.model_copy(update={"val_speakers": 0})
+    assert tuning_val_speakers(no_val) == TUNE_VAL_SPEAKERS and tuning_val_speakers(no_val, 1) == 1
+    res = tune(manifest, splits, no_val, feats, CLASSES, fold=0, space=SVM_SPACE, n_trials=1, sampler="random")
+    assert len(res.val_speakers) == TUNE_VAL_SPEAKERS and not set(res.val_speakers) & set(res.train_speakers)

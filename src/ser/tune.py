@@ -304,6 +304,18 @@ def check_test_unseen(frame: pd.DataFrame, splits: pd.DataFrame, fold: int) -> N
             )
 
 
+TUNE_VAL_SPEAKERS = 2
+"""Validation speakers carved for tuning a recipe that trains without any (``val_speakers: 0``)."""
+
+
+def tuning_val_speakers(spec: ModelSpec, override: int | None = None) -> int:
+    """How many validation speakers the objective scores on: ``override``, else the recipe's own, else
+    :data:`TUNE_VAL_SPEAKERS` (a recipe that keeps its last epoch is still tuned on held-out speakers)."""
+    if override is not None:
+        return int(override)
+    return spec.val_speakers or TUNE_VAL_SPEAKERS
+
+
 def tuning_roles(
     manifest: pd.DataFrame, splits: pd.DataFrame, fold: int, val_speakers: int, seed: int
 ) -> dict[str, pd.DataFrame]:
@@ -584,7 +596,7 @@ def tune(
         raise ConfigError(f"the number of trials must be at least 1, got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"timeout must be positive, got {timeout}")
-    val_speakers = spec.val_speakers if val_speakers is None else int(val_speakers)
+    val_speakers = tuning_val_speakers(spec, val_speakers)
     study_name = study_name or f"{spec.name}-fold{fold}"
 
     roles = tuning_roles(manifest, splits, fold, val_speakers, seed)

@@ -46,7 +46,17 @@ def tune_cmd(
     from ser.errors import ConfigError
     from ser.train.cv import ModelSpec, load_frame_features
     from ser.train.recipes import get_recipe
-    from ser.tune import PRUNERS, SAMPLERS, grid_space, load_space, parse_space, tune, tuning_roles, write_outputs
+    from ser.tune import (
+        PRUNERS,
+        SAMPLERS,
+        grid_space,
+        load_space,
+        parse_space,
+        tune,
+        tuning_roles,
+        tuning_val_speakers,
+        write_outputs,
+    )
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -69,7 +79,7 @@ def tune_cmd(
     torch.set_num_threads(max(1, threads))
 
     frame, split_frame, classes, _ = _load_run_inputs(manifest, splits, profile)
-    n_val = spec.val_speakers if val_speakers is None else val_speakers
+    n_val = tuning_val_speakers(spec, val_speakers)
     roles = tuning_roles(frame, split_frame, fold, n_val, seed)
     seen = frame[frame["utt_id"].isin(set(roles["train"]["utt_id"]) | set(roles["val"]["utt_id"]))]
     kinds = tuple({"logmel", spec.features})
