@@ -127,3 +127,14 @@ def make_client(holder):
     yield _make
     for c in opened:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one CPU thread for the test (restored after): small models run faster and reproducibly."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -23,12 +23,7 @@ from tests.test_trainer import cfg, toy
 TINY = dict(channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,12 +36,7 @@ def _build(key: str, **kw) -> SerModel:
     return build_model(name, 4, F, seed=0, **{**SMALL[key], **kw})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_lists_every_model():

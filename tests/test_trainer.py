@@ -26,12 +26,7 @@ from ser.train.data import eval_batches, training_batches
 TINY_CNN = dict(channels=[8, 16], time_pool=[2, 2], hidden=16, dropout=0.2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy(n: int, seed: int, n_feat: int = 12, lo: int = 50, hi: int = 120) -> ArrayDataset:
