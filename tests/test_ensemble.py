@@ -217,6 +217,7 @@ def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch):
     meta = read_metadata(model_dir)
     assert meta["recipe"]["name"] == "small-x2" and meta["recipe"]["members"] == ["small-s0", "small-s1"]
     assert meta["export"]["parity_max_abs_diff"] < 1e-3
+    assert "an ensemble of 2 `cnn` models" in (model_dir / "MODEL_CARD.md").read_text()
     cv = Path(summary.record("train")["outputs"]["cv"])
     fused = np.load(cv / "small-x2" / "fold_0.npz")["proba"]
     parts = [np.load(cv / f"small-s{s}" / "fold_0.npz")["proba"] for s in (0, 1)]

@@ -89,8 +89,7 @@ def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str
         "",
         "## Model details",
         "",
-        f"- Architecture: `{model.get('name')}` ({model.get('n_params', '?'):,} parameters), parameters "
-        f"`{model.get('params')}`.",
+        _architecture(model),
         f"- Input: {meta.get('sample_rate')} Hz mono audio → `{meta.get('input', {}).get('kind')}` features "
         f"({meta.get('input', {}).get('shape')}); silence trimmed at {meta.get('input', {}).get('trim_db')} dB "
         "below the loudest frame, exactly as in training.",
@@ -196,3 +195,18 @@ def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str
     if decision:
         lines += ["## Registry decision", "", f"{decision.get('alias')}: {decision.get('reason')}", ""]
     return "\n".join(lines)
+
+
+def _architecture(model: dict[str, Any]) -> str:
+    """One line on the architecture; an ensemble names its members instead of dumping their nested parameters."""
+    n_params = model.get("n_params", "?")
+    size = f"{n_params:,} parameters" if isinstance(n_params, int) else "? parameters"
+    params = model.get("params") or {}
+    if model.get("name") == "ensemble" and params.get("members"):
+        members = params["members"]
+        names = ", ".join(sorted({f"`{m['name']}`" for m in members}))
+        return (
+            f"- Architecture: an ensemble of {len(members)} {names} models whose class probabilities are averaged "
+            f"(weights {params.get('weights')}; {size} in all); member parameters `{members[0].get('params')}`."
+        )
+    return f"- Architecture: `{model.get('name')}` ({size}), parameters `{params}`."
