@@ -21,7 +21,8 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-console = Console()
+console = Console(soft_wrap=True)
+"""Lines are never broken at the terminal width: paths and counts stay whole for copying and for scripts."""
 
 
 def print_json(obj: Any) -> None:
