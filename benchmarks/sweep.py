@@ -34,7 +34,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-CLASSES = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+from ser.data.labels import get_profile  # after the path set-up: the device has no installed ser
+from ser.train.trainer import uar
+
+CLASSES = get_profile("ravdess8").classes
 
 
 def pack(out: Path) -> None:
@@ -106,8 +109,12 @@ def _job(variant: dict, fold: int, out: str) -> dict:
         roles = fold_roles(_STATE["manifest"], _STATE["splits"], fold, spec.val_speakers, seed)
         done = run_fold(spec, roles, feats, CLASSES, seed=seed + fold)
         save_fold(out_dir, variant["name"], fold, done)
-    uar = float(np.mean([np.mean(done.proba.argmax(1)[done.y == c] == c) for c in np.unique(done.y)]))
-    return {"variant": variant["name"], "fold": fold, "uar": uar, "seconds": done.info.get("seconds")}
+    return {
+        "variant": variant["name"],
+        "fold": fold,
+        "uar": uar(done.y, done.proba.argmax(1)),
+        "seconds": done.info.get("seconds"),
+    }
 
 
 def run(data: Path, variants_file: Path, out: Path, jobs: int, device: str, folds: list[int]) -> None:
@@ -133,10 +140,6 @@ def run(data: Path, variants_file: Path, out: Path, jobs: int, device: str, fold
     summary(out, variants_file)
 
 
-def _uar(y: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
-
-
 def summary(out: Path, variants_file: Path) -> dict:
     from ser.train.cv import ensemble_folds, load_fold
 
@@ -151,7 +154,7 @@ def summary(out: Path, variants_file: Path) -> dict:
         if not all(m in outputs for m in members):
             continue
         outs = ensemble_folds([outputs[m] for m in members])
-        uars = [_uar(o.y, o.proba.argmax(1)) for o in outs]
+        uars = [uar(o.y, o.proba.argmax(1)) for o in outs]
         accs = [float(np.mean(o.proba.argmax(1) == o.y)) for o in outs]
         secs = [o.info.get("seconds", 0.0) for o in outs]
         rows[name] = {

@@ -443,11 +443,9 @@ def _fit(
                 x, lengths, y2, lam = mixup_batch(x, lengths, y, cfg.mixup, data_rng)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(x, lengths)
-            loss = (
-                criterion(logits.float(), y)
-                if lam == 1.0
-                else (lam * criterion(logits.float(), y) + (1.0 - lam) * criterion(logits.float(), y2))
-            )
+            loss = criterion(logits.float(), y)
+            if lam != 1.0:
+                loss = lam * loss + (1.0 - lam) * criterion(logits.float(), y2)
             if not torch.isfinite(loss):
                 raise SerError(f"training diverged at epoch {epoch} (loss is {loss.item()}); try a lower lr")
             opt.zero_grad(set_to_none=True)
