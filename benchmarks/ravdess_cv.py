@@ -56,6 +56,7 @@ def summarise(name: str, outputs, classes, n_params: int | None, infer_ms: float
         "uar_per_fold": [round(float(v), 4) for v in m["uar"]["values"]],
         "folds": len(outputs),
         "train_seconds_per_fold": round(float(np.mean([o.info.get("seconds", 0.0) for o in outputs])), 1),
+        "trained_on": " / ".join(sorted({o.info.get("device", "cpu") for o in outputs})),
         "params": n_params,
         "infer_ms_per_3s_clip": infer_ms,
         "date": dt.date.today().isoformat(),
@@ -74,14 +75,16 @@ def write_results(rows: list[dict]) -> None:
         "Train s/fold is the wall time of one fold's training as run (the cnn seeds ran with 1 torch thread, two "
         "runs side by side on the 2 cores); an ensemble's is the sum of its members'.",
         "",
-        "| model | folds | UAR | accuracy | macro F1 | train s/fold | params | inference ms / 3 s clip (1 thread) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | folds | UAR | accuracy | macro F1 | trained on | train s/fold | params | "
+        "inference ms / 3 s clip (1 thread, CPU) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['folds']} | {100 * r['uar_mean']:.1f} ± {100 * r['uar_std']:.1f} % | "
             f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} % | {100 * r['macro_f1_mean']:.1f} % | "
-            f"{r['train_seconds_per_fold']} | {r['params'] if r['params'] is not None else '-'} | "
+            f"{r.get('trained_on', 'cpu')} | {r['train_seconds_per_fold']} | "
+            f"{r['params'] if r['params'] is not None else '-'} | "
             f"{r['infer_ms_per_3s_clip'] if r['infer_ms_per_3s_clip'] is not None else '-'} |"
         )
     section = "\n".join(lines) + "\n"

@@ -38,6 +38,7 @@ from ser.data.labels import get_profile  # after the path set-up: the device has
 from ser.train.trainer import uar
 
 CLASSES = get_profile("ravdess8").classes
+KINDS = ("logmel", "mfcc")  # the frame features of the torch recipes
 
 
 def pack(out: Path) -> None:
@@ -50,13 +51,14 @@ def pack(out: Path) -> None:
     here = Path(__file__).resolve().parent
     manifest = ingest("ravdess", SHARED / "ravdess", profile="ravdess8", workers=2).manifest
     splits = make_splits(manifest, "ravdess6")
-    feats = load_frame_features(manifest, ("logmel",), cache_dir=here / "runs" / "feature_cache", workers=2)
-    arrays = {}
-    for u, f in feats.items():
-        lo, hi = trim_bounds(f["logmel"], 40.0)  # the recipes' trim_db; trimming again is a no-op
-        arrays[u] = f["logmel"][:, lo:hi].astype(np.float16)
+    feats = load_frame_features(manifest, KINDS, cache_dir=here / "runs" / "feature_cache", workers=2)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "logmel.npz", **arrays)
+    for kind in KINDS:
+        arrays = {}
+        for u, f in feats.items():
+            lo, hi = trim_bounds(f["logmel"], 40.0)  # the recipes' trim_db; trimming again is a no-op
+            arrays[u] = f[kind][:, lo:hi].astype(np.float16)
+        np.savez_compressed(out / f"{kind}.npz", **arrays)
     manifest[["utt_id", "speaker", "gender", "emotion"]].to_csv(out / "manifest.csv", index=False)
     splits.to_csv(out / "splits.csv", index=False)
     print(f"packed {len(arrays)} clips into {out}")
@@ -65,8 +67,12 @@ def pack(out: Path) -> None:
 def _load(data: Path):
     manifest = pd.read_csv(data / "manifest.csv", dtype={"speaker": str})
     splits = pd.read_csv(data / "splits.csv", dtype={"speaker": str})
-    with np.load(data / "logmel.npz") as z:
-        feats = {u: {"logmel": z[u].astype(np.float32)} for u in z.files}
+    feats: dict[str, dict[str, np.ndarray]] = {}
+    for kind in KINDS:
+        if (data / f"{kind}.npz").is_file():
+            with np.load(data / f"{kind}.npz") as z:
+                for u in z.files:
+                    feats.setdefault(u, {})[kind] = z[u].astype(np.float32)
     return manifest, splits, feats
 
 
@@ -108,6 +114,7 @@ def _job(variant: dict, fold: int, out: str) -> dict:
         seed = int(variant.get("seed", 0))
         roles = fold_roles(_STATE["manifest"], _STATE["splits"], fold, spec.val_speakers, seed)
         done = run_fold(spec, roles, feats, CLASSES, seed=seed + fold)
+        done.info["spec"] = spec.fingerprint()  # equal to a recipe's when the variant is that recipe
         save_fold(out_dir, variant["name"], fold, done)
     return {
         "variant": variant["name"],
@@ -174,20 +181,47 @@ def summary(out: Path, variants_file: Path) -> dict:
     return rows
 
 
-def record(summaries: list[Path], device: str, note: str) -> None:
-    """Merge sweep ``summary.json`` files into ``benchmarks/results/gpu_sweep.json`` and a RESULTS.md section."""
+def summary_from_log(log: Path) -> dict:
+    """Summary rows rebuilt from a ``run`` log's per-fold lines, for runs whose fold files were lost (accuracy is
+    then unknown). Only variants with all 6 folds in the log get a row."""
+    import re
+
+    folds: dict[str, dict[int, tuple[float, float]]] = {}
+    pattern = re.compile(r"\] (\S+) fold (\d+): UAR ([\d.]+) \(([\d.]+) s\)")
+    for m in pattern.finditer(log.read_text()):
+        folds.setdefault(m[1], {})[int(m[2])] = (float(m[3]), float(m[4]))
+    rows = {}
+    for name, by_fold in folds.items():
+        if sorted(by_fold) != list(range(6)):
+            continue
+        uars = [by_fold[k][0] for k in range(6)]
+        rows[name] = {
+            "uar_mean": round(float(np.mean(uars)), 4),
+            "uar_std": round(float(np.std(uars, ddof=1)), 4),
+            "acc_mean": None,
+            "uar_per_fold": uars,
+            "train_seconds_per_fold": round(float(np.mean([by_fold[k][1] for k in range(6)])), 1),
+            "members": [name],
+        }
+    return rows
+
+
+def record(summaries: list[Path], device: str, note: str, name: str = "gpu_sweep", title: str = "") -> None:
+    """Merge sweep ``summary.json`` files (or ``run`` logs, see :func:`summary_from_log`) into
+    ``benchmarks/results/<name>.json`` and a RESULTS.md section headed ``title``."""
     import datetime as dt
 
     from _common import RESULTS_DIR, replace_section
 
     rows = {}
     for path in summaries:
-        rows.update(json.loads(path.read_text()))
+        rows.update(summary_from_log(path) if path.suffix == ".log" else json.loads(path.read_text()))
     ranked = sorted(rows.items(), key=lambda kv: -kv[1]["uar_mean"])
     doc = {"device": device, "note": note, "date": dt.date.today().isoformat(), "variants": dict(ranked)}
-    (RESULTS_DIR / "gpu_sweep.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    heading = f"## {title or 'Recipe sweep on a GPU'}"
     lines = [
-        "## Recipe sweep on a GPU (RAVDESS-8, 6 folds)",
+        f"{heading} (RAVDESS-8, 6 folds)",
         "",
         f"Device: {device}. Date: {doc['date']}. Produced by `benchmarks/sweep.py` (variants in "
         "`benchmarks/sweep_variants*.json`). " + note,
@@ -195,13 +229,14 @@ def record(summaries: list[Path], device: str, note: str) -> None:
         "| variant | members | UAR | accuracy | UAR per fold | s / fold (contended) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in ranked:
+    for variant, r in ranked:
+        acc = "-" if r["acc_mean"] is None else f"{100 * r['acc_mean']:.1f} %"
         lines.append(
-            f"| {name} | {len(r['members'])} | {100 * r['uar_mean']:.1f} ± {100 * r['uar_std']:.1f} % | "
-            f"{100 * r['acc_mean']:.1f} % | {' '.join(f'{100 * u:.0f}' for u in r['uar_per_fold'])} | "
+            f"| {variant} | {len(r['members'])} | {100 * r['uar_mean']:.1f} ± {100 * r['uar_std']:.1f} % | "
+            f"{acc} | {' '.join(f'{100 * u:.0f}' for u in r['uar_per_fold'])} | "
             f"{r['train_seconds_per_fold']} |"
         )
-    replace_section("## Recipe sweep on a GPU", "\n".join(lines) + "\n")
+    replace_section(heading, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("summaries", type=Path, nargs="+")
     c.add_argument("--device", required=True)
     c.add_argument("--note", default="")
+    c.add_argument("--name", default="gpu_sweep", help="results file stem under benchmarks/results/")
+    c.add_argument("--title", default="", help="RESULTS.md section title (default: Recipe sweep on a GPU)")
     args = ap.parse_args(argv)
     if args.cmd == "record":
-        record(args.summaries, args.device, args.note)
+        record(args.summaries, args.device, args.note, args.name, args.title)
     elif args.cmd == "pack":
         pack(args.out)
     elif args.cmd == "run":

@@ -131,7 +131,9 @@ def test_ensemble_exports_to_onnx_with_parity(tmp_path):
 
 def test_shipped_recipes_and_ensemble_overrides():
     cnn = RECIPES["cnn"]
-    assert cnn.val_speakers == 0 and cnn.params["input_norm"] == "utterance"
+    for name in ("cnn", "crnn", "rnn"):  # what the GPU sweeps found: all speakers for training, per-clip norm
+        assert RECIPES[name].val_speakers == 0 and RECIPES[name].params["input_norm"] == "utterance"
+    assert RECIPES["rnn"].params["frame_pool"] == 3
     x3 = RECIPES["cnn-x3"]
     assert isinstance(x3, EnsembleSpec)
     specs = members([x3])
@@ -172,6 +174,13 @@ def test_a_changed_spec_reruns_its_folds_and_an_unchanged_one_is_read_back(synth
     first = cross_validate(manifest, splits, _small(), feats, classes, tmp_path, folds=[0])
     again = cross_validate(manifest, splits, _small(), feats, classes, tmp_path, folds=[0])
     assert again[0].info == first[0].info  # read back (timings included), not retrained
+    assert first[0].info["device"] == "cpu"
+    # where it ran is not part of the recipe: a fold trained elsewhere (a GPU sweep) counts, and says where
+    elsewhere = _small(device="cuda")
+    assert elsewhere.fingerprint() == _small().fingerprint()
+    assert _small().model_copy(update={"name": "renamed"}).fingerprint() == _small().fingerprint()
+    again = cross_validate(manifest, splits, _small(device="cpu", num_threads=1), feats, classes, tmp_path, folds=[0])
+    assert again[0].info == first[0].info
     changed = cross_validate(manifest, splits, _small(lr=1e-3), feats, classes, tmp_path, folds=[0])
     assert changed[0].info["spec"] != first[0].info["spec"]
     assert not np.array_equal(changed[0].proba, first[0].proba)

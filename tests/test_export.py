@@ -1,5 +1,6 @@
-"""ONNX export: onnxruntime agrees with PyTorch to 1e-4 on real clips for every frame model; the exported folder
-predicts through ser.inference with the training preprocessing; a failed parity check writes nothing."""
+"""ONNX export: onnxruntime agrees with PyTorch to 1e-4 on real clips for every frame model and the shipped
+variants (per-utterance input norm, the pooled RNN, a seed ensemble); the exported folder predicts through
+ser.inference with the training preprocessing; a failed parity check writes nothing."""
 
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ SMALL = {
     "rnn": ("mfcc", {"hidden": 32, "layers": 2, "head_hidden": 32}),
     "crnn": ("logmel", {"channels": [8, 16, 16], "proj": 32, "hidden": 32, "head_hidden": 32}),
 }
+UTT = {"input_norm": "utterance"}
+# id: (registry name, feature kind, constructor parameters): the small models plus the shipped recipes' variants
+CASES = {
+    **{name: (name, kind, params) for name, (kind, params) in SMALL.items()},
+    "cnn-utterance-norm": ("cnn", "logmel", {**SMALL["cnn"][1], **UTT}),
+    "crnn-utterance-norm": ("crnn", "logmel", {**SMALL["crnn"][1], **UTT}),
+    "rnn-pooled": ("rnn", "mfcc", {**SMALL["rnn"][1], **UTT, "cell": "gru", "frame_pool": 3}),
+    "cnn-x2-ensemble": (
+        "ensemble",
+        "logmel",
+        {"members": [{"name": "cnn", "params": {**SMALL["cnn"][1], **UTT}}] * 2},  # members differ: built in turn
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +48,12 @@ def real_clips(ravdess_dir):
     return [load_audio(p) for p in paths]
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("name", list(CASES))
 def test_parity_on_real_clips(name, real_clips, tmp_path):
-    kind, params = SMALL[name]
+    model_name, kind, params = CASES[name]
     pre = Preprocessing(kind=kind, feature_config=FeatureConfig().to_dict())
     feats = [pre.features(y) for y in real_clips]
-    model = build_model(name, 8, feats[0].shape[0], seed=0, **params).eval()
+    model = build_model(model_name, 8, feats[0].shape[0], seed=0, **params).eval()
     out = write_model_folder(
         tmp_path / name, model, labels=RAVDESS8, feature_config=FeatureConfig(), kind=kind, parity_inputs=feats
     )

@@ -26,6 +26,7 @@ SMALL = {
     "tdnn": dict(channels=32, agg_channels=64, hidden=32),
     "rnn": dict(hidden=32, layers=2),
     "rnn_gru": dict(cell="gru", hidden=32, layers=1, pool="mean"),
+    "rnn_pooled": dict(cell="gru", hidden=32, layers=1, frame_pool=3, input_norm="utterance"),
     "crnn": dict(channels=[8, 16], time_pool=[2, 1], proj=32, hidden=32),
 }
 F = 16
@@ -83,6 +84,21 @@ def test_padding_does_not_change_logits(key):
         batched = model(x, torch.tensor(lengths))
         single = torch.cat([model(c[None]) for c in clips])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_pool_frames_averages_valid_frames_only():
+    from ser.models.rnn import pool_frames
+
+    x = torch.arange(14.0).reshape(1, 2, 7).repeat(2, 1, 1)  # frames 0..6 (row 0) and 7..13 (row 1)
+    x[1, :, 4:] = 1e6  # clip 1 has 4 valid frames; the rest is junk padding
+    h, lengths = pool_frames(x, torch.tensor([7, 4]), 3)
+    assert h.shape == (2, 2, 3) and lengths.tolist() == [3, 2]
+    torch.testing.assert_close(h[0, 0], torch.tensor([1.0, 4.0, 6.0]))  # the last window holds frame 6 alone
+    torch.testing.assert_close(h[1, 0, :2], torch.tensor([1.0, 3.0]))  # frames (0, 1, 2) and (3,): padding unused
+    same, n = pool_frames(x, torch.tensor([7, 4]), 1)
+    assert same is x and n.tolist() == [7, 4]
+    with pytest.raises(ConfigError, match="frame_pool"):
+        build_model("rnn", 4, F, frame_pool=0)
 
 
 @pytest.mark.parametrize("key", list(SMALL))

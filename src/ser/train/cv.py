@@ -48,10 +48,16 @@ class ModelSpec(BaseModel):
     seed: int = Field(0, description="added to the run's seed: members of a seed ensemble differ only here")
 
     def fingerprint(self) -> str:
-        """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it)."""
+        """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it).
+
+        The name and where it runs (``train.device``, ``train.num_threads``) are left out, as they are for resuming
+        a checkpoint: a fold trained on a GPU, or under another name, counts for the same recipe (the fold's
+        ``info['device']`` says where it ran)."""
         import hashlib
 
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        data = self.model_dump(mode="json", exclude={"name"})  # the name is where results go, not what they are
+        data["train"] = {k: v for k, v in data["train"].items() if k not in ("device", "num_threads")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class EnsembleSpec(BaseModel):
@@ -150,7 +156,7 @@ def run_fold(
         clf = ClassicalModel(len(classes), x["train"][0].shape[0], **{"seed": seed, **spec.params})
         clf.fit(np.stack(x["train"] + x["val"]), np.concatenate([y["train"], y["val"]]))
         proba = clf.predict_proba(np.stack(x["test"]))
-        info: dict[str, Any] = {"n_params": int(clf.n_params())}
+        info: dict[str, Any] = {"n_params": int(clf.n_params()), "device": "cpu"}
     else:
         proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress)
     info.update(
@@ -196,7 +202,16 @@ def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
         "best_epoch": int(result.best_epoch),
         "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),
+        "device": device_name(result.device),
     }
+
+
+def device_name(device: str) -> str:
+    """``cpu``, or ``cuda (<GPU name>)`` for a CUDA device: which hardware trained a fold."""
+    import torch
+
+    dev = torch.device(device)
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else dev.type
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,6 +307,9 @@ def ensemble_folds(members: list[list[FoldOutput]], weights: list[float] | None 
             "seconds": round(sum(p.info.get("seconds", 0.0) for p in parts), 2),
             "n_params": int(sum(p.info.get("n_params", 0) for p in parts)),
         }
+        devices = sorted({p.info["device"] for p in parts if "device" in p.info})
+        if devices:
+            info["device"] = " + ".join(devices)
         fused.append(FoldOutput(fuse([p.proba for p in parts], weights), parts[0].y, parts[0].utt_ids, info))
     return fused
 

@@ -1,0 +1,69 @@
+"""Benchmark helpers that turn runs into recorded results: the GPU sweep's log parsing and its results file."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def sweep(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    common = importlib.import_module("_common")
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    md = tmp_path / "RESULTS.md"
+    real = common.replace_section
+    monkeypatch.setattr(common, "replace_section", lambda heading, section: real(heading, section, md))
+    module = importlib.import_module("sweep")
+    yield module
+    sys.modules.pop("sweep", None)
+
+
+LOG = """\
+[1/13 10s] a-s0 fold 3: UAR 0.500 (10.0 s)
+[2/13 11s] a-s0 fold 0: UAR 0.600 (12.0 s)
+[3/13 11s] b-s0 fold 0: UAR 0.900 (11.0 s)
+  warnings.warn('unrelated line')
+[4/13 12s] a-s0 fold 1: UAR 0.700 (14.0 s)
+[5/13 12s] a-s0 fold 2: UAR 0.400 (10.0 s)
+[6/13 13s] a-s0 fold 4: UAR 0.550 (12.0 s)
+[7/13 14s] a-s0 fold 5: UAR 0.650 (14.0 s)
+[8/13] FAILED: RuntimeError('x')
+"""
+
+
+def test_summary_from_log_keeps_only_complete_variants(sweep, tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(LOG)
+    rows = sweep.summary_from_log(log)
+    assert list(rows) == ["a-s0"]  # b-s0 has 1 of 6 folds
+    a = rows["a-s0"]
+    assert a["uar_per_fold"] == [0.6, 0.7, 0.4, 0.5, 0.55, 0.65]  # in fold order, not log order
+    assert a["uar_mean"] == pytest.approx(0.5667, abs=1e-4) and a["acc_mean"] is None
+    assert a["uar_std"] == pytest.approx(statistics.stdev(a["uar_per_fold"]), abs=1e-4)
+    assert a["train_seconds_per_fold"] == 12.0 and a["members"] == ["a-s0"]
+
+
+def test_record_merges_logs_and_summaries_into_json_and_a_section(sweep, tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(LOG)
+    summary = tmp_path / "summary.json"
+    row = {"uar_mean": 0.7, "uar_std": 0.05, "acc_mean": 0.71, "uar_per_fold": [0.7] * 6,
+           "train_seconds_per_fold": 30.0, "members": ["c-s0"]}  # fmt: skip
+    summary.write_text(json.dumps({"c-s0": row}))
+    sweep.record([log, summary], "GPU X", "a note", name="rec", title="Recurrent test")
+    doc = json.loads((tmp_path / "rec.json").read_text())
+    assert list(doc["variants"]) == ["c-s0", "a-s0"] and doc["device"] == "GPU X"  # ranked by UAR
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "## Recurrent test (RAVDESS-8, 6 folds)" in md and "a note" in md
+    assert "| c-s0 | 1 | 70.0 ± 5.0 % | 71.0 % |" in md and "| a-s0 | 1 | 56.7 ± 10.8 % | - |" in md
+    sweep.record([summary], "GPU Y", "again", name="rec", title="Recurrent test")  # replaces its own section
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert md.count("## Recurrent test") == 1 and "a-s0" not in md
