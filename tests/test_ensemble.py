@@ -146,6 +146,10 @@ def test_shipped_recipes_and_ensemble_overrides():
     assert tuned.weights == [1, 1, 2]
     assert {s.train["epochs"] for s in members([tuned])} == {7}
     assert {s.train["lr"] for s in members([tuned])} == {cnn.train["lr"]}  # merged, not replaced
+    spelled_out = get_recipe("cnn-x3", {"overrides": {"train": {"epochs": 7}}, "weights": [1, 1, 2]})
+    assert spelled_out == tuned
+    with pytest.raises(ConfigError, match="recipe cnn: params"):
+        members([get_recipe("cnn-x3", {"params": "wide"})])
     with pytest.raises(ConfigError, match="not a model recipe"):
         members([EnsembleSpec(name="bad", members=["cnn-x3", "cnn"])])
 

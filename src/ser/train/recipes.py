@@ -102,6 +102,9 @@ def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec 
         return base
     data = base.model_dump()
     target = data["overrides"] if isinstance(base, EnsembleSpec) else data  # an ensemble passes them to members
+    if isinstance(base, EnsembleSpec) and isinstance(overrides.get("overrides"), dict):
+        # ``{"overrides": {...}}`` spelled out for an ensemble means the same as the member overrides given flat
+        overrides = {**{k: v for k, v in overrides.items() if k != "overrides"}, **overrides["overrides"]}
     for key, value in overrides.items():
         if isinstance(base, EnsembleSpec) and key in EnsembleSpec.model_fields and key != "overrides":
             data[key] = value
