@@ -89,6 +89,10 @@ RECIPES: dict[str, ModelSpec | EnsembleSpec] = {
         ),
         EnsembleSpec(name="cnn-x3", members=["cnn", "cnn-s1", "cnn-s2"]),
         EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
+        # architecture ensembles, named before their 6-fold results were seen: three views at cnn-x3's cost, and
+        # cnn-x3 plus the CRNN (same log-mel input, so it ships as one ONNX graph)
+        EnsembleSpec(name="cnn+crnn+rnn", members=["cnn", "crnn", "rnn"]),
+        EnsembleSpec(name="cnn-x3+crnn", members=["cnn", "cnn-s1", "cnn-s2", "crnn"]),
     ]
 }
 
