@@ -72,8 +72,9 @@ def write_results(rows: list[dict]) -> None:
         "",
         f"Machine: {rows[0]['machine'] if rows else machine()}. Date: {dt.date.today().isoformat()}. "
         "Produced by `benchmarks/ravdess_cv.py`; UAR = balanced accuracy; mean ± std over folds. "
-        "Train s/fold is the wall time of one fold's training as run (the cnn seeds ran with 1 torch thread, two "
-        "runs side by side on the 2 cores); an ensemble's is the sum of its members'.",
+        "Train s/fold is the wall time of one fold's training as run (the cnn seeds, crnn, rnn and tdnn ran with 1 "
+        "torch thread, two runs side by side on the 2 cores); an ensemble's is the sum of its members'. Trained on: "
+        "the device of the folds (a fold from a GPU sweep counts when its recipe is identical).",
         "",
         "| model | folds | UAR | accuracy | macro F1 | trained on | train s/fold | params | "
         "inference ms / 3 s clip (1 thread, CPU) |",

@@ -77,13 +77,15 @@ def _load(data: Path):
 
 
 def speaker_normalised(manifest: pd.DataFrame, feats: dict) -> dict:
-    """Each mel band standardised over all frames of the clip's speaker (labels are not used)."""
-    out = {}
+    """Each feature row (mel band, MFCC) standardised over all frames of the clip's speaker (labels are not used)."""
+    out: dict[str, dict[str, np.ndarray]] = {}
     for _, rows in manifest.groupby("speaker"):
         ids = [u for u in rows["utt_id"] if u in feats]
-        cat = np.concatenate([feats[u]["logmel"] for u in ids], axis=1)
-        mean, std = cat.mean(1, keepdims=True), cat.std(1, keepdims=True) + 1e-5
-        out.update({u: {"logmel": ((feats[u]["logmel"] - mean) / std).astype(np.float32)} for u in ids})
+        for kind in feats[ids[0]] if ids else ():
+            cat = np.concatenate([feats[u][kind] for u in ids], axis=1)
+            mean, std = cat.mean(1, keepdims=True), cat.std(1, keepdims=True) + 1e-5
+            for u in ids:
+                out.setdefault(u, {})[kind] = ((feats[u][kind] - mean) / std).astype(np.float32)
     return out
 
 
@@ -107,14 +109,16 @@ def _job(variant: dict, fold: int, out: str) -> dict:
     if done is None:
         overrides = json.loads(json.dumps(variant.get("overrides", {})))
         overrides.setdefault("train", {})["device"] = _STATE["device"]
-        spec = get_recipe(variant.get("base", "cnn"), overrides).model_copy(update={"name": variant["name"]})
+        spec = get_recipe(variant.get("base", "cnn"), overrides)
+        # the variant's seed is added to the recipe's, as the ``cnn-s1`` recipes do: it is part of the fingerprint
+        spec = spec.model_copy(update={"name": variant["name"], "seed": spec.seed + int(variant.get("seed", 0))})
         feats = _STATE["feats"]
         if variant.get("speaker_norm"):
             feats = _STATE.setdefault("feats_spk", speaker_normalised(_STATE["manifest"], feats))
-        seed = int(variant.get("seed", 0))
-        roles = fold_roles(_STATE["manifest"], _STATE["splits"], fold, spec.val_speakers, seed)
-        done = run_fold(spec, roles, feats, CLASSES, seed=seed + fold)
-        done.info["spec"] = spec.fingerprint()  # equal to a recipe's when the variant is that recipe
+        roles = fold_roles(_STATE["manifest"], _STATE["splits"], fold, spec.val_speakers, spec.seed)
+        done = run_fold(spec, roles, feats, CLASSES, seed=spec.seed + fold)  # cross_validate's seeding
+        # equal to a recipe's fingerprint when the variant is that recipe; not for transformed features
+        done.info["spec"] = None if variant.get("speaker_norm") else spec.fingerprint()
         save_fold(out_dir, variant["name"], fold, done)
     return {
         "variant": variant["name"],
@@ -219,9 +223,9 @@ def record(summaries: list[Path], device: str, note: str, name: str = "gpu_sweep
     ranked = sorted(rows.items(), key=lambda kv: -kv[1]["uar_mean"])
     doc = {"device": device, "note": note, "date": dt.date.today().isoformat(), "variants": dict(ranked)}
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    heading = f"## {title or 'Recipe sweep on a GPU'}"
+    heading = f"## {title or 'Recipe sweep on a GPU'} (RAVDESS-8, 6 folds)"  # whole line: no other title matches
     lines = [
-        f"{heading} (RAVDESS-8, 6 folds)",
+        heading,
         "",
         f"Device: {device}. Date: {doc['date']}. Produced by `benchmarks/sweep.py` (variants in "
         "`benchmarks/sweep_variants*.json`). " + note,

@@ -148,6 +148,11 @@ def test_shipped_recipes_and_ensemble_overrides():
     assert {s.train["lr"] for s in members([tuned])} == {cnn.train["lr"]}  # merged, not replaced
     spelled_out = get_recipe("cnn-x3", {"overrides": {"train": {"epochs": 7}}, "weights": [1, 1, 2]})
     assert spelled_out == tuned
+    both = get_recipe("cnn-x3", {"train": {"epochs": 7}, "overrides": {"train": {"lr": 1e-3}}})
+    assert both.overrides["train"] == {"epochs": 7, "lr": 1e-3}  # merged key by key, nothing lost
+    assert members([both])[0].train == {**cnn.train, "epochs": 7, "lr": 1e-3}
+    with pytest.raises(ConfigError, match="overrides must be a mapping"):
+        get_recipe("cnn-x3", {"overrides": None})
     with pytest.raises(ConfigError, match="recipe cnn: params"):
         members([get_recipe("cnn-x3", {"params": "wide"})])
     with pytest.raises(ConfigError, match="not a model recipe"):

@@ -106,10 +106,14 @@ def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec 
         return base
     data = base.model_dump()
     target = data["overrides"] if isinstance(base, EnsembleSpec) else data  # an ensemble passes them to members
-    if isinstance(base, EnsembleSpec) and isinstance(overrides.get("overrides"), dict):
-        # ``{"overrides": {...}}`` spelled out for an ensemble means the same as the member overrides given flat
-        overrides = {**{k: v for k, v in overrides.items() if k != "overrides"}, **overrides["overrides"]}
-    for key, value in overrides.items():
+    items = list(overrides.items())
+    if isinstance(base, EnsembleSpec) and "overrides" in overrides:
+        # ``{"overrides": {...}}`` spelled out for an ensemble means the same as member overrides given flat
+        nested = overrides["overrides"]
+        if not isinstance(nested, dict):
+            raise ConfigError(f"recipe {name}: overrides must be a mapping, got {type(nested).__name__}")
+        items = [(k, v) for k, v in items if k != "overrides"] + list(nested.items())
+    for key, value in items:
         if isinstance(base, EnsembleSpec) and key in EnsembleSpec.model_fields and key != "overrides":
             data[key] = value
             continue
