@@ -10,12 +10,13 @@ Usage::
 
     .venv/bin/python benchmarks/sweep.py pack --out benchmarks/runs/sweep_data
     python3 benchmarks/sweep.py run --data benchmarks/runs/sweep_data --variants benchmarks/sweep_variants.json \
-        --out runs/sweep --jobs 12
+        --out /tmp/sweep --jobs 12; tar czf $OUT/sweep.tgz -C /tmp/sweep .   # one file comes back from a device
     python3 benchmarks/sweep.py summary --out runs/sweep --variants benchmarks/sweep_variants.json
-    .venv/bin/python benchmarks/sweep.py record runs/sweep/summary.json ... --device "..." --note "..."
+    .venv/bin/python benchmarks/sweep.py record runs/sweep/summary.json [run.log ...] --device "..." --note "..." \
+        [--name gpu_sweep --title "Recipe sweep on a GPU"]
 
 Variants file: ``{"variants": [{"name": ..., "base": "cnn", "seed": 0, "overrides": {...},
-"speaker_norm": false}], "ensembles": {"name": [member, ...]}}``. ``speaker_norm`` standardises every mel band per
+"speaker_norm": false}], "ensembles": {"name": [member, ...]}}``. ``speaker_norm`` standardises every feature row per
 speaker over all of that speaker's frames (no labels; transductive on the test speakers, so reported apart).
 """
 
