@@ -17,14 +17,20 @@ CASES = {
     "classical": {},
     # The synthetic voices carry emotion partly in level and spectral tilt, which the recipe's per-utterance input
     # normalisation removes by design (on real speech they mostly carry speaker and channel: +5 points UAR on
-    # RAVDESS, docs/experiments.md), so the small CNN here learns its own input statistics instead.
+    # RAVDESS, docs/experiments.md), so the small CNN, RNN and CRNN here learn their own input statistics instead.
     "cnn": {
         "params": {"channels": [8, 16, 32], "convs": [1, 1, 1], "time_pool": [2, 2, 2], "input_norm": "batch"},
         "train": SMALL_TRAIN,
     },
     "tdnn": {"params": {"channels": 32, "agg_channels": 64, "hidden": 32}, "train": SMALL_TRAIN},
-    "rnn": {"params": {"hidden": 48, "layers": 1, "head_hidden": 32}, "train": {**SMALL_TRAIN, "epochs": 30}},
-    "crnn": {"params": {"channels": [8, 16, 16], "proj": 32, "hidden": 32, "head_hidden": 32}, "train": SMALL_TRAIN},
+    "rnn": {
+        "params": {"hidden": 48, "layers": 1, "head_hidden": 32, "input_norm": "batch"},
+        "train": {**SMALL_TRAIN, "epochs": 30},
+    },
+    "crnn": {
+        "params": {"channels": [8, 16, 16], "proj": 32, "hidden": 32, "head_hidden": 32, "input_norm": "batch"},
+        "train": SMALL_TRAIN,
+    },
 }
 
 
