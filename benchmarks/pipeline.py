@@ -3,7 +3,8 @@
 Usage: ``.venv/bin/python benchmarks/pipeline.py [--config configs/ravdess.yaml] [--workdir benchmarks/runs/pipeline]``.
 Resumable: a killed first run continues where it stopped (the stage cache); the per-stage seconds recorded when each
 stage ran are summed, and ``resumed`` says whether the first run was interrupted. Writes
-``benchmarks/results/pipeline.json`` and the matching section of ``benchmarks/RESULTS.md`` (machine, date).
+``benchmarks/results/pipeline.json`` (``pipeline-<config name>.json`` for a config other than ``ravdess.yaml``) and
+that config's section of ``benchmarks/RESULTS.md`` (machine, date).
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "date": dt.date.today().isoformat(),
     }
-    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps(row, indent=2) + "\n")
+    out = RESULTS_JSON if args.config.name == "ravdess.yaml" else RESULTS_DIR / f"pipeline-{args.config.stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2) + "\n")
+    heading = f"## Pipeline (RAVDESS, shared copy, `configs/{args.config.name}`)"
     lines = [
-        "## Pipeline (RAVDESS, shared copy, `configs/ravdess.yaml`)",
+        heading,
         "",
         f"Machine: {row['machine']}. Date: {row['date']}. Produced by `benchmarks/pipeline.py`. Model `{row['model']}`,"
         f" {row['protocol']}: UAR {100 * row['uar_mean']:.1f} %, accuracy {100 * row['acc_mean']:.1f} %.",
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {s['stage']} | {s['seconds']} | {s['metric']} |" for s in stages],
         "",
     ]
-    replace_section("## Pipeline (RAVDESS", "\n".join(lines))
+    replace_section(heading, "\n".join(lines))
     print(json.dumps(row, indent=2))
     return 0
 

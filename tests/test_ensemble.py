@@ -1,6 +1,7 @@
 """Seed ensembles and the recipe options that lifted RAVDESS UAR: mixup, training without validation speakers,
 spec fingerprints (a changed recipe reruns its folds), the one-module Ensemble (save/load, ONNX), and an ensemble
-recipe through ``fit_shipped`` and the pipeline."""
+recipe through ``fit_shipped`` and the pipeline, an ensemble whose members read different features (log-mel and
+MFCC stacked in one input)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from ser.errors import ConfigError
+from ser.errors import ConfigError, SerError
+from ser.features import FeatureConfig
+from ser.inference import Preprocessing, frame_input, input_kinds
 from ser.models import build_model, load_model, save_model
 from ser.models.ensemble import Ensemble
 from ser.train import TrainConfig, fit
@@ -108,9 +111,53 @@ def test_ensemble_saves_loads_and_rejects_bad_members(tmp_path):
         Ensemble.of([build_model("cnn", 4, 12, **TINY), build_model("cnn", 5, 12, **TINY)])
 
 
+def test_ensemble_members_read_their_own_rows_of_a_stacked_input(tmp_path):
+    cnn = build_model("cnn", 4, 12, seed=0, **TINY).eval()
+    rnn = build_model("rnn", 4, 9, seed=1, hidden=8, layers=1, head_hidden=8, frame_pool=3).eval()
+    ens = Ensemble.of([cnn, rnn], rows=[[0, 12], [12, 21]])
+    assert ens.n_features == 21 and ens.hparams["rows"] == [[0, 12], [12, 21]]
+    x, lengths = torch.randn(3, 21, 40), torch.tensor([40, 25, 31])
+    with torch.no_grad():
+        want = (torch.softmax(cnn(x[:, :12], lengths), 1) + torch.softmax(rnn(x[:, 12:], lengths), 1)) / 2
+        torch.testing.assert_close(torch.softmax(ens(x, lengths), 1), want)
+        torch.testing.assert_close(ens(x[1:2, :, :25]), ens(x, lengths)[1:2], atol=1e-5, rtol=1e-4)
+    save_model(tmp_path / "e.pt", ens, {"classes": list("abcd")})
+    back, _ = load_model(tmp_path / "e.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, lengths), ens(x, lengths))
+    with pytest.raises(ConfigError, match="share n_features"):
+        Ensemble.of([cnn, rnn])
+    with pytest.raises(ConfigError, match="span its n_features"):
+        Ensemble.of([cnn, rnn], rows=[[0, 12], [12, 20]])
+    with pytest.raises(ConfigError, match="one \\[start, stop\\) range"):
+        build_model("ensemble", 4, 21, members=[{"name": "cnn", "params": TINY}] * 2, rows=[[0, 12], [12, 30]])
+    with pytest.raises(ConfigError, match="expected input"):
+        ens(torch.randn(1, 12, 40))
+
+
+def test_frame_input_trims_once_pads_each_kind_and_stacks():
+    rng = np.random.default_rng(0)
+    logmel = rng.normal(-30, 5, (4, 10)).astype(np.float32)
+    logmel[:, :2] = -100.0  # quiet lead-in, trimmed at 40 dB
+    mfcc = rng.normal(0, 1, (3, 10)).astype(np.float32)
+    feats = {"logmel": logmel, "mfcc": mfcc}
+    x = frame_input(feats, "logmel+mfcc", 40.0)
+    np.testing.assert_array_equal(x, np.concatenate([logmel[:, 2:], mfcc[:, 2:]]))
+    np.testing.assert_array_equal(frame_input(feats, "mfcc", 40.0), mfcc[:, 2:])  # a single kind, as before
+    np.testing.assert_array_equal(frame_input(feats, "mfcc+logmel", None)[:3], mfcc)  # rows in the named order
+    padded = frame_input(feats, "logmel+mfcc", 40.0, min_frames=12)
+    assert padded.shape == (7, 12)
+    assert np.all(padded[:4, 8:] == logmel[:, 2:].min()) and np.all(padded[4:, 8:] == mfcc[:, 2:].min())
+    assert input_kinds("logmel+mfcc") == ("logmel", "mfcc")
+    for bad in ("logmel+logmel", "mel", "logmel+", "functionals"):
+        with pytest.raises(ConfigError, match="frame kinds"):
+            input_kinds(bad)
+    with pytest.raises(SerError, match=r"metadata\.json"):
+        Preprocessing.from_metadata({"input": {"kind": "logmel+wav", "feature_config": FeatureConfig().to_dict()}})
+
+
 def test_ensemble_exports_to_onnx_with_parity(tmp_path):
     from ser.export import write_model_folder
-    from ser.features import FeatureConfig
     from ser.inference import Predictor, read_metadata
 
     ens = Ensemble.of([build_model("cnn", 8, 64, seed=s, **TINY).eval() for s in range(2)])
@@ -205,12 +252,44 @@ def test_fit_shipped_joins_ensemble_members_without_validation(synth, tmp_path):
     assert set(info["members"]) == {"small-s0", "small-s1"} and info["best_val_uar"] is None
     assert info["n_val"] == 0 and (tmp_path / "small-s1" / "last.pt").is_file()
     mixed = [specs[0], RECIPES["classical"]]
-    with pytest.raises(ConfigError, match="same features"):
+    with pytest.raises(ConfigError, match="torch frame model with the same trimming"):
         fit_shipped(EnsembleSpec(name="m", members=["small-s0", "classical"]), mixed, manifest, feats, classes)
+    untrimmed = [specs[0], specs[1].model_copy(update={"trim_db": None})]
+    with pytest.raises(ConfigError, match="same trimming"):
+        fit_shipped(ens, untrimmed, manifest, feats, classes)
+
+
+def _small_rnn(**train) -> ModelSpec:
+    base = RECIPES["rnn"]
+    return base.model_copy(
+        update={
+            "name": "small-rnn",
+            "params": {**base.params, "hidden": 16, "layers": 1, "head_hidden": 16, "input_norm": "batch"},
+            "train": {**RECIPES["cnn-small"].train, "epochs": 2, **train},
+        }
+    )
 
 
 @pytest.mark.slow
-def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch):
+def test_fit_shipped_joins_members_on_different_features(synth, tmp_path):
+    manifest, _, _, classes = synth
+    feats = load_frame_features(manifest, ("logmel", "mfcc"), cache_dir=tmp_path / "cache", workers=1)
+    specs = [_small(0).model_copy(update={"val_speakers": 0}), _small_rnn().model_copy(update={"val_speakers": 0})]
+    ens = EnsembleSpec(name="views", members=[s.name for s in specs])
+    model, info = fit_shipped(ens, specs, manifest, feats, classes, out_dir=tmp_path / "ckpt")
+    assert info["input"] == {"kind": "logmel+mfcc", "trim_db": 40.0}
+    assert model.hparams["rows"] == [[0, 64], [64, 124]] and model.n_features == 124
+    u = manifest["utt_id"].iloc[0]
+    x = frame_input(feats[u], "logmel+mfcc", 40.0)
+    with torch.no_grad():  # each member sees exactly what it trained on
+        cnn_alone = torch.softmax(model.members[0](torch.from_numpy(frame_input(feats[u], "logmel", 40.0)[None])), 1)
+        rnn_alone = torch.softmax(model.members[1](torch.from_numpy(frame_input(feats[u], "mfcc", 40.0)[None])), 1)
+        torch.testing.assert_close(torch.softmax(model(torch.from_numpy(x[None])), 1), (cnn_alone + rnn_alone) / 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("views", [False, True], ids=["seeds", "cnn+rnn"])
+def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch, views):
     from ser import registry
     from ser.inference import Predictor, read_metadata
     from ser.pipeline import run
@@ -219,7 +298,11 @@ def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch):
     small = RECIPES["cnn-small"]
     for s in (0, 1):
         monkeypatch.setitem(RECIPES, f"small-s{s}", small.model_copy(update={"name": f"small-s{s}", "seed": s}))
-    monkeypatch.setitem(RECIPES, "small-x2", EnsembleSpec(name="small-x2", members=["small-s0", "small-s1"]))
+    second = "small-s1"
+    if views:  # two architectures on two feature kinds: log-mel for the cnn, MFCC for the rnn
+        second = "small-rnn"
+        monkeypatch.setitem(RECIPES, second, _small_rnn().model_copy(update={"val_speakers": 1}))
+    monkeypatch.setitem(RECIPES, "small-x2", EnsembleSpec(name="small-x2", members=["small-s0", second]))
     cfg = parse_config(
         {
             "data": {"synth_speakers": 8, "synth_per_emotion": 3},
@@ -233,12 +316,17 @@ def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch):
     assert summary.ok, summary.to_dict()
     model_dir = registry.resolve(tmp_path, "ser-emotion@champion")
     meta = read_metadata(model_dir)
-    assert meta["recipe"]["name"] == "small-x2" and meta["recipe"]["members"] == ["small-s0", "small-s1"]
+    assert meta["recipe"]["name"] == "small-x2" and meta["recipe"]["members"] == ["small-s0", second]
     assert meta["export"]["parity_max_abs_diff"] < 1e-3
-    assert "an ensemble of 2 `cnn` models" in (model_dir / "MODEL_CARD.md").read_text()
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    if views:
+        assert meta["input"]["kind"] == "logmel+mfcc" and meta["input"]["shape"][1] == 124
+        assert "`cnn` on input rows 0-63, `rnn` on input rows 64-123" in card and "`logmel+mfcc`" in card
+    else:
+        assert meta["input"]["kind"] == "logmel" and "an ensemble of 2 `cnn` models" in card
     cv = Path(summary.record("train")["outputs"]["cv"])
     fused = np.load(cv / "small-x2" / "fold_0.npz")["proba"]
-    parts = [np.load(cv / f"small-s{s}" / "fold_0.npz")["proba"] for s in (0, 1)]
+    parts = [np.load(cv / m / "fold_0.npz")["proba"] for m in ("small-s0", second)]
     np.testing.assert_allclose(fused, (parts[0] + parts[1]) / 2, rtol=1e-6)
     t = np.linspace(0, 2, 32000, endpoint=False)
     assert Predictor(model_dir).predict(0.3 * np.sin(2 * np.pi * 200 * t).astype(np.float32)).label in meta["labels"]

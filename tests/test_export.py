@@ -1,6 +1,6 @@
 """ONNX export: onnxruntime agrees with PyTorch to 1e-4 on real clips for every frame model and the shipped
-variants (per-utterance input norm, the pooled RNN, a seed ensemble); the exported folder predicts through
-ser.inference with the training preprocessing; a failed parity check writes nothing."""
+variants (per-utterance input norm, the pooled RNN, a seed ensemble, an ensemble over log-mel + MFCC); the exported
+folder predicts through ser.inference with the training preprocessing; a failed parity check writes nothing."""
 
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ CASES = {
         "ensemble",
         "logmel",
         {"members": [{"name": "cnn", "params": {**SMALL["cnn"][1], **UTT}}] * 2},  # members differ: built in turn
+    ),
+    # the architecture ensemble (cnn+crnn+rnn): log-mel rows 0-63 for the cnn and crnn, MFCC rows 64-123 for the rnn
+    "cnn+crnn+rnn-ensemble": (
+        "ensemble",
+        "logmel+mfcc",
+        {
+            "members": [
+                {"name": "cnn", "params": {**SMALL["cnn"][1], **UTT}},
+                {"name": "crnn", "params": {**SMALL["crnn"][1], **UTT}},
+                {"name": "rnn", "params": {**SMALL["rnn"][1], **UTT, "cell": "gru", "frame_pool": 3}},
+            ],
+            "rows": [[0, 64], [0, 64], [64, 124]],
+        },
     ),
 }
 

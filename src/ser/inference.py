@@ -5,7 +5,8 @@ A *model folder* (written by :mod:`ser.export`, registered by :mod:`ser.registry
 - ``model.onnx``: input ``features`` float32 ``(batch, n_features, frames)`` (batch and frames dynamic), output
   ``logits`` float32 ``(batch, n_classes)``;
 - ``metadata.json`` (:data:`FORMAT`): ``labels`` (class order of the logits), ``sample_rate``, ``input`` (the
-  frame ``kind``, the full :class:`~ser.features.FeatureConfig` as ``feature_config``, ``trim_db``,
+  frame ``kind``, or kinds stacked along the feature axis joined by ``+`` such as ``logmel+mfcc``, the full
+  :class:`~ser.features.FeatureConfig` as ``feature_config``, ``trim_db``,
   ``min_frames``), ``eval`` (``mode`` full / windows, ``window`` and ``hop`` in frames), plus provenance:
   ``name``, ``version``, ``model``, ``training``, ``metrics``, ``code_version``, ``created``;
 - ``MODEL_CARD.md``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,36 @@ def trim_bounds(logmel: np.ndarray, top_db: float | None) -> tuple[int, int]:
     level = logmel.max(axis=0)
     keep = np.flatnonzero(level >= level.max() - top_db)
     return int(keep[0]), int(keep[-1]) + 1
+
+
+def input_kinds(kind: str) -> tuple[str, ...]:
+    """The frame kinds a model input stacks, in row order: ``"logmel"`` → ``("logmel",)``, ``"logmel+mfcc"`` →
+    ``("logmel", "mfcc")`` (an ensemble whose members read different features takes them stacked)."""
+    from ser.features import FRAME_KINDS
+
+    kinds = tuple(str(kind).split("+"))
+    bad = [k for k in kinds if k not in FRAME_KINDS]
+    if bad or len(set(kinds)) != len(kinds):
+        raise ConfigError(f"model input kind {kind!r}: expected frame kinds ({', '.join(FRAME_KINDS)}) joined by '+'")
+    return kinds
+
+
+def frame_input(feats: Mapping[str, np.ndarray], kind: str, trim_db: float | None, min_frames: int = 1) -> np.ndarray:
+    """One clip's model input ``(rows, T')`` from its frame features ``{kind: (rows_k, T)}`` (``logmel`` among them).
+
+    The frames are trimmed to :func:`trim_bounds` of the log-mel, each kind of ``kind`` (see :func:`input_kinds`)
+    is padded with its own minimum to at least ``min_frames`` frames, and the kinds are stacked along the rows.
+    Training (``min_frames=1``) and serving share this function, so a model sees the same input in both.
+    """
+    lo, hi = trim_bounds(feats["logmel"], trim_db)
+    blocks = []
+    for k in input_kinds(kind):
+        x = np.asarray(feats[k][:, lo:hi], dtype=np.float32)
+        if x.shape[1] < min_frames:
+            pad = np.full((x.shape[0], min_frames - x.shape[1]), x.min(), dtype=np.float32)
+            x = np.concatenate([x, pad], axis=1)
+        blocks.append(x)
+    return np.ascontiguousarray(blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0))
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -84,6 +116,10 @@ class Preprocessing:
         inp, ev = meta.get("input", {}), meta.get("eval", {})
         if "kind" not in inp or "feature_config" not in inp:
             raise SerError("metadata.json: input.kind and input.feature_config are required")
+        try:
+            input_kinds(inp["kind"])
+        except ConfigError as exc:
+            raise SerError(f"metadata.json: {exc}") from None
         window = int(ev.get("window") or 300)
         return cls(
             kind=str(inp["kind"]),
@@ -101,19 +137,15 @@ class Preprocessing:
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         """``(n_features, T)`` float32 model input for mono float32 ``audio`` at :attr:`sample_rate`, trimmed as in
-        training and padded (with the clip's own minimum) to at least ``min_frames``."""
+        training and padded (each kind with the clip's own minimum) to at least ``min_frames``
+        (:func:`frame_input`)."""
         from ser.features import make_config
         from ser.features.frames import compute
 
         cfg = make_config(self.feature_config)
-        kinds = (self.kind,) if self.kind == "logmel" else ("logmel", self.kind)
+        kinds = tuple(dict.fromkeys(("logmel", *input_kinds(self.kind))))
         feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds)
-        lo, hi = trim_bounds(feats["logmel"], self.trim_db)
-        x = np.ascontiguousarray(feats[self.kind][:, lo:hi], dtype=np.float32)
-        if x.shape[1] < self.min_frames:
-            pad = np.full((x.shape[0], self.min_frames - x.shape[1]), x.min(), dtype=np.float32)
-            x = np.concatenate([x, pad], axis=1)
-        return x
+        return frame_input(feats, self.kind, self.trim_db, self.min_frames)
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""``ensemble``: late fusion of trained frame models in one module, so a seed ensemble ships as one model file and
-one ONNX graph.
+"""``ensemble``: late fusion of trained frame models in one module, so a seed or architecture ensemble ships as one
+model file and one ONNX graph.
 
-Input as every frame model (``x`` ``(B, F, T)``, ``lengths`` ``(B,)``). Output ``(B, n_classes)``: the log of the
-weighted mean of the members' class probabilities, so ``softmax`` of it is exactly that mean (what
-:func:`ser.train.cv.fuse` computes from saved fold probabilities). Cost is the sum of the members'.
+Input as every frame model (``x`` ``(B, F, T)``, ``lengths`` ``(B,)``). Members may read different frame features
+of the same frames: the input then stacks those kinds along the feature axis (log-mel rows, then MFCC rows, as
+:func:`ser.inference.frame_input` builds it) and ``rows`` says which rows each member reads. Output
+``(B, n_classes)``: the log of the weighted mean of the members' class probabilities, so ``softmax`` of it is
+exactly that mean (what :func:`ser.train.cv.fuse` computes from saved fold probabilities). Cost is the sum of the
+members'.
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ from ser.errors import ConfigError
 from ser.models.cnn import SerModel
 
 
+def _check_rows(rows: Sequence[Sequence[int]] | None, n_members: int, n_features: int) -> list[list[int]] | None:
+    if rows is None:
+        return None
+    out = [[int(lo), int(hi)] for lo, hi in rows]
+    if len(out) != n_members or any(not 0 <= lo < hi <= n_features for lo, hi in out):
+        raise ConfigError(
+            f"ensemble: rows must give one [start, stop) range of the {n_features} input rows per member, got {rows!r}"
+        )
+    return out
+
+
 class Ensemble(SerModel):
-    """``members``: ``[{"name": "cnn", "params": {...}}, ...]`` (frame models of the same input);
-    ``weights``: one non-negative weight per member (None: equal)."""
+    """``members``: ``[{"name": "cnn", "params": {...}}, ...]`` (torch frame models); ``weights``: one non-negative
+    weight per member (None: equal); ``rows``: the ``[start, stop)`` input rows each member reads (None: all of
+    them, every member on the same ``n_features`` input)."""
 
     name = "ensemble"
 
@@ -31,6 +46,7 @@ class Ensemble(SerModel):
         *,
         members: Sequence[dict[str, Any]] = (),
         weights: Sequence[float] | None = None,
+        rows: Sequence[Sequence[int]] | None = None,
     ):
         from ser.models.registry import build_model
 
@@ -40,36 +56,65 @@ class Ensemble(SerModel):
             raise ConfigError("ensemble: needs at least two members")
         if len(w) != len(members) or min(w) < 0 or sum(w) <= 0:
             raise ConfigError("ensemble: weights must be non-negative, one per member, not all zero")
-        super().__init__(n_classes, n_features, {"members": members, "weights": w})
-        built = [build_model(m["name"], n_classes, n_features, **m["params"]) for m in members]
+        spans = _check_rows(rows, len(members), n_features)
+        super().__init__(n_classes, n_features, {"members": members, "weights": w, "rows": spans})
+        self.spans = [(0, n_features)] * len(members) if spans is None else [tuple(r) for r in spans]
+        built = [
+            build_model(m["name"], n_classes, hi - lo, **m["params"])
+            for m, (lo, hi) in zip(members, self.spans, strict=True)
+        ]
         if any(not isinstance(m, SerModel) or m.input_kind != "frames" for m in built):
             raise ConfigError("ensemble: members must be torch frame models (cnn, tdnn, rnn, crnn)")
         self.members = nn.ModuleList(built)
         self.register_buffer("weights", torch.tensor(w, dtype=torch.float32) / sum(w), persistent=False)
 
     @classmethod
-    def of(cls, models: Sequence[SerModel], weights: Sequence[float] | None = None) -> Ensemble:
-        """An ensemble holding the trained ``models`` (their weights copied), in eval mode."""
+    def of(
+        cls,
+        models: Sequence[SerModel],
+        weights: Sequence[float] | None = None,
+        rows: Sequence[Sequence[int]] | None = None,
+    ) -> Ensemble:
+        """An ensemble holding the trained ``models`` (their weights copied), in eval mode. Without ``rows`` the
+        members must share ``n_features``; with ``rows`` each member's range must span its ``n_features``."""
         if not models:
             raise ConfigError("ensemble: needs at least two members")
         first = models[0]
-        if any(m.n_classes != first.n_classes or m.n_features != first.n_features for m in models):
-            raise ConfigError("ensemble: members must share n_classes and n_features")
+        if any(m.n_classes != first.n_classes for m in models):
+            raise ConfigError("ensemble: members must share n_classes")
+        if rows is None:
+            if any(m.n_features != first.n_features for m in models):
+                raise ConfigError("ensemble: members must share n_features (or say which input rows each reads)")
+            n_features = first.n_features
+        else:
+            if len(rows) != len(models) or any(
+                hi - lo != m.n_features for (lo, hi), m in zip(rows, models, strict=True)
+            ):
+                raise ConfigError("ensemble: each member's input rows must span its n_features")
+            n_features = max(hi for _, hi in rows)
         ens = cls(
             first.n_classes,
-            first.n_features,
+            n_features,
             members=[{"name": m.name, "params": m.hparams} for m in models],
             weights=weights,
+            rows=rows,
         )
         for dst, src in zip(ens.members, models, strict=True):
             dst.load_state_dict(src.state_dict())
         return ens.eval()
 
+    def _inputs(self, x: Tensor) -> list[Tensor]:
+        return [x if (lo, hi) == (0, self.n_features) else x[:, lo:hi] for lo, hi in self.spans]
+
     def embed(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The members' utterance embeddings side by side ``(B, sum of member dims)``."""
-        return torch.cat([m.embed(x, lengths) for m in self.members], dim=1)
+        self._check_input(x, lengths)
+        return torch.cat([m.embed(xi, lengths) for m, xi in zip(self.members, self._inputs(x), strict=True)], dim=1)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         self._check_input(x, lengths)
-        probs = sum(self.weights[i] * torch.softmax(m(x, lengths).float(), dim=1) for i, m in enumerate(self.members))
+        probs = sum(
+            self.weights[i] * torch.softmax(m(xi, lengths).float(), dim=1)
+            for i, (m, xi) in enumerate(zip(self.members, self._inputs(x), strict=True))
+        )
         return torch.log(probs.clamp_min(1e-12))

@@ -337,17 +337,21 @@ def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
 
 def export_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.export import write_model_folder
+    from ser.inference import frame_input
     from ser.models.registry import load_model
-    from ser.train.cv import ModelSpec, utterance_arrays
+    from ser.train.cv import ModelSpec
 
     model, extra = load_model(ctx.path("train", "model"))
     rec = ctx.inputs["train"]
-    spec = ModelSpec.model_validate(rec["input_spec"])  # features and trimming of the model's input
+    final = rec["final"]
+    inp = final.get("input")  # the model's input: frame kind(s) and trimming
+    if inp is None:  # a train record from before ensembles over several feature kinds
+        first = ModelSpec.model_validate(rec["input_spec"])
+        inp = {"kind": first.features, "trim_db": first.trim_db}
     manifest = read_parquet(ctx.path("split", "manifest"))
     sample = manifest.sample(n=min(8, len(manifest)), random_state=0)
     feats = _load_features(ctx, sample, _kinds(ctx.cfg))
-    parity_inputs = utterance_arrays(spec, feats, [u for u in sample["utt_id"] if u in feats])
-    final = rec["final"]
+    parity_inputs = [frame_input(feats[u], inp["kind"], inp["trim_db"]) for u in sample["utt_id"] if u in feats]
     split = ctx.inputs["split"]
     training = _training_facts(manifest, ctx.cfg, final)
     out = write_model_folder(
@@ -355,8 +359,8 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
         model,
         labels=list(extra["classes"]),
         feature_config=_feature_config(ctx.cfg),
-        kind=spec.features,
-        trim_db=spec.trim_db,
+        kind=inp["kind"],
+        trim_db=inp["trim_db"],
         eval_mode=final.get("eval_mode", "full"),
         window=final.get("eval_window"),
         hop=final.get("eval_hop"),
@@ -535,7 +539,13 @@ STAGES: list[Stage] = [
         ("split", "train"),
         lambda c: {**c.evaluate.model_dump(), "group": c.register_.group},
     ),
-    Stage("export", export_stage, ("split", "features", "train", "evaluate"), lambda c: {"name": c.name}),
+    Stage(
+        "export",
+        export_stage,
+        ("split", "features", "train", "evaluate"),
+        lambda c: {"name": c.name},
+        version="2",  # 2: the input from the train record (ensembles over several feature kinds)
+    ),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="2"),  # 2: per-class table
     Stage(
         "register",

@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ser.errors import ConfigError, SerError
-from ser.inference import trim_bounds
+from ser.inference import frame_input
 from ser.io import atomic_path, write_json
 
 FrameKind = Literal["logmel", "mfcc"]
@@ -119,15 +119,11 @@ def load_frame_features(
 
 
 def utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], utt_ids: list[str]) -> list:
-    out = []
-    for u in utt_ids:
-        f = feats[u]
-        if spec.features == "functionals":
-            out.append(np.asarray(f["functionals"], dtype=np.float32))
-            continue
-        lo, hi = trim_bounds(f["logmel"], spec.trim_db)
-        out.append(np.ascontiguousarray(f[spec.features][:, lo:hi], dtype=np.float32))
-    return out
+    """The model input of each utterance: its functionals, or its trimmed frames
+    (:func:`~ser.inference.frame_input`)."""
+    if spec.features == "functionals":
+        return [np.asarray(feats[u]["functionals"], dtype=np.float32) for u in utt_ids]
+    return [frame_input(feats[u], spec.features, spec.trim_db) for u in utt_ids]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -364,6 +360,41 @@ def fit_final(
     return result.model.cpu().eval(), info
 
 
+def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
+    """The input of the model that ships for ``member_specs``: ``{"kind", "trim_db"}``.
+
+    One spec, or members on the same features: that kind. Members on different frame features (a ``cnn`` on
+    log-mel and an ``rnn`` on MFCC): the kinds stacked in the order members first use them (``logmel+mfcc``;
+    :func:`ser.inference.frame_input`). Every member must be a torch frame model with the same trimming, since the
+    frames are trimmed once for all kinds.
+    """
+    from ser.features import FRAME_KINDS
+
+    bad = [m for m in member_specs if m.model == "classical" or m.features not in FRAME_KINDS]
+    if bad or len({m.trim_db for m in member_specs}) != 1:
+        raise ConfigError(
+            "to ship as one model, every member must be a torch frame model with the same trimming (got "
+            + ", ".join(f"{m.name}: {m.model} on {m.features}, trim_db {m.trim_db}" for m in member_specs)
+            + ")"
+        )
+    return {"kind": "+".join(dict.fromkeys(m.features for m in member_specs)), "trim_db": member_specs[0].trim_db}
+
+
+def input_rows(member_specs: list[ModelSpec], n_features: list[int]) -> list[list[int]] | None:
+    """The ``[start, stop)`` rows of the stacked input (:func:`model_input`) each member reads, given each
+    member's ``n_features``; None when every member reads the same kind."""
+    width: dict[str, int] = {}
+    for m, n in zip(member_specs, n_features, strict=True):
+        if width.setdefault(m.features, n) != n:
+            raise ConfigError(f"members on {m.features} disagree on its rows ({width[m.features]} vs {n})")
+    if len(width) == 1:
+        return None
+    start, offsets = 0, {}
+    for kind, n in width.items():
+        offsets[kind], start = start, start + n
+    return [[offsets[m.features], offsets[m.features] + width[m.features]] for m in member_specs]
+
+
 def fit_shipped(
     spec: ModelSpec | EnsembleSpec,
     member_specs: list[ModelSpec],
@@ -378,19 +409,19 @@ def fit_shipped(
     """The model that ships for ``spec``: :func:`fit_final` of a model spec, or of every member of an ensemble
     (each in ``out_dir/<member>``) joined into one :class:`~ser.models.ensemble.Ensemble` module.
 
-    Returns ``(model, info)``; an ensemble's ``info`` is its first member's facts plus ``members`` (each member's).
-    Ensemble members must be torch models on the same input (features and trimming).
+    Returns ``(model, info)``; ``info["input"]`` is the model's input (:func:`model_input`: the frame kind, or
+    the kinds an ensemble of members on different features reads stacked, and the trimming). An ensemble's
+    ``info`` is its first member's facts plus ``members`` (each member's).
     """
     if isinstance(spec, ModelSpec):
-        return fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress)
+        model, info = fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress)
+        return model, {**info, "input": {"kind": spec.features, "trim_db": spec.trim_db}}
     from ser.models.ensemble import Ensemble
 
-    inputs = {(m.features, m.trim_db) for m in member_specs}
-    if len(inputs) != 1 or any(m.model == "classical" for m in member_specs):
-        raise ConfigError(
-            f"ensemble {spec.name}: to ship as one model its members must be torch models on the same features "
-            f"and trimming (got {', '.join(f'{m.name}: {m.model} on {m.features}' for m in member_specs)})"
-        )
+    try:
+        inp = model_input(member_specs)
+    except ConfigError as exc:
+        raise ConfigError(f"ensemble {spec.name}: {exc}") from None
     models, infos = [], {}
     for m in member_specs:
         sub = None if out_dir is None else Path(out_dir) / m.name
@@ -405,5 +436,6 @@ def fit_shipped(
         "seconds": round(sum(i["seconds"] for i in infos.values()), 2),
         "best_val_uar": None,
         "members": infos,
+        "input": inp,
     }
-    return Ensemble.of(models, spec.weights), info
+    return Ensemble.of(models, spec.weights, input_rows(member_specs, [m.n_features for m in models])), info
