@@ -101,6 +101,7 @@ def test_ensemble_saves_loads_and_rejects_bad_members(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back(x), ens(x))
     assert extra["classes"] == list("abcd") and len(back.members) == 3
+    assert "rows" not in ens.hparams  # members on one input: the parameters earlier versions wrote and load
     with pytest.raises(ConfigError, match="at least two"):
         build_model("ensemble", 4, 12, members=[{"name": "cnn", "params": TINY}])
     with pytest.raises(ConfigError, match="weights"):
@@ -133,6 +134,15 @@ def test_ensemble_members_read_their_own_rows_of_a_stacked_input(tmp_path):
         build_model("ensemble", 4, 21, members=[{"name": "cnn", "params": TINY}] * 2, rows=[[0, 12], [12, 30]])
     with pytest.raises(ConfigError, match="expected input"):
         ens(torch.randn(1, 12, 40))
+
+
+def test_card_names_each_members_rows_when_members_read_different_features():
+    from ser.card import _architecture
+
+    two_cnns = {"name": "ensemble", "n_params": 10, "params": {"members": [{"name": "cnn", "params": {}}] * 2}}
+    assert "an ensemble of 2 `cnn` models" in _architecture(two_cnns)
+    two_cnns["params"]["rows"] = [[0, 64], [64, 124]]  # one on log-mel, one on MFCC: say so
+    assert "`cnn` on input rows 0-63, `cnn` on input rows 64-123" in _architecture(two_cnns)
 
 
 def test_frame_input_trims_once_pads_each_kind_and_stacks():
@@ -257,6 +267,20 @@ def test_fit_shipped_joins_ensemble_members_without_validation(synth, tmp_path):
     untrimmed = [specs[0], specs[1].model_copy(update={"trim_db": None})]
     with pytest.raises(ConfigError, match="same trimming"):
         fit_shipped(ens, untrimmed, manifest, feats, classes)
+    windowed = [specs[0], specs[1].model_copy(update={"train": {**specs[1].train, "eval_mode": "windows"}})]
+    with pytest.raises(ConfigError, match="evaluate the same way"):  # refused before any training
+        fit_shipped(ens, windowed, manifest, feats, classes, out_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_eval_settings_of_a_windowed_recipe_are_plain_numbers():
+    import json
+
+    from ser.train.cv import _eval_settings
+
+    got = _eval_settings(TrainConfig.from_dict({"eval_mode": "windows", "crop_frames": 200}))
+    assert got == {"eval_mode": "windows", "eval_window": 200, "eval_hop": None}
+    json.dumps(got)  # goes into the train stage's JSON record
 
 
 def _small_rnn(**train) -> ModelSpec:
@@ -319,6 +343,7 @@ def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch, views):
     assert meta["recipe"]["name"] == "small-x2" and meta["recipe"]["members"] == ["small-s0", second]
     assert meta["export"]["parity_max_abs_diff"] < 1e-3
     card = (model_dir / "MODEL_CARD.md").read_text()
+    assert "silence trimmed at 40.0 dB below the loudest frame" in card
     if views:
         assert meta["input"]["kind"] == "logmel+mfcc" and meta["input"]["shape"][1] == 124
         assert "`cnn` on input rows 0-63, `rnn` on input rows 64-123" in card and "`logmel+mfcc`" in card

@@ -93,7 +93,7 @@ def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str
         f"- Input: {meta.get('sample_rate')} Hz mono audio → `{meta.get('input', {}).get('kind')}` features "
         f"({meta.get('input', {}).get('shape')}"
         f"{'; the kinds stacked along the feature axis' if '+' in str(meta.get('input', {}).get('kind')) else ''}"
-        "); silence trimmed at {meta.get('input', {}).get('trim_db')} dB "
+        f"); silence trimmed at {meta.get('input', {}).get('trim_db')} dB "
         "below the loudest frame, exactly as in training.",
         "- Format: ONNX (`model.onnx`, opset "
         f"{meta.get('export', {}).get('opset')}), run with onnxruntime; `metadata.json` holds the preprocessing. "
@@ -206,13 +206,14 @@ def _architecture(model: dict[str, Any]) -> str:
     params = model.get("params") or {}
     if model.get("name") == "ensemble" and params.get("members"):
         members = params["members"]
-        if len({m["name"] for m in members}) == 1:
+        rows = params.get("rows")
+        if rows is None and len({m["name"] for m in members}) == 1:
             return (
                 f"- Architecture: an ensemble of {len(members)} `{members[0]['name']}` models whose class "
                 f"probabilities are averaged (weights {params.get('weights')}; {size} in all); member parameters "
                 f"`{members[0].get('params')}`."
             )
-        rows = params.get("rows") or [None] * len(members)
+        rows = rows or [None] * len(members)
         parts = [
             f"`{m['name']}`" + (f" on input rows {r[0]}-{r[1] - 1}" if r else "")
             for m, r in zip(members, rows, strict=True)

@@ -24,11 +24,13 @@ from ser.models.cnn import SerModel
 def _check_rows(rows: Sequence[Sequence[int]] | None, n_members: int, n_features: int) -> list[list[int]] | None:
     if rows is None:
         return None
-    out = [[int(lo), int(hi)] for lo, hi in rows]
+    msg = f"ensemble: rows must give one [start, stop) range of the {n_features} input rows per member, got {rows!r}"
+    try:
+        out = [[int(lo), int(hi)] for lo, hi in rows]
+    except (TypeError, ValueError):
+        raise ConfigError(msg) from None
     if len(out) != n_members or any(not 0 <= lo < hi <= n_features for lo, hi in out):
-        raise ConfigError(
-            f"ensemble: rows must give one [start, stop) range of the {n_features} input rows per member, got {rows!r}"
-        )
+        raise ConfigError(msg)
     return out
 
 
@@ -57,7 +59,10 @@ class Ensemble(SerModel):
         if len(w) != len(members) or min(w) < 0 or sum(w) <= 0:
             raise ConfigError("ensemble: weights must be non-negative, one per member, not all zero")
         spans = _check_rows(rows, len(members), n_features)
-        super().__init__(n_classes, n_features, {"members": members, "weights": w, "rows": spans})
+        hparams: dict[str, Any] = {"members": members, "weights": w}
+        if spans is not None:  # only then: a seed ensemble's parameters stay what earlier versions load
+            hparams["rows"] = spans
+        super().__init__(n_classes, n_features, hparams)
         self.spans = [(0, n_features)] * len(members) if spans is None else [tuple(r) for r in spans]
         built = [
             build_model(m["name"], n_classes, hi - lo, **m["params"])

@@ -539,13 +539,7 @@ STAGES: list[Stage] = [
         ("split", "train"),
         lambda c: {**c.evaluate.model_dump(), "group": c.register_.group},
     ),
-    Stage(
-        "export",
-        export_stage,
-        ("split", "features", "train", "evaluate"),
-        lambda c: {"name": c.name},
-        version="2",  # 2: the input from the train record (ensembles over several feature kinds)
-    ),
+    Stage("export", export_stage, ("split", "features", "train", "evaluate"), lambda c: {"name": c.name}),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="2"),  # 2: per-class table
     Stage(
         "register",

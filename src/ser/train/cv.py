@@ -353,11 +353,18 @@ def fit_final(
         "train_speakers": sorted(train["speaker"].unique().tolist()),
         "val_speakers": sorted(val["speaker"].unique().tolist()),
         "device": result.device,
-        "eval_mode": cfg.eval_mode,
-        "eval_window": cfg.window_frames if cfg.eval_mode == "windows" else None,
-        "eval_hop": cfg.eval_hop,
+        **_eval_settings(cfg),
     }
     return result.model.cpu().eval(), info
+
+
+def _eval_settings(cfg) -> dict[str, Any]:
+    """How a trained model evaluates a clip (whole, or the mean over windows), from its TrainConfig."""
+    return {
+        "eval_mode": cfg.eval_mode,
+        "eval_window": cfg.window_frames() if cfg.eval_mode == "windows" else None,
+        "eval_hop": cfg.eval_hop,
+    }
 
 
 def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
@@ -417,19 +424,23 @@ def fit_shipped(
         model, info = fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress)
         return model, {**info, "input": {"kind": spec.features, "trim_db": spec.trim_db}}
     from ser.models.ensemble import Ensemble
+    from ser.train.trainer import TrainConfig
 
     try:
         inp = model_input(member_specs)
     except ConfigError as exc:
         raise ConfigError(f"ensemble {spec.name}: {exc}") from None
+    modes = {
+        json.dumps(_eval_settings(TrainConfig.from_dict({"model": m.model, "model_params": m.params, **m.train})))
+        for m in member_specs
+    }
+    if len(modes) != 1:  # checked before hours of training, not after
+        raise ConfigError(f"ensemble {spec.name}: members must evaluate the same way (eval_mode, window, hop)")
     models, infos = [], {}
     for m in member_specs:
         sub = None if out_dir is None else Path(out_dir) / m.name
         model, infos[m.name] = fit_final(m, manifest, feats, classes, seed=seed, out_dir=sub, progress=progress)
         models.append(model)
-    modes = {(i["eval_mode"], i["eval_window"], i["eval_hop"]) for i in infos.values()}
-    if len(modes) != 1:
-        raise ConfigError(f"ensemble {spec.name}: members must evaluate the same way (eval_mode, window, hop)")
     first = infos[member_specs[0].name]
     info = {
         **first,
