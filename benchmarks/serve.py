@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ser-bench-serve-") as tmp:
         tmp_path = Path(tmp)
         if args.model is not None:
-            from ser.inference import check_model_dir, read_metadata
+            from ser.model_folder import check_model_dir, read_metadata
 
             model_dir = check_model_dir(args.model)
             meta = read_metadata(model_dir)

@@ -46,7 +46,7 @@ def pack(out: Path) -> None:
     from _common import SHARED
     from ser.data.ingest import ingest
     from ser.data.split import make_splits
-    from ser.inference import trim_bounds
+    from ser.model_folder import trim_bounds
     from ser.train.cv import load_frame_features
 
     here = Path(__file__).resolve().parent

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ser.errors import ConfigError, SerError
-from ser.inference import trim_bounds
+from ser.model_folder import trim_bounds
 from ser.train.cv import FoldOutput, ensemble_folds, fuse, load_fold, save_fold
 from tests.conftest import synth_run_dir
 

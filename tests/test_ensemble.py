@@ -14,7 +14,7 @@ import torch
 
 from ser.errors import ConfigError, SerError
 from ser.features import FeatureConfig
-from ser.inference import Preprocessing, frame_input, input_kinds
+from ser.model_folder import Preprocessing, frame_input, input_kinds
 from ser.models import build_model, load_model, save_model
 from ser.models.ensemble import Ensemble
 from ser.train import TrainConfig, fit
@@ -168,7 +168,8 @@ def test_frame_input_trims_once_pads_each_kind_and_stacks():
 
 def test_ensemble_exports_to_onnx_with_parity(tmp_path):
     from ser.export import write_model_folder
-    from ser.inference import Predictor, read_metadata
+    from ser.inference import Predictor
+    from ser.model_folder import read_metadata
 
     ens = Ensemble.of([build_model("cnn", 8, 64, seed=s, **TINY).eval() for s in range(2)])
     rng = np.random.default_rng(0)
@@ -315,7 +316,8 @@ def test_fit_shipped_joins_members_on_different_features(synth, tmp_path):
 @pytest.mark.parametrize("views", [False, True], ids=["seeds", "cnn+rnn"])
 def test_pipeline_ships_an_ensemble_recipe(tmp_path, monkeypatch, views):
     from ser import registry
-    from ser.inference import Predictor, read_metadata
+    from ser.inference import Predictor
+    from ser.model_folder import read_metadata
     from ser.pipeline import run
     from ser.pipeline.config import parse_config
 

@@ -13,7 +13,8 @@ import torch
 from ser.errors import ConfigError, SerError
 from ser.export import parity, write_model_folder
 from ser.features import FeatureConfig
-from ser.inference import Predictor, Preprocessing, read_metadata, softmax, window_starts
+from ser.inference import Predictor, softmax
+from ser.model_folder import Preprocessing, read_metadata, window_starts
 from ser.models.registry import build_model
 from tests.conftest import RAVDESS8
 

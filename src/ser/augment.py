@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ser import TARGET_SR
 from ser.errors import ConfigError, LeakageError
 
 RngLike = np.random.Generator | int | None
@@ -111,7 +112,7 @@ class WaveParams:
     keep_length: bool = True
 
 
-def sample_waveform_params(cfg: AugmentConfig, rng: RngLike, sr: int = 16_000) -> WaveParams:
+def sample_waveform_params(cfg: AugmentConfig, rng: RngLike, sr: int = TARGET_SR) -> WaveParams:
     """Draw which transforms apply and their values. Always consumes the same number of draws from ``rng``."""
     g = as_rng(rng)
 

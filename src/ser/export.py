@@ -1,6 +1,6 @@
 """ONNX export of a trained torch model into a *model folder* that serving loads without PyTorch.
 
-The folder layout and metadata are described in :mod:`ser.inference`. The feature front end (librosa log-mel /
+The folder layout and metadata are the contract in :mod:`ser.model_folder`. The feature front end (librosa log-mel /
 MFCC) is not expressed in ONNX: the numpy code in :mod:`ser.features.frames` is shared verbatim by training and
 serving, and the folder records its full configuration.
 
@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ser import TARGET_SR
 from ser.errors import ConfigError, SerError
-from ser.inference import FORMAT, INPUT_NAME, METADATA_FILE, MODEL_FILE, OUTPUT_NAME
 from ser.io import write_json
+from ser.model_folder import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_FILE, MODEL_FILE, OUTPUT_NAME, read_metadata
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -139,10 +140,11 @@ def write_model_folder(
             raise SerError(f"ONNX parity check failed: max |Δlogit| {diff:.2e} > {atol:.0e}")
         meta = {
             "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "name": "ser-emotion",
             "version": "unregistered",
             "labels": list(labels),
-            "sample_rate": int(fc.get("sr", 16000)),
+            "sample_rate": int(fc.get("sr", TARGET_SR)),
             "input": {
                 "kind": kind,
                 "shape": ["batch", model.n_features, "frames"],
@@ -169,8 +171,6 @@ def write_model_folder(
 
 def update_metadata(model_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into a model folder's ``metadata.json`` (atomic rewrite); returns the new metadata."""
-    from ser.inference import read_metadata
-
     meta = read_metadata(model_dir)
     meta.update(fields)
     write_json(Path(model_dir) / METADATA_FILE, meta)

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ser.errors import ConfigError, SerError
-from ser.inference import CARD_FILE, METADATA_FILE, MODEL_FILE, read_metadata
 from ser.io import atomic_path, write_json
+from ser.model_folder import CARD_FILE, METADATA_FILE, MODEL_FILE, read_metadata
 
 DEFAULT_NAME = "ser-emotion"
 ALIASES = ("champion", "challenger")

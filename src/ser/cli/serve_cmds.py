@@ -18,7 +18,7 @@ _REF_HELP = "registry reference NAME[@ALIAS|/VERSION] (default: the champion of 
 
 def _model_dir(model: Path | None, workdir: Path | None, ref: str | None) -> Path:
     """The model folder named by ``--model``, or by ``--workdir`` / ``--ref`` in a registry."""
-    from ser.inference import check_model_dir
+    from ser.model_folder import check_model_dir
     from ser.registry import default_workdir, resolve
 
     if model is not None and (workdir is not None or ref is not None):

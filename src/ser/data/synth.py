@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
 
+from ser import TARGET_SR
 from ser.errors import SerError
 from ser.io import write_text
 
@@ -75,7 +76,7 @@ def _resonator(x: np.ndarray, f: float, bw: float, sr: int) -> np.ndarray:
     return lfilter([1 - r], a, x)
 
 
-def synth_utterance(emotion: str, speaker: Speaker, rng: np.random.Generator, sr: int = 16_000) -> np.ndarray:
+def synth_utterance(emotion: str, speaker: Speaker, rng: np.random.Generator, sr: int = TARGET_SR) -> np.ndarray:
     """One utterance (mono float32, ``sr`` Hz, ~1.5-3 s) of the emotion's prosody in the speaker's voice."""
     f0k, rng_st, rate, level, jitter, tilt, slope = PROSODY[emotion]
     rate *= speaker.rate * rng.uniform(0.9, 1.1)
@@ -106,7 +107,9 @@ def synth_utterance(emotion: str, speaker: Speaker, rng: np.random.Generator, sr
     return np.clip(out, -0.99, 0.99).astype(np.float32)
 
 
-def synthesize(out_dir: str | Path, n_speakers: int = 8, per_emotion: int = 4, seed: int = 0, sr: int = 16_000) -> Path:
+def synthesize(
+    out_dir: str | Path, n_speakers: int = 8, per_emotion: int = 4, seed: int = 0, sr: int = TARGET_SR
+) -> Path:
     """Write the corpus under ``out_dir`` and return it. Same seed → byte-identical files."""
     if not 1 <= per_emotion <= 4:
         raise SerError(f"per_emotion must be 1..4 (distinct RAVDESS file names), got {per_emotion}")

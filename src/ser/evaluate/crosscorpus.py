@@ -107,7 +107,7 @@ def cross_corpus(
     feats = load_frame_features(both, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
     if normalize == "corpus":
         if spec.features != "functionals" and spec.trim_db is not None:  # trim on the raw dB log-mel first
-            from ser.inference import trim_bounds
+            from ser.model_folder import trim_bounds
 
             trimmed = {}
             for u, f in feats.items():

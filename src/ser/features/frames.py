@@ -32,6 +32,7 @@ import warnings
 import librosa
 import numpy as np
 
+from ser import TARGET_SR
 from ser.errors import AudioError, ConfigError, SerError
 from ser.features import FRAME_KINDS, FeatureConfig
 
@@ -77,7 +78,7 @@ def spectrogram(
 
 def logmel(
     y: np.ndarray | None = None,
-    sr: int = 16_000,
+    sr: int = TARGET_SR,
     *,
     S: np.ndarray | None = None,
     n_fft: int = 512,
@@ -101,7 +102,7 @@ def logmel(
 
 def mfcc(
     y: np.ndarray | None = None,
-    sr: int = 16_000,
+    sr: int = TARGET_SR,
     *,
     logmel_db: np.ndarray | None = None,
     n_mfcc: int = 20,
@@ -145,7 +146,7 @@ def rms_db(y: np.ndarray, *, frame_length: int = 400, hop_length: int = 160, flo
 
 def chroma(
     y: np.ndarray | None = None,
-    sr: int = 16_000,
+    sr: int = TARGET_SR,
     *,
     S: np.ndarray | None = None,
     n_fft: int = 512,
@@ -163,7 +164,7 @@ def chroma(
 
 def centroid(
     y: np.ndarray | None = None,
-    sr: int = 16_000,
+    sr: int = TARGET_SR,
     *,
     S: np.ndarray | None = None,
     n_fft: int = 512,
@@ -179,7 +180,7 @@ def centroid(
 
 def contrast(
     y: np.ndarray | None = None,
-    sr: int = 16_000,
+    sr: int = TARGET_SR,
     *,
     S: np.ndarray | None = None,
     n_fft: int = 512,
@@ -198,7 +199,7 @@ def contrast(
 
 def f0(
     y: np.ndarray,
-    sr: int = 16_000,
+    sr: int = TARGET_SR,
     *,
     fmin: float = 65.0,
     fmax: float = 600.0,

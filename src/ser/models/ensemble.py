@@ -3,7 +3,7 @@ model file and one ONNX graph.
 
 Input as every frame model (``x`` ``(B, F, T)``, ``lengths`` ``(B,)``). Members may read different frame features
 of the same frames: the input then stacks those kinds along the feature axis (log-mel rows, then MFCC rows, as
-:func:`ser.inference.frame_input` builds it) and ``rows`` says which rows each member reads. Output
+:func:`ser.model_folder.frame_input` builds it) and ``rows`` says which rows each member reads. Output
 ``(B, n_classes)``: the log of the weighted mean of the members' class probabilities, so ``softmax`` of it is
 exactly that mean (what :func:`ser.train.cv.fuse` computes from saved fold probabilities). Cost is the sum of the
 members'.

@@ -337,7 +337,7 @@ def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
 
 def export_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.export import write_model_folder
-    from ser.inference import frame_input
+    from ser.model_folder import frame_input
     from ser.models.registry import load_model
     from ser.train.cv import ModelSpec
 
@@ -374,7 +374,7 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
             "label_profile": ctx.cfg.data.profile,
         },
     )
-    from ser.inference import read_metadata
+    from ser.model_folder import read_metadata
 
     diff = read_metadata(out)["export"]["parity_max_abs_diff"]
     return {
@@ -403,7 +403,7 @@ def card_stage(ctx: StageContext) -> dict[str, Any]:
     import shutil
 
     from ser.card import render_card
-    from ser.inference import CARD_FILE, read_metadata
+    from ser.model_folder import CARD_FILE, read_metadata
 
     src = ctx.path("export", "model_dir")
     dest = ctx.out / "model"
@@ -432,7 +432,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def register_stage(ctx: StageContext) -> dict[str, Any]:
     from ser import registry
     from ser.export import update_metadata
-    from ser.inference import read_metadata
+    from ser.model_folder import read_metadata
 
     cfg = ctx.cfg
     model_dir = ctx.path("card", "model_dir")

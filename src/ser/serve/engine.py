@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ser.errors import ConfigError, SerError
-from ser.inference import METADATA_FILE, MODEL_FILE, Predictor
+from ser.inference import Predictor
+from ser.model_folder import METADATA_FILE, MODEL_FILE
 
 
 class ModelNotReady(SerError):

@@ -22,8 +22,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ser.errors import ConfigError, SerError
-from ser.inference import frame_input
 from ser.io import atomic_path, write_json
+from ser.model_folder import frame_input
 
 FrameKind = Literal["logmel", "mfcc"]
 
@@ -120,7 +120,7 @@ def load_frame_features(
 
 def utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], utt_ids: list[str]) -> list:
     """The model input of each utterance: its functionals, or its trimmed frames
-    (:func:`~ser.inference.frame_input`)."""
+    (:func:`~ser.model_folder.frame_input`)."""
     if spec.features == "functionals":
         return [np.asarray(feats[u]["functionals"], dtype=np.float32) for u in utt_ids]
     return [frame_input(feats[u], spec.features, spec.trim_db) for u in utt_ids]
@@ -372,7 +372,7 @@ def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
 
     One spec, or members on the same features: that kind. Members on different frame features (a ``cnn`` on
     log-mel and an ``rnn`` on MFCC): the kinds stacked in the order members first use them (``logmel+mfcc``;
-    :func:`ser.inference.frame_input`). Every member must be a torch frame model with the same trimming, since the
+    :func:`ser.model_folder.frame_input`). Every member must be a torch frame model with the same trimming, since the
     frames are trimmed once for all kinds.
     """
     from ser.features import FRAME_KINDS
