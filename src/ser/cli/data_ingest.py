@@ -24,11 +24,10 @@ def ingest_cmd(
 
     Example: ser data ingest --corpus ravdess ../shared/data/ravdess --out out/ravdess
     """
-    from ser.data.ingest import ingest, summarize, write_outputs
+    from ser.jobs.data import IngestJob
 
-    result = ingest(corpus, path, profile=profile, demographics=demographics, workers=workers, progress=not as_json)
-    write_outputs(result, out)
-    summary = {**summarize(result), "manifest": str(out / "manifest.parquet")}
+    done = IngestJob(corpus, path, out, profile, demographics, workers, progress=not as_json).run()
+    result, summary = done.result, done.summary
     if as_json:
         print_json(summary)
         return

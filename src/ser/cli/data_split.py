@@ -28,9 +28,7 @@ def split_cmd(
 
     Example: ser data split out/ravdess/manifest.parquet --preset ravdess6 --out out/ravdess/splits
     """
-    from ser.data.schema import read_manifest
-    from ser.data.split import make_splits
-    from ser.io import write_parquet
+    from ser.jobs.data import SplitJob
 
     chosen = [
         name
@@ -47,19 +45,18 @@ def split_cmd(
         raise SerError("give exactly one of --preset, --kfold, --loso, --holdout, --holdout-fraction")
     if preset is not None and preset != "ravdess6":
         raise SerError(f"unknown preset {preset!r}; known: ravdess6")
-    frame = read_manifest(manifest)
     method = {"preset": "ravdess6", "kfold": "kfold", "loso": "loso"}.get(chosen[0], "holdout")
-    splits = make_splits(
-        frame,
+    done = SplitJob(
+        manifest,
+        out,
         method,
         k=kfold or 5,
         seed=seed,
         test_speakers=[s.strip() for s in holdout.split(",")] if holdout else None,
         test_fraction=holdout_fraction or 0.2,
         val_speakers=val_speakers,
-    )
-    write_parquet(out / "splits.parquet", splits)
-    per_fold = splits.groupby(["fold", "role"]).agg(utterances=("utt_id", "size"), speakers=("speaker", "nunique"))
+    ).run()
+    splits, per_fold = done.splits, done.per_fold()
     if as_json:
         print_json({
             "method": method,

@@ -27,18 +27,15 @@ def validate_cmd(
 
     Example: ser data validate out/ravdess/manifest.parquet --out out/ravdess/validated
     """
-    from ser.data.schema import read_manifest
-    from ser.data.validate import load_config, validate, write_outputs
+    from ser.jobs.data import ValidateJob
 
-    cfg = load_config(
-        config,
-        max_quarantined_fraction=max_quarantined,
-        max_imbalance_ratio=max_imbalance,
-        min_duration_s=min_duration,
-        max_duration_s=max_duration,
-    )
-    result = validate(read_manifest(manifest), cfg, workers=workers, progress=not as_json)
-    write_outputs(result, out)
+    thresholds = {
+        "max_quarantined_fraction": max_quarantined,
+        "max_imbalance_ratio": max_imbalance,
+        "min_duration_s": min_duration,
+        "max_duration_s": max_duration,
+    }
+    result = ValidateJob(manifest, out, config, thresholds, workers, progress=not as_json).run().result
     r = result.report
     if as_json:
         print_json(r)

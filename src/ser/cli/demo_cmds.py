@@ -26,25 +26,16 @@ def demo(
 
     Example: ser demo --out out/demo
     """
-    from ser.data.ingest import ingest, summarize
-    from ser.data.ingest import write_outputs as write_ingest
-    from ser.data.split import check_leakage, make_splits
     from ser.data.synth import synthesize
-    from ser.data.validate import validate
-    from ser.data.validate import write_outputs as write_validation
-    from ser.io import write_parquet
+    from ser.jobs.data import IngestJob, SplitJob, ValidateJob
 
     progress = not as_json
     corpus = synthesize(out / "corpus", n_speakers=speakers, seed=seed)
-    ingested = ingest("ravdess", corpus, workers=2, progress=progress)
-    write_ingest(ingested, out / "ingest")
-    validated = validate(ingested.manifest, progress=progress)
-    write_validation(validated, out / "validated")
-    splits = make_splits(validated.manifest, "kfold", k=folds, seed=seed)
-    check_leakage(splits)
-    write_parquet(out / "splits" / "splits.parquet", splits)
-
-    summary = summarize(ingested)
+    ingest = IngestJob("ravdess", corpus, out / "ingest", workers=2, progress=progress).run()
+    ingested = ingest.result
+    validated = ValidateJob(ingested.manifest, out / "validated", progress=progress).run().result
+    splits = SplitJob(validated.manifest, out / "splits", "kfold", k=folds, seed=seed).run().splits
+    summary = {k: v for k, v in ingest.summary.items() if k != "manifest"}
     summary.update(
         validated=len(validated.manifest),
         quarantined=len(ingested.quarantine) + len(validated.quarantine),

@@ -12,25 +12,8 @@ from ser.cli._apps import app, console, print_json, require_file
 from ser.errors import ConfigError
 
 
-def _load_run_inputs(manifest_path: Path, splits_path: Path, profile: str):
-    import pandas as pd
-
-    from ser.data.labels import apply_profile, get_profile
-    from ser.data.schema import read_manifest
-
-    manifest = read_manifest(require_file(manifest_path, "manifest"))
-    manifest, dropped = apply_profile(manifest, profile)
-    prof = get_profile(profile)
-    present = set(manifest["emotion"])
-    classes = [c for c in prof.classes if c in present]
-    if len(classes) < 2:
-        raise ConfigError(f"profile {profile!r} leaves fewer than two classes in the manifest")
-    splits = pd.read_parquet(require_file(splits_path, "splits"))
-    splits = splits[splits["utt_id"].isin(set(manifest["utt_id"]))]
-    return manifest, splits, classes, dropped
-
-
-def _overrides(config: Path | None) -> dict:
+def recipe_overrides(config: Path | None) -> dict:
+    """Recipe fields from a ``--config`` YAML (``{}`` without one)."""
     if config is None:
         return {}
     try:
@@ -66,31 +49,23 @@ def train(
     """
     import torch
 
-    from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, load_frame_features
-    from ser.train.recipes import get_recipe, members
+    from ser.jobs.train import CrossValidateJob, FeatureSource, load_run_inputs
+    from ser.train.recipes import get_recipe
 
     torch.set_num_threads(max(1, threads))
-    spec = get_recipe(model, _overrides(config))
-    frame, split_frame, classes, _ = _load_run_inputs(manifest, splits, profile)
+    spec = get_recipe(model, recipe_overrides(config))
+    frame, split_frame, classes, _ = load_run_inputs(
+        require_file(manifest, "manifest"), require_file(splits, "splits"), profile
+    )
     fold_list = None if folds is None else [int(f) for f in folds.split(",") if f.strip()]
-    specs = members([spec])
-    kinds = tuple({"logmel"} | {s.features for s in specs})
-    feats = load_frame_features(frame, kinds, cache_dir=cache or out / "cache", workers=workers, progress=not as_json)
 
     def log(name, k, o):
         if not as_json:
             console.print(f"{name} fold {k}: {len(o.y)} test utterances, {o.info.get('seconds')} s")
 
-    outs = {
-        s.name: cross_validate(frame, split_frame, s, feats, classes, out, folds=fold_list, seed=seed, log=log)
-        for s in specs
-    }
-    result = (
-        ensemble_folds([outs[m] for m in spec.members], spec.weights)
-        if isinstance(spec, EnsembleSpec)
-        else outs[spec.name]
-    )
-    _report(result, frame, classes, out / spec.name, spec.name, as_json)
+    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json)
+    cv = CrossValidateJob(frame, split_frame, spec, classes, out, features, fold_list, seed, log).run()
+    _report(cv.outputs, frame, classes, out / spec.name, spec.name, as_json)
 
 
 @app.command("evaluate")
@@ -105,45 +80,23 @@ def evaluate(
 
     Example: ser evaluate runs/cnn --manifest out/m/manifest.parquet --model cnn
     """
-    from ser.data.labels import apply_profile, get_profile
+    from ser.data.labels import apply_profile
     from ser.data.schema import read_manifest
-    from ser.errors import SerError
-    from ser.train.cv import load_fold
+    from ser.jobs.data import present_classes
+    from ser.jobs.evaluate import load_folds
 
     frame, _ = apply_profile(read_manifest(require_file(manifest, "manifest")), profile)
-    present = set(frame["emotion"])
-    classes = [c for c in get_profile(profile).classes if c in present]
-    outs, k = [], 0
-    while (o := load_fold(run, model, k)) is not None:
-        outs.append(o)
-        k += 1
-    if not outs:
-        raise SerError(f"no saved folds for {model!r} under {run}")
+    outs = load_folds(run, model)
+    classes = present_classes(frame, profile)
     _report(outs, frame, classes, run / model, model, as_json)
 
 
 def _report(outputs, frame, classes, out_dir: Path, name: str, as_json: bool) -> None:
-    from ser.evaluate.cv import cv_evaluation, write_cv_report
+    from ser.jobs.evaluate import CVReportJob
 
-    ev = cv_evaluation(outputs, frame, classes)
-    write_cv_report(
-        out_dir / "report",
-        ev,
-        title=f"{name}: speaker-independent cross-validation",
-        meta={"model": name, "folds": len(outputs), "classes": classes},
-    )
-    cv = ev["cv"]["metrics"]
-    summary = {
-        "model": name,
-        "folds": len(outputs),
-        "uar_mean": cv["uar"]["mean"],
-        "uar_std": cv["uar"]["std"],
-        "acc_mean": cv["accuracy"]["mean"],
-        "acc_std": cv["accuracy"]["std"],
-        "pooled": ev["result"]["metrics"],
-        "ci": ev["result"]["ci"],
-        "report": str(out_dir / "report" / "report.md"),
-    }
+    rep = CVReportJob(outputs, frame, classes, name, out_dir / "report").run()
+    cv = rep.evaluation["cv"]["metrics"]
+    summary = rep.summary()
     if as_json:
         print_json(summary)
         return
@@ -184,23 +137,20 @@ def cross_corpus_cmd(
     import torch
 
     from ser.data.schema import read_manifest
-    from ser.evaluate.crosscorpus import cross_corpus
+    from ser.jobs.train import CrossCorpusJob, FeatureSource
     from ser.train.recipes import get_recipe
 
     torch.set_num_threads(max(1, threads))
-    spec = get_recipe(model, _overrides(config))
-    res = cross_corpus(
+    res = CrossCorpusJob(
         read_manifest(require_file(train_manifest, "training manifest")),
         read_manifest(require_file(test_manifest, "test manifest")),
-        spec,
-        profile=profile,
-        out_dir=out,
-        cache_dir=cache or out / "cache",
-        workers=workers,
-        seed=seed,
+        get_recipe(model, recipe_overrides(config)),
+        profile,
+        out,
+        FeatureSource(cache or out / "cache", workers=workers, progress=not as_json),
         normalize=normalize,
-        progress=not as_json,
-    )
+        seed=seed,
+    ).run()
     if as_json:
         print_json(res)
         return

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ser.cli._apps import app, console, print_json
-from ser.cli.train_cmds import _load_run_inputs, _overrides
+from ser.cli._apps import app, console, print_json, require_file
+from ser.cli.train_cmds import recipe_overrides
 
 
 @app.command("tune")
@@ -44,78 +44,47 @@ def tune_cmd(
     import torch
 
     from ser.errors import ConfigError
-    from ser.train.cv import ModelSpec, load_frame_features
+    from ser.jobs.train import FeatureSource, load_run_inputs
+    from ser.jobs.tune import TuneJob, TuneSettings
     from ser.train.recipes import get_recipe
-    from ser.tune import (
-        PRUNERS,
-        SAMPLERS,
-        grid_space,
-        load_space,
-        parse_space,
-        tune,
-        tuning_roles,
-        tuning_val_speakers,
-        write_outputs,
-    )
+    from ser.tune import PRUNERS, SAMPLERS, load_space
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if pruner not in PRUNERS:
         raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
-    spec = get_recipe(model, _overrides(config))
-    if not isinstance(spec, ModelSpec):
-        raise ConfigError(f"--model {model} is an ensemble; tune its member recipes one at a time")
-    space_map = load_space(space)
-    params = parse_space(space_map, spec)  # fail on bad arguments before any feature extraction
-    if sampler == "grid":
-        grid_space(params)
-    elif trials is None:
+    if sampler != "grid" and trials is None:
         raise ConfigError("--trials is required unless --sampler grid")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be at least 1, got {trials}")
-    study_name = study or f"{spec.name}-fold{fold}"
-    out = out or Path("runs") / "tune" / study_name
-    storage = storage or out / "study.db"
+    settings = TuneSettings(
+        get_recipe(model, recipe_overrides(config)),
+        load_space(space),
+        trials,
+        sampler,
+        pruner,
+        fold,
+        storage,
+        study,
+        val_speakers,
+        seed,
+        timeout,
+    )
+    settings.check()  # fail on bad arguments before any feature extraction
+    out = out or Path("runs") / "tune" / settings.name
     torch.set_num_threads(max(1, threads))
-
-    frame, split_frame, classes, _ = _load_run_inputs(manifest, splits, profile)
-    n_val = tuning_val_speakers(spec, val_speakers)
-    roles = tuning_roles(frame, split_frame, fold, n_val, seed)
-    seen = frame[frame["utt_id"].isin(set(roles["train"]["utt_id"]) | set(roles["val"]["utt_id"]))]
-    kinds = tuple({"logmel", spec.features})
-    feats = load_frame_features(seen, kinds, cache_dir=cache or out / "cache", workers=workers, progress=not as_json)
+    frame, split_frame, classes, _ = load_run_inputs(
+        require_file(manifest, "manifest"), require_file(splits, "splits"), profile
+    )
+    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json)
+    job = TuneJob(frame, split_frame, classes, out, features, settings)
 
     def log(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    if not as_json:
-        console.print(
-            f"tuning {spec.name} on fold {fold}: {roles['train']['speaker'].nunique()} training speakers, "
-            f"validation speakers {', '.join(sorted(map(str, roles['val']['speaker'].unique())))}; "
-            f"study {study_name!r} in {storage}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-    result = tune(
-        frame,
-        split_frame,
-        spec,
-        feats,
-        classes,
-        fold=fold,
-        space=space_map,
-        n_trials=trials,
-        sampler=sampler,
-        pruner=pruner,
-        storage=storage,
-        study_name=study_name,
-        val_speakers=n_val,
-        seed=seed,
-        timeout=timeout,
-        log=None if as_json else log,
-    )
-    paths = write_outputs(result, out)
+    done = job.run(log=None if as_json else log, on_start=None if as_json else log)
+    result = done.result
+    paths = done.outputs
     summary = {**result.summary(), "outputs": {k: str(v) for k, v in paths.items()}}
     if as_json:
         print_json(summary)

@@ -1,4 +1,4 @@
-"""The pipeline's stage functions: each reads its inputs' records, calls the library, writes into its own folder.
+"""The pipeline's stage functions: each reads its inputs' records, calls a job (:mod:`ser.jobs`), writes its record.
 
 ingest → validate → split → features → tune → train → evaluate → export → card → register
 
@@ -10,7 +10,6 @@ is filled in when it is registered).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,9 @@ import pandas as pd
 
 from ser.errors import SerError
 from ser.io import read_parquet, write_json, write_parquet
+from ser.jobs.data import IngestJob, SplitJob, ValidateJob
+from ser.jobs.evaluate import CVReportJob, load_folds
+from ser.jobs.train import CrossValidateJob, FeatureSource, ShipJob, feature_kinds, member_specs
 from ser.pipeline.config import PipelineConfig, config_hash
 from ser.pipeline.runner import Stage, StageContext
 
@@ -45,13 +47,6 @@ def corpus_fingerprint(cfg: PipelineConfig) -> str | None:
     return h.hexdigest()[:16]
 
 
-def manifest_fingerprint(manifest: pd.DataFrame) -> str:
-    """Hash of the rows a model is trained and evaluated on (utterance, content hash, label, speaker)."""
-    cols = [c for c in ("utt_id", "sha256", "emotion", "speaker") if c in manifest.columns]
-    rows = manifest[cols].astype(str).sort_values(cols).to_csv(index=False)
-    return hashlib.sha256(rows.encode()).hexdigest()[:16]
-
-
 def recipe(cfg: PipelineConfig, extra: dict[str, Any] | None = None):
     from ser.train.recipes import get_recipe
 
@@ -61,45 +56,26 @@ def recipe(cfg: PipelineConfig, extra: dict[str, Any] | None = None):
     return get_recipe(cfg.train.model, overrides)
 
 
-def _classes(manifest: pd.DataFrame, profile: str) -> list[str]:
-    from ser.data.labels import get_profile
-
-    present = set(manifest["emotion"].astype(str))
-    return [c for c in get_profile(profile).classes if c in present]
-
-
 def _feature_config(cfg: PipelineConfig):
     from ser.features import make_config
 
     return make_config(cfg.features)
 
 
-def _cache_dir(ctx: StageContext) -> Path:
-    return ctx.workdir / "cache" / "features"
-
-
-def _load_features(ctx: StageContext, manifest: pd.DataFrame, kinds: tuple[str, ...]):
-    from ser.train.cv import load_frame_features
-
-    return load_frame_features(
-        manifest, kinds, feature_cfg=_feature_config(ctx.cfg), cache_dir=_cache_dir(ctx), workers=ctx.cfg.workers
+def _features(ctx: StageContext) -> FeatureSource:
+    """The feature cache every stage shares, under the workdir."""
+    return FeatureSource(
+        ctx.workdir / "cache" / "features", _feature_config(ctx.cfg), ctx.cfg.workers, progress=ctx.progress
     )
-
-
-def _members(spec) -> list:
-    """The model specs that train for ``spec``: itself, or an ensemble's members."""
-    from ser.train.recipes import members
-
-    return members([spec])
 
 
 def _recipe_dump(cfg: PipelineConfig) -> list[dict[str, Any]]:
     spec = recipe(cfg)
-    return [spec.model_dump(mode="json")] + [m.model_dump(mode="json") for m in _members(spec) if m is not spec]
+    return [spec.model_dump(mode="json")] + [m.model_dump(mode="json") for m in member_specs(spec) if m is not spec]
 
 
 def _kinds(cfg: PipelineConfig) -> tuple[str, ...]:
-    return tuple(sorted({"logmel"} | {s.features for s in _members(recipe(cfg))}))
+    return feature_kinds(recipe(cfg))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,8 +83,6 @@ def _kinds(cfg: PipelineConfig) -> tuple[str, ...]:
 
 
 def ingest_stage(ctx: StageContext) -> dict[str, Any]:
-    from ser.data.ingest import ingest, summarize, write_outputs
-
     d = ctx.cfg.data
     if d.corpus == "synthetic":
         from ser.data.synth import synthesize
@@ -120,76 +94,69 @@ def ingest_stage(ctx: StageContext) -> dict[str, Any]:
 
         root = local_copy(d.path, ctx.workdir / "cache" / "remote")
         corpus = d.corpus
-    res = ingest(corpus, root, demographics=d.demographics, workers=ctx.cfg.workers, progress=ctx.progress)
-    write_outputs(res, ctx.out)
-    s = summarize(res)
+    job = IngestJob(corpus, root, ctx.out, demographics=d.demographics, workers=ctx.cfg.workers, progress=ctx.progress)
+    res = job.run()
+    s = res.summary
     return {
-        "outputs": {"manifest": str(ctx.out / "manifest.parquet"), "quarantine": str(ctx.out / "quarantine.parquet")},
-        "summary": {k: s[k] for k in ("files", "speakers", "total_hours") if k in s} | {"synthetic": res.synthetic},
-        "metric": f"{s['files']} files, {s['speakers']} speakers, {len(res.quarantine)} quarantined",
+        "outputs": {"manifest": str(res.manifest), "quarantine": str(res.quarantine)},
+        "summary": {k: s[k] for k in ("files", "speakers", "total_hours") if k in s}
+        | {"synthetic": res.result.synthetic},
+        "metric": f"{s['files']} files, {s['speakers']} speakers, {len(res.result.quarantine)} quarantined",
     }
 
 
 def validate_stage(ctx: StageContext) -> dict[str, Any]:
-    from ser.data.validate import load_config, validate, write_outputs
-
-    vcfg = load_config(None, **ctx.cfg.validate_.thresholds)
-    res = validate(read_parquet(ctx.path("ingest", "manifest")), vcfg, workers=ctx.cfg.workers, progress=ctx.progress)
-    write_outputs(res, ctx.out)
+    res = ValidateJob(
+        read_parquet(ctx.path("ingest", "manifest")),
+        ctx.out,
+        thresholds=dict(ctx.cfg.validate_.thresholds),
+        workers=ctx.cfg.workers,
+        progress=ctx.progress,
+    ).run()
     if res.failures and ctx.cfg.validate_.fail_on_thresholds:
-        raise SerError(f"validation thresholds crossed: {'; '.join(res.failures)} (see {ctx.out / 'report.json'})")
+        raise SerError(f"validation thresholds crossed: {'; '.join(res.failures)} (see {res.report})")
     return {
-        "outputs": {
-            "manifest": str(ctx.out / "manifest.parquet"),
-            "quarantine": str(ctx.out / "quarantine.parquet"),
-            "report": str(ctx.out / "report.json"),
-        },
-        "failures": list(res.failures),
-        "metric": f"{len(res.manifest)} passed, {len(res.quarantine)} quarantined",
+        "outputs": {"manifest": str(res.manifest), "quarantine": str(res.quarantine), "report": str(res.report)},
+        "failures": res.failures,
+        "metric": f"{len(res.result.manifest)} passed, {len(res.result.quarantine)} quarantined",
     }
 
 
 def split_stage(ctx: StageContext) -> dict[str, Any]:
-    from ser.data.labels import apply_profile
-    from ser.data.split import check_leakage, make_splits
-
     c = ctx.cfg.split
-    manifest, dropped = apply_profile(read_parquet(ctx.path("validate", "manifest")), ctx.cfg.data.profile)
-    classes = _classes(manifest, ctx.cfg.data.profile)
-    if len(classes) < 2:
-        raise SerError(f"profile {ctx.cfg.data.profile!r} leaves fewer than two classes")
-    splits = make_splits(manifest, c.method, k=c.k, seed=c.seed, test_fraction=c.test_fraction)
-    check_leakage(splits)
-    write_parquet(ctx.out / "manifest.parquet", manifest)
-    write_parquet(ctx.out / "splits.parquet", splits)
-    fp = manifest_fingerprint(manifest)
+    res = SplitJob(
+        read_parquet(ctx.path("validate", "manifest")),
+        ctx.out,
+        method=c.method,
+        k=c.k,
+        seed=c.seed,
+        test_fraction=c.test_fraction,
+        profile=ctx.cfg.data.profile,
+    ).run()
     return {
-        "outputs": {"manifest": str(ctx.out / "manifest.parquet"), "splits": str(ctx.out / "splits.parquet")},
-        "classes": classes,
-        "dropped_labels": dropped,
-        "dataset_fingerprint": fp,
-        "evaluation_key": f"{fp}-{config_hash(c.model_dump(mode='json'))}",
-        "metric": f"{int(splits['fold'].nunique())} folds, {manifest['speaker'].nunique()} speakers, leakage guard ok",
+        "outputs": {"manifest": str(res.manifest_path), "splits": str(res.splits_path)},
+        "classes": res.classes,
+        "dropped_labels": res.dropped_labels,
+        "dataset_fingerprint": res.fingerprint,
+        "evaluation_key": f"{res.fingerprint}-{config_hash(c.model_dump(mode='json'))}",
+        "metric": f"{int(res.splits['fold'].nunique())} folds, {res.manifest['speaker'].nunique()} speakers, "
+        "leakage guard ok",
     }
 
 
 def features_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.features.extract import extract_manifest
 
+    src = _features(ctx)
     manifest = read_parquet(ctx.path("split", "manifest"))
     res = extract_manifest(
-        manifest,
-        _feature_config(ctx.cfg),
-        _cache_dir(ctx),
-        kinds=_kinds(ctx.cfg),
-        workers=ctx.cfg.workers,
-        progress=ctx.progress,
+        manifest, src.feature_cfg, src.cache_dir, kinds=_kinds(ctx.cfg), workers=src.workers, progress=ctx.progress
     )
     failures = pd.DataFrame(res.failures, columns=["utt_id", "path", "reason"]) if res.failures else None
     if failures is not None:
         write_parquet(ctx.out / "quarantine.parquet", failures)
     return {
-        "outputs": {"cache": str(_cache_dir(ctx))},
+        "outputs": {"cache": str(src.cache_dir)},
         "kinds": list(res.kinds),
         "kind_hashes": res.kind_hashes,
         "failed": len(res.failures),
@@ -198,88 +165,67 @@ def features_stage(ctx: StageContext) -> dict[str, Any]:
 
 
 def tune_stage(ctx: StageContext) -> dict[str, Any]:
+    from ser.jobs.tune import TuneJob, TuneSettings
+
     t = ctx.cfg.tune
     if not t.enabled:
         return {"overrides": {}, "metric": "skipped (tune.enabled is false)"}
-    from ser.tune import tune, write_outputs
-
-    manifest = read_parquet(ctx.path("split", "manifest"))
-    splits = read_parquet(ctx.path("split", "splits"))
-    classes = ctx.inputs["split"]["classes"]
-    feats = _load_features(ctx, manifest, _kinds(ctx.cfg))
-    res = tune(
-        manifest,
-        splits,
-        _members(recipe(ctx.cfg))[0],  # an ensemble tunes its first member; the overrides go to every member
-        feats,
-        classes,
-        fold=t.fold,
-        space=t.space,
-        n_trials=t.trials,
+    settings = TuneSettings(
+        member_specs(recipe(ctx.cfg))[0],  # an ensemble tunes its first member; the overrides go to every member
+        t.space,
+        trials=t.trials,
         sampler=t.sampler,
         pruner=t.pruner,
+        fold=t.fold,
         storage=ctx.out / "study.db",
         seed=ctx.cfg.train.seed,
-        log=lambda line: ctx.log("trial", line=line),
     )
-    write_outputs(res, ctx.out)
+    res = TuneJob(
+        read_parquet(ctx.path("split", "manifest")),
+        read_parquet(ctx.path("split", "splits")),
+        ctx.inputs["split"]["classes"],
+        ctx.out,
+        _features(ctx),
+        settings,
+    ).run(log=lambda line: ctx.log("trial", line=line))
+    best = res.result.best_value
     return {
-        "overrides": res.overrides(),
-        "best_value": res.best_value,
-        "metric": f"best val UAR {res.best_value:.3f} over {res.n_complete} trials" if res.best_value else "no trial",
+        "overrides": res.result.overrides(),
+        "best_value": best,
+        "metric": f"best val UAR {best:.3f} over {res.result.n_complete} trials" if best else "no trial",
     }
 
 
 def train_stage(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ser.models.registry import save_model
-    from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, fit_shipped, save_fold
-
     torch.set_num_threads(ctx.cfg.train.threads)
     manifest = read_parquet(ctx.path("split", "manifest"))
-    splits = read_parquet(ctx.path("split", "splits"))
     classes = ctx.inputs["split"]["classes"]
     spec = recipe(ctx.cfg, ctx.inputs["tune"].get("overrides"))
-    feats = _load_features(ctx, manifest, _kinds(ctx.cfg))
 
     def log(name, k, o):
         ctx.log("fold", fold=k, n_test=len(o.y), seconds=o.info.get("seconds"))
 
-    specs = _members(spec)
-    outs = {
-        s.name: cross_validate(
-            manifest,
-            splits,
-            s,
-            feats,
-            classes,
-            ctx.out / "cv",
-            folds=ctx.cfg.split.folds,
-            seed=ctx.cfg.train.seed,
-            log=log,
-        )
-        for s in specs
-    }
-    if isinstance(spec, EnsembleSpec):  # fused fold predictions, read by the evaluate stage like any model's
-        fused = ensemble_folds([outs[m] for m in spec.members], spec.weights)
-        folds = ctx.cfg.split.folds or list(range(len(fused)))
-        for k, out in zip(folds, fused, strict=True):
-            save_fold(ctx.out / "cv", spec.name, k, out)
-    model, info = fit_shipped(
-        spec, specs, manifest, feats, classes, seed=ctx.cfg.train.seed, out_dir=ctx.out / "final_ckpt"
-    )
-    save_model(ctx.out / "model.pt", model, {"classes": classes, "recipe": spec.model_dump(mode="json")})
-    if info["best_val_uar"] is None:
-        metric = f"final model: {info['n_train']} clips, last of {info['epochs_run']} epochs (no validation)"
-    else:
-        metric = f"final model: best val UAR {info['best_val_uar']:.3f} at epoch {info['best_epoch']}"
-    if isinstance(spec, EnsembleSpec):
-        metric = f"{len(specs)}-member ensemble; " + metric
+    cv = CrossValidateJob(
+        manifest,
+        read_parquet(ctx.path("split", "splits")),
+        spec,
+        classes,
+        ctx.out / "cv",
+        _features(ctx),
+        folds=ctx.cfg.split.folds,
+        seed=ctx.cfg.train.seed,
+        log=log,
+    ).run()
+    info = ShipJob(
+        spec, manifest, cv.feats, classes, ctx.out / "model.pt", ctx.out / "final_ckpt", seed=ctx.cfg.train.seed
+    ).run()
+    metric = info.pop("metric")
     return {
         "outputs": {"cv": str(ctx.out / "cv"), "model": str(ctx.out / "model.pt")},
         "recipe": spec.model_dump(mode="json"),
-        "input_spec": specs[0].model_dump(mode="json"),
+        "input_spec": member_specs(spec)[0].model_dump(mode="json"),
         "final": info,
         "metric": metric,
     }
@@ -287,47 +233,27 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
 
 def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.data.split import n_folds
-    from ser.evaluate.cv import cv_evaluation, write_cv_report
-    from ser.train.cv import load_fold
 
     manifest = read_parquet(ctx.path("split", "manifest"))
-    classes = ctx.inputs["split"]["classes"]
     name = ctx.inputs["train"]["recipe"]["name"]
-    cv_dir = ctx.path("train", "cv")
     folds = ctx.cfg.split.folds or list(range(n_folds(read_parquet(ctx.path("split", "splits")))))
-    outputs = [load_fold(cv_dir, name, k) for k in folds]
-    if any(o is None for o in outputs):
-        raise SerError(f"evaluate: fold predictions missing under {cv_dir}")
-    ev = cv_evaluation(outputs, manifest, classes, n_boot=ctx.cfg.evaluate.n_boot, seed=ctx.cfg.train.seed)
-    write_cv_report(
+    outputs = load_folds(ctx.path("train", "cv"), name, folds)
+    rep = CVReportJob(
+        outputs,
+        manifest,
+        ctx.inputs["split"]["classes"],
+        name,
         ctx.out / "report",
-        ev,
-        title=f"{name}: speaker-independent cross-validation",
-        meta={"model": name, "folds": len(outputs), "classes": classes},
-    )
+        n_boot=ctx.cfg.evaluate.n_boot,
+        seed=ctx.cfg.train.seed,
+    ).run()
+    ev = rep.evaluation
     write_json(ctx.out / "evaluation.json", ev)
-    cv = ev["cv"]["metrics"]
-    attrs = ev["fairness"]["attributes"]
-    group = ctx.cfg.register_.group
-    gap = (attrs.get(group) or {}).get("gap", {}).get("uar")
-    block = {
-        "key": ctx.inputs["split"]["evaluation_key"],
-        "dataset_fingerprint": ctx.inputs["split"]["dataset_fingerprint"],
-        "protocol": f"speaker-independent {ctx.cfg.split.method} cross-validation, {len(outputs)} folds",
-        "uar": cv["uar"]["mean"],
-        "uar_std": cv["uar"]["std"],
-        "accuracy": cv["accuracy"]["mean"],
-        "uar_per_fold": cv["uar"]["values"],
-        "pooled": ev["result"]["metrics"],
-        "ci": ev["result"]["ci"],
-        "group": group,
-        "max_group_gap": gap,
-        "group_gaps": {a: v["gap"]["uar"] for a, v in attrs.items()},
-    }
+    block = _evaluation_block(ctx, ev, len(outputs))
     return {
         "outputs": {
-            "report": str(ctx.out / "report" / "report.md"),
-            "report_dir": str(ctx.out / "report"),
+            "report": str(rep.report),
+            "report_dir": str(rep.report_dir),
             "evaluation": str(ctx.out / "evaluation.json"),
         },
         "evaluation": block,
@@ -335,52 +261,54 @@ def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def export_stage(ctx: StageContext) -> dict[str, Any]:
-    from ser.export import write_model_folder
-    from ser.model_folder import frame_input
-    from ser.models.registry import load_model
-    from ser.train.cv import ModelSpec
+def _evaluation_block(ctx: StageContext, ev: dict[str, Any], n_folds: int) -> dict[str, Any]:
+    """What the registry gate and the card read of an evaluation: the key it is comparable under, UAR, CIs, gaps."""
+    cv = ev["cv"]["metrics"]
+    attrs = ev["fairness"]["attributes"]
+    group = ctx.cfg.register_.group
+    return {
+        "key": ctx.inputs["split"]["evaluation_key"],
+        "dataset_fingerprint": ctx.inputs["split"]["dataset_fingerprint"],
+        "protocol": f"speaker-independent {ctx.cfg.split.method} cross-validation, {n_folds} folds",
+        "uar": cv["uar"]["mean"],
+        "uar_std": cv["uar"]["std"],
+        "accuracy": cv["accuracy"]["mean"],
+        "uar_per_fold": cv["uar"]["values"],
+        "pooled": ev["result"]["metrics"],
+        "ci": ev["result"]["ci"],
+        "group": group,
+        "max_group_gap": (attrs.get(group) or {}).get("gap", {}).get("uar"),
+        "group_gaps": {a: v["gap"]["uar"] for a, v in attrs.items()},
+    }
 
-    model, extra = load_model(ctx.path("train", "model"))
+
+def export_stage(ctx: StageContext) -> dict[str, Any]:
+    from ser.jobs.release import ExportJob
+
     rec = ctx.inputs["train"]
-    final = rec["final"]
-    inp = final.get("input")  # the model's input: frame kind(s) and trimming
-    if inp is None:  # a train record from before ensembles over several feature kinds
-        first = ModelSpec.model_validate(rec["input_spec"])
-        inp = {"kind": first.features, "trim_db": first.trim_db}
     manifest = read_parquet(ctx.path("split", "manifest"))
     sample = manifest.sample(n=min(8, len(manifest)), random_state=0)
-    feats = _load_features(ctx, sample, _kinds(ctx.cfg))
-    parity_inputs = [frame_input(feats[u], inp["kind"], inp["trim_db"]) for u in sample["utt_id"] if u in feats]
-    split = ctx.inputs["split"]
-    training = _training_facts(manifest, ctx.cfg, final)
-    out = write_model_folder(
+    feats = _features(ctx).load(sample, _kinds(ctx.cfg))
+    out, diff, n = ExportJob(
+        ctx.path("train", "model"),
         ctx.out / "model",
-        model,
-        labels=list(extra["classes"]),
-        feature_config=_feature_config(ctx.cfg),
-        kind=inp["kind"],
-        trim_db=inp["trim_db"],
-        eval_mode=final.get("eval_mode", "full"),
-        window=final.get("eval_window"),
-        hop=final.get("eval_hop"),
-        parity_inputs=parity_inputs,
+        rec["final"],
+        _feature_config(ctx.cfg),
+        input_spec=rec.get("input_spec"),
+        parity_feats=[feats[u] for u in sample["utt_id"] if u in feats],
         extra={
             "name": ctx.cfg.name,
             "recipe": rec["recipe"],
-            "training": training,
+            "training": _training_facts(manifest, ctx.cfg, rec["final"]),
             "evaluation": ctx.inputs["evaluate"]["evaluation"],
-            "dataset_fingerprint": split["dataset_fingerprint"],
+            "dataset_fingerprint": ctx.inputs["split"]["dataset_fingerprint"],
             "label_profile": ctx.cfg.data.profile,
         },
-    )
-    from ser.model_folder import read_metadata
-
-    diff = read_metadata(out)["export"]["parity_max_abs_diff"]
+    ).run()
     return {
         "outputs": {"model_dir": str(out)},
         "parity_max_abs_diff": diff,
-        "metric": f"ONNX parity {diff:.1e} on {len(parity_inputs)} corpus clips",
+        "metric": f"ONNX parity {diff:.1e} on {n} corpus clips",
     }
 
 
@@ -400,92 +328,51 @@ def _training_facts(manifest: pd.DataFrame, cfg: PipelineConfig, final: dict[str
 
 
 def card_stage(ctx: StageContext) -> dict[str, Any]:
-    import shutil
+    from ser.jobs.release import CardJob
+    from ser.model_folder import CARD_FILE
 
-    from ser.card import render_card
-    from ser.model_folder import CARD_FILE, read_metadata
-
-    src = ctx.path("export", "model_dir")
-    dest = ctx.out / "model"
-    tmp = ctx.out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    meta = read_metadata(tmp)
-    report_dir = ctx.path("evaluate", "report_dir")
-    for png in ("confusion_matrix.png", "reliability.png"):
-        if (report_dir / png).is_file():
-            shutil.copy2(report_dir / png, tmp / png)
-    evaluation = ctx.inputs["evaluate"]["evaluation"]
-    full = _read_json(ctx.path("evaluate", "evaluation"))
-    (tmp / CARD_FILE).write_text(render_card(meta, evaluation, full, ctx.cfg))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    dest = CardJob(
+        ctx.path("export", "model_dir"),
+        ctx.out / "model",
+        ctx.inputs["evaluate"]["evaluation"],
+        ctx.path("evaluate", "evaluation"),
+        ctx.path("evaluate", "report_dir"),
+        ctx.cfg,
+    ).run()
     return {"outputs": {"model_dir": str(dest), "card": str(dest / CARD_FILE)}, "metric": "MODEL_CARD.md written"}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(Path(path).read_text())
-
-
 def register_stage(ctx: StageContext) -> dict[str, Any]:
-    from ser import registry
-    from ser.export import update_metadata
-    from ser.model_folder import read_metadata
+    from ser.jobs.release import RegisterJob
 
     cfg = ctx.cfg
     model_dir = ctx.path("card", "model_dir")
     evaluation = ctx.inputs["evaluate"]["evaluation"]
-    tracker = None
+    tracker = run_id = None
     if cfg.tracking.enabled:
         from ser.tracking import Tracker
 
         tracker = Tracker(cfg.tracking.uri or default_tracking_uri(ctx.workdir), cfg.tracking.experiment)
-    run_id = None
-    version = None
-    if tracker is not None:
         run_id = tracker.log_pipeline_run(cfg, ctx.inputs, evaluation, model_dir)
-        version = tracker.create_version(cfg.name, model_dir, run_id)
-    dest = registry.add_version(ctx.workdir, model_dir, cfg.name, version)
-    version = int(dest.name)
-    aliases = registry.read_aliases(ctx.workdir, cfg.name)
-    champion = aliases.get("champion")
-    champ_eval = (
-        read_metadata(registry.model_root(ctx.workdir, cfg.name) / str(champion)).get("evaluation")
-        if champion
-        else None
-    )
-    decision = registry.decide(
-        evaluation, champ_eval, margin=cfg.register_.margin, max_group_gap=cfg.register_.max_group_gap
-    )
-    alias = "champion" if decision.promote else "challenger"
-    registry.set_alias(ctx.workdir, cfg.name, alias, version, decision.reason)
-    update_metadata(dest, decision={"alias": alias, "reason": decision.reason, "previous_champion": champion})
-    if tracker is not None:
-        tracker.set_alias(cfg.name, alias, version)
-        tracker.tag_run(run_id, {"registered_version": str(version), "alias": alias, "decision": decision.reason})
-    published = None
-    if cfg.register_.publish:
-        from ser.uri import publish_file, publish_folder
-
-        base = cfg.register_.publish.rstrip("/")
-        published = publish_folder(dest, f"{base}/{cfg.name}/{version}")
-        publish_file(registry.model_root(ctx.workdir, cfg.name) / "aliases.json", f"{base}/{cfg.name}/aliases.json")
+    reg = RegisterJob(
+        ctx.workdir,
+        model_dir,
+        cfg.name,
+        evaluation,
+        margin=cfg.register_.margin,
+        max_group_gap=cfg.register_.max_group_gap,
+        tracker=tracker,
+        run_id=run_id,
+        publish=cfg.register_.publish,
+    ).run()
+    result = {**reg.to_dict(), "uar": evaluation["uar"], "mlflow_run_id": run_id}
     result = {
-        "name": cfg.name,
-        "version": version,
-        "alias": alias,
-        "reason": decision.reason,
-        "uar": evaluation["uar"],
-        "model_dir": str(dest),
-        "mlflow_run_id": run_id,
-        "published": published,
+        k: result[k] for k in ("name", "version", "alias", "reason", "uar", "model_dir", "mlflow_run_id", "published")
     }
     return {
-        "outputs": {"model_dir": str(dest)},
+        "outputs": {"model_dir": str(reg.model_dir)},
         "result": result,
-        "metric": f"v{version} → {alias}: {decision.reason}",
+        "metric": f"v{reg.version} → {reg.alias}: {reg.reason}",
     }
 
 

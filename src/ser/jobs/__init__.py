@@ -1,0 +1,17 @@
+"""The application layer: one job per use case, called alike by the CLI, the pipeline stages and Airflow.
+
+Each job is a small frozen dataclass of typed settings with a ``run()`` that does the flow once and returns a typed
+outcome; it reads and writes files, the library below it stays pure. The CLI commands only parse options, call a
+job and print; the pipeline stages (:mod:`ser.pipeline.stages`) only read upstream records, call a job and write
+their record; the Airflow tasks run those stages.
+
+========================  ==========================================================================
+module                    jobs
+========================  ==========================================================================
+:mod:`ser.jobs.data`      ingest → validate → split (speaker-independent, leakage-guarded)
+:mod:`ser.jobs.train`     members → cross-validation → fusion → the shipped model; cross-corpus
+:mod:`ser.jobs.tune`      an Optuna study on one training fold's validation speakers
+:mod:`ser.jobs.evaluate`  fold predictions → the cross-validation report
+:mod:`ser.jobs.release`   ONNX export with parity check, model card, registry with the promotion gate
+========================  ==========================================================================
+"""
