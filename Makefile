@@ -21,15 +21,16 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ser pipeline run --workdir $(WORKDIR)
 
-## Lint + the whole test suite.
-test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks dags tests_airflow
-	$(BIN)/ruff format --check src tests benchmarks dags tests_airflow
+## Lint (ruff, layer contracts, types) + the whole test suite.
+test: lint
 	$(BIN)/python -m pytest -q
 
+## The static checks alone: ruff (lint + format), import-linter (layers), mypy (src). Also the pre-commit hooks.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks dags tests_airflow
 	$(BIN)/ruff format --check src tests benchmarks dags tests_airflow
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest_validate.py
