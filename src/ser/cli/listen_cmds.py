@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ser.cli._apps import app, console, require_file
-from ser.cli.serve_cmds import _MODEL_HELP, _REF_HELP, _WORKDIR_HELP, _load
+from ser.cli._model_opts import MODEL_HELP, REF_HELP, WORKDIR_HELP, load_predictor
 from ser.errors import SerError
 
 BLOCK_S = 0.02
@@ -145,9 +145,9 @@ def final_line(m: dict[str, Any]) -> str:
 @app.command("listen")
 def listen(
     file: Path | None = typer.Option(None, "--file", help="simulate the microphone with this recording"),
-    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
-    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
-    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     device: str | None = typer.Option(None, "--device", help="input device name or index (default: the system's)"),
     sample_rate: int | None = typer.Option(None, "--sample-rate", help="capture rate, Hz (default: the device's)"),
     hop: float = typer.Option(0.5, "--hop", help="a partial every HOP seconds of audio"),
@@ -178,7 +178,7 @@ def listen(
         sr, blocks = mic_blocks(device, sample_rate)
         source = f"microphone {device or ''}".strip()
     cfg = parse_start({"sample_rate": sr, "encoding": "float32", "hop_s": hop, "window_s": window})
-    predictor = _load(model, workdir, ref, threads)
+    predictor = load_predictor(model, workdir, ref, threads)
     session = StreamSession(lambda: predictor, StreamLimits(max_stream_s=float("inf")))
     view = LiveView(list(predictor.labels), source)
     live = Live(view, console=console, refresh_per_second=10, transient=False) if console.is_terminal else None

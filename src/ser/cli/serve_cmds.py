@@ -9,36 +9,15 @@ import typer
 from rich.table import Table
 
 from ser.cli._apps import app, console, print_json, require_file
+from ser.cli._model_opts import MODEL_HELP, REF_HELP, WORKDIR_HELP, load_predictor, model_dir_of
 from ser.errors import ConfigError, SerError
-
-_MODEL_HELP = "an exported model folder (model.onnx + metadata.json)"
-_WORKDIR_HELP = "workdir whose registry holds the model (default $SER_WORKDIR or ./runs)"
-_REF_HELP = "registry reference NAME[@ALIAS|/VERSION] (default: the champion of ser-emotion)"
-
-
-def _model_dir(model: Path | None, workdir: Path | None, ref: str | None) -> Path:
-    """The model folder named by ``--model``, or by ``--workdir`` / ``--ref`` in a registry."""
-    from ser.model_folder import check_model_dir
-    from ser.registry import default_workdir, resolve
-
-    if model is not None and (workdir is not None or ref is not None):
-        raise ConfigError("give --model or --workdir/--ref, not both")
-    if model is not None:
-        return check_model_dir(model)
-    return resolve(workdir or default_workdir(), ref)
-
-
-def _load(model: Path | None, workdir: Path | None, ref: str | None, threads: int | None):
-    from ser.inference import Predictor, default_threads
-
-    return Predictor(_model_dir(model, workdir, ref), threads=threads or default_threads())
 
 
 @app.command("serve")
 def serve(
-    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
-    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
-    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     api_key: list[str] | None = typer.Option(
@@ -63,12 +42,13 @@ def serve(
     """
     import uvicorn
 
-    from ser.serve.app import Settings, create_app
+    from ser.serve.app import create_app
+    from ser.serve.settings import Settings
 
     if model is not None and (workdir is not None or ref is not None):
         raise ConfigError("give --model or --workdir/--ref, not both")
     if model is not None:
-        _model_dir(model, None, None)  # fail now on a bad folder, not in the background
+        model_dir_of(model, None, None)  # fail now on a bad folder, not in the background
     settings = Settings.from_env(
         model_dir=model,
         workdir=workdir,
@@ -103,9 +83,9 @@ def _prediction_rows(files: list[Path], predictor) -> list[dict[str, Any]]:
 @app.command("predict")
 def predict(
     files: list[Path] = typer.Argument(..., help="audio files (any format libsndfile reads)"),
-    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
-    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
-    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads (default: all cores)"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per file"),
 ) -> None:
@@ -115,7 +95,7 @@ def predict(
 
     Example: ser predict clip1.wav clip2.flac --workdir runs --json
     """
-    predictor = _load(model, workdir, ref, threads)
+    predictor = load_predictor(model, workdir, ref, threads)
     rows = _prediction_rows(files, predictor)
     if as_json:
         print_json(rows)
@@ -145,9 +125,9 @@ def predict(
 @app.command("timeline")
 def timeline(
     file: Path = typer.Argument(..., help="a (long) recording"),
-    model: Path | None = typer.Option(None, "--model", help=_MODEL_HELP),
-    workdir: Path | None = typer.Option(None, "--workdir", help=_WORKDIR_HELP),
-    ref: str | None = typer.Option(None, "--ref", help=_REF_HELP),
+    model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
+    workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
+    ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     plot: Path | None = typer.Option(None, "--plot", help="write the timeline as a PNG here"),
     step: float = typer.Option(0.5, "--step", help="grid step, seconds"),
     smoothing: str = typer.Option("ema", "--smoothing", help="ema, median or none"),
@@ -172,7 +152,7 @@ def timeline(
         smoothing=smoothing,  # type: ignore[arg-type]  # checked by TimelineConfig
         peak_threshold=threshold,
     )
-    predictor = _load(model, workdir, ref, threads)
+    predictor = load_predictor(model, workdir, ref, threads)
     audio = load_audio(require_file(file, "audio file"), predictor.sample_rate)
     tl = analyze(audio, predictor.sample_rate, predictor.predict_proba, predictor.labels, cfg)
     if plot is not None:

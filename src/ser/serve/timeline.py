@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ser import TARGET_SR
 from ser.errors import AudioError, ConfigError
 
 VAD_RATES = (8000, 16000, 32000, 48000)
@@ -126,7 +127,7 @@ def vad_flags(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.nd
     if sr not in VAD_RATES:
         from ser.audio import resample
 
-        audio, sr = resample(audio, sr, 16000), 16000
+        audio, sr = resample(audio, sr, TARGET_SR), TARGET_SR
     frame_len = sr * cfg.frame_ms // 1000
     n = audio.size // frame_len
     pcm = to_pcm16(audio[: n * frame_len])

@@ -21,8 +21,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from ser.errors import SerError
 from ser.serve import stream as S
-from ser.serve.app import Settings, create_app
+from ser.serve.app import create_app
 from ser.serve.engine import ModelHolder
+from ser.serve.settings import Settings
 from tests.conftest import RAVDESS8, export_tiny_model
 
 SR = 16_000

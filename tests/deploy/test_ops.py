@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import export_tiny_model, tone
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DOCKERFILE = ROOT / "docker" / "service.Dockerfile"
 PIPELINE_DOCKERFILE = ROOT / "docker" / "pipeline.Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "service-entrypoint.sh"
@@ -227,7 +227,8 @@ class NoTorch:  # the service image has no torch: any attempt to import it fails
 sys.meta_path.insert(0, NoTorch())
 from fastapi.testclient import TestClient
 import ser.cli.serve_cmds, ser.serve.app, ser.serve.stream, ser.serve.timeline
-from ser.serve.app import Settings, create_app
+from ser.serve.app import create_app
+from ser.serve.settings import Settings
 
 with TestClient(create_app(Settings(model_dir=sys.argv[1]))) as c:
     for _ in range(400):
@@ -478,7 +479,8 @@ _MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)\s*\"")
 def test_dashboard_metrics_exist_in_the_app(model_dir):
     """Every ``ser_*`` series a dashboard query reads is exposed by /metrics after some traffic, and every label it
     groups or filters by is a label of one of those series."""
-    from ser.serve.app import Settings, create_app
+    from ser.serve.app import create_app
+    from ser.serve.settings import Settings
 
     with TestClient(create_app(Settings(model_dir=model_dir))) as c:
         for _ in range(400):

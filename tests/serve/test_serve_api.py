@@ -20,8 +20,10 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from ser.serve.app import Settings, create_app, parse_multipart
+from ser.serve.app import create_app
 from ser.serve.engine import ModelHolder
+from ser.serve.settings import Settings
+from ser.serve.uploads import parse_multipart
 from tests.conftest import RAVDESS8, export_tiny_model
 
 LABELS = RAVDESS8
@@ -638,7 +640,8 @@ def test_serving_never_imports_torch(model_dir, clips):
 import sys
 from fastapi.testclient import TestClient
 import ser.serve.app, ser.serve.timeline, ser.cli.serve_cmds
-from ser.serve.app import Settings, create_app
+from ser.serve.app import create_app
+from ser.serve.settings import Settings
 with TestClient(create_app(Settings(model_dir={str(model_dir)!r}))) as c:
     import time
     for _ in range(200):

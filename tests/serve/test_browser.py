@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ser.serve.app import Settings, create_app
-from tests.test_stream import CLIP, LABELS, _export, running_server
+from ser.serve.app import create_app
+from ser.serve.settings import Settings
+from tests.serve.test_stream import CLIP, LABELS, _export, running_server
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 

@@ -1,0 +1,65 @@
+"""Operations: liveness, readiness, the served model and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ser.serve.deps import holder_of, metrics_of, predictor
+from ser.serve.errors import ERROR_RESPONSES
+from ser.serve.schemas import HealthOut, ModelInfo, ReadyOut
+
+router = APIRouter()
+
+
+@router.get("/healthz", response_model=HealthOut, tags=["ops"], summary="The process answers")
+async def healthz() -> HealthOut:
+    return HealthOut()
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    tags=["ops"],
+    summary="Ready when a model is loaded",
+    responses={503: ERROR_RESPONSES[503]},
+)
+async def readyz(request: Request) -> ReadyOut:
+    p = predictor(request)
+    return ReadyOut(model_name=p.name, model_version=p.version)
+
+
+@router.get("/v1/model", response_model=ModelInfo, tags=["model"], responses={503: ERROR_RESPONSES[503]})
+async def model_info(request: Request) -> ModelInfo:
+    """The served model: name, version, labels (class order), evaluation metrics from its metadata."""
+    p = predictor(request)
+    holder = holder_of(request)
+    meta = p.metadata
+    return ModelInfo(
+        name=p.name,
+        version=p.version,
+        labels=p.labels,
+        sample_rate=p.sample_rate,
+        metrics=meta.get("metrics") or {},
+        evaluation=meta.get("evaluation"),
+        model=meta.get("model"),
+        created=meta.get("created"),
+        registered=meta.get("registered"),
+        code_version=meta.get("code_version"),
+        loaded_at=holder.loaded_at,
+        source=holder.describe_source(),
+    )
+
+
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "text format"}},
+)
+async def prometheus(request: Request) -> Response:
+    metrics = metrics_of(request)
+    metrics.refresh_model(holder_of(request))
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

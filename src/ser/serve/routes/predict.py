@@ -1,0 +1,72 @@
+"""Emotion of uploaded clips: ``POST /v1/predict`` (one) and ``POST /v1/predict/batch`` (several)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
+from ser.serve.errors import ERROR_RESPONSES, ApiError
+from ser.serve.schemas import BATCH_BODY, UPLOAD_BODY, BatchItem, BatchOut, PredictionOut
+from ser.serve.uploads import predict_bytes, predict_many, read_uploads
+
+router = APIRouter()
+
+
+def _prediction_out(pred: Any, predictor: Any, filename: str | None) -> PredictionOut:
+    d = pred.to_dict()
+    return PredictionOut(**d, confidence=d["probabilities"][d["label"]], model_name=predictor.name, filename=filename)
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictionOut,
+    tags=["predict"],
+    dependencies=GUARDED,
+    responses=ERROR_RESPONSES,
+    openapi_extra=UPLOAD_BODY,
+)
+async def predict(request: Request) -> PredictionOut:
+    """Emotion of one clip: multipart field ``file`` or a raw ``audio/*`` body (any format libsndfile reads)."""
+    settings, metrics = settings_of(request), metrics_of(request)
+    p = predictor(request)
+    part = (await read_uploads(request, settings, batch=False))[0]
+    pred = await in_thread(request, predict_bytes, p, part.data, settings.max_audio_s)
+    out = _prediction_out(pred, p, part.filename)
+    metrics.observe_prediction("predict", out.label, out.confidence)
+    metrics.audio_duration.labels("predict").observe(out.duration_s)
+    metrics.inference.labels("predict").observe(out.processing_ms / 1e3)
+    return out
+
+
+@router.post(
+    "/v1/predict/batch",
+    response_model=BatchOut,
+    tags=["predict"],
+    dependencies=GUARDED,
+    responses=ERROR_RESPONSES,
+    openapi_extra=BATCH_BODY,
+)
+async def predict_batch(request: Request) -> BatchOut:
+    """Emotion of several clips (multipart ``files``); a bad file gets its own error, the others still run."""
+    settings, metrics = settings_of(request), metrics_of(request)
+    p = predictor(request)
+    parts = await read_uploads(request, settings, batch=True)
+    if len(parts) > settings.max_batch_files:
+        raise ApiError(422, "too_many_files", f"{len(parts)} files; at most {settings.max_batch_files} per batch")
+    t0 = time.perf_counter()
+    done = await in_thread(request, predict_many, p, parts, settings.max_upload_bytes, settings.max_audio_s)
+    metrics.inference.labels("batch").observe(time.perf_counter() - t0)
+    items = []
+    for part, res in done:
+        if isinstance(res, ApiError):
+            items.append(BatchItem(filename=part.filename, ok=False, error=res.body(), status=res.status))
+            continue
+        out = _prediction_out(res, p, part.filename)
+        metrics.observe_prediction("batch", out.label, out.confidence)
+        metrics.audio_duration.labels("batch").observe(out.duration_s)
+        items.append(BatchItem(filename=part.filename, ok=True, result=out))
+    n_ok = sum(i.ok for i in items)
+    return BatchOut(model_version=p.version, n_ok=n_ok, n_failed=len(items) - n_ok, results=items)

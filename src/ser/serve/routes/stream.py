@@ -1,0 +1,142 @@
+"""``WS /v1/stream``: real-time emotion of a live audio stream. The protocol and the session logic are
+:mod:`ser.serve.stream`; this route only admits the connection (API key, stream capacity), moves messages between
+the socket and a :class:`~ser.serve.stream.StreamSession`, and counts them in the metrics.
+
+Unlike the other route modules this one has no router: :func:`ser.serve.app.create_app` adds :func:`stream` to the
+app itself (see there why)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+from fastapi import WebSocket, WebSocketDisconnect
+
+from ser.serve.deps import holder_of, key_ok, limiter_of, metrics_of, settings_of
+from ser.serve.stream import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, StreamLimits, StreamSession
+
+log = logging.getLogger("ser.serve")
+
+PATH = "/v1/stream"
+
+
+async def stream(websocket: WebSocket) -> None:
+    """Real-time emotion of a live audio stream (protocol: :mod:`ser.serve.stream`). Each message is handled in
+    the inference thread pool, one at a time per stream; a client that disconnects at any point just ends it."""
+    await websocket.accept()
+    conn = StreamConnection(websocket)
+    try:
+        if not await conn.admit():
+            return
+    except (WebSocketDisconnect, OSError):
+        return
+    await conn.serve()
+
+
+class StreamConnection:
+    """One accepted WebSocket on ``/v1/stream``: admission, the message loop over its session, and ``end`` (how
+    the stream ended, the ``ser_streams`` metric label)."""
+
+    def __init__(self, websocket: WebSocket):
+        self.ws = websocket
+        self.settings, self.metrics = settings_of(websocket), metrics_of(websocket)
+        self.end = "disconnect"
+
+    async def send_all(self, messages: list[dict[str, Any]]) -> None:
+        """Send ``messages`` in order, counting each (and partial latencies, final predictions) in the metrics."""
+        for m in messages:
+            self.metrics.stream_messages.labels(m["type"], m.get("code", "")).inc()
+            if m["type"] == "partial":
+                self.metrics.partial_latency.observe(m["latency_ms"] / 1e3)
+            elif m["type"] == "final":
+                self.metrics.observe_prediction("stream", m["label"], m["probabilities"][m["label"]])
+            await self.ws.send_json(m)
+
+    async def refuse(self, code: str, message: str, close_code: int) -> None:
+        """Send an error message, then close with ``close_code``."""
+        await self.send_all([{"type": "error", "code": code, "message": message}])
+        await self.ws.close(close_code, code)
+
+    async def admit(self) -> bool:
+        """Check the API key (``X-API-Key`` header or ``?api_key=``) and the number of open streams; refuse (and
+        count) the stream when either fails."""
+        key = self.ws.headers.get("x-api-key") or self.ws.query_params.get("api_key")
+        if not key_ok(self.settings, key):
+            self.metrics.streams.labels("unauthorized").inc()
+            await self.refuse(
+                "unauthorized", "missing or invalid API key (X-API-Key header or ?api_key=)", CLOSE_POLICY
+            )
+            return False
+        state = self.ws.app.state
+        if state.streams_open >= self.settings.max_streams:
+            self.metrics.streams.labels("too_many_streams").inc()
+            msg = f"{state.streams_open} streams open (at most {self.settings.max_streams}); try again later"
+            await self.refuse("too_many_streams", msg, CLOSE_TRY_AGAIN)
+            return False
+        return True
+
+    async def serve(self) -> None:
+        """Run an admitted stream to its end, counted in ``streams_open`` and the stream metrics meanwhile."""
+        session = StreamSession(holder_of(self.ws).get, StreamLimits(max_stream_s=self.settings.max_stream_s))
+        state = self.ws.app.state
+        state.streams_open += 1
+        self.metrics.streams_active.inc()
+        try:
+            await self.loop(session)
+        except (WebSocketDisconnect, OSError):  # the client went away (any moment, even mid-send)
+            pass
+        finally:
+            state.streams_open -= 1
+            self.metrics.streams_active.dec()
+            self.metrics.streams.labels(self.end).inc()
+
+    async def loop(self, session: StreamSession) -> None:
+        """Answer the client's messages until the session asks to close (then close as it says), the client
+        disconnects, the stream idles too long or the session fails."""
+        limiter = limiter_of(self.ws.app)
+        while session.close is None:
+            message = await self.receive()
+            if message is None or message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes") if message.get("bytes") is not None else message.get("text")
+            if data is None:
+                continue
+            out = await self.answer(session, data, limiter)
+            if out is None:
+                return
+            await self.send_all(out)
+        self.end = "done" if session.close.code == 1000 else session.close.reason.replace(" ", "_")
+        await self.ws.close(session.close.code, session.close.reason)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next ASGI message; None once a stream silent for ``stream_idle_timeout_s`` has been closed."""
+        try:
+            with anyio.fail_after(self.settings.stream_idle_timeout_s):
+                return await self.ws.receive()
+        except TimeoutError:
+            self.end = "idle_timeout"
+            msg = f"no message for {self.settings.stream_idle_timeout_s:g} s"
+            await self.refuse("idle_timeout", msg, CLOSE_POLICY)
+            return None
+
+    async def answer(self, session: StreamSession, data: str | bytes, limiter: Any) -> list[dict[str, Any]] | None:
+        """The session's messages answering ``data``; None once a failing session (a bug) has been closed."""
+        try:
+            if isinstance(data, bytes) and session.started:
+                # Audio: buffer + VAD here (microseconds); only a due model call goes to a worker thread,
+                # about twice a second per stream instead of every 20 ms frame.
+                t0 = time.perf_counter()
+                out = session.ingest_frame(data)
+                if session.work_pending():
+                    out += await anyio.to_thread.run_sync(session.advance, t0, limiter=limiter)
+                else:
+                    out += session.advance(t0)
+                return out
+            return await anyio.to_thread.run_sync(session.handle, data, limiter=limiter)
+        except Exception as exc:  # a bug, never a bad input: report it, close, keep serving
+            log.exception("stream session failed")
+            self.end = "internal"
+            await self.refuse("internal", f"internal error ({type(exc).__name__})", CLOSE_INTERNAL)
+            return None

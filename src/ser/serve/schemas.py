@@ -1,0 +1,159 @@
+"""The API's response models (pydantic), and the OpenAPI request bodies of the upload routes (parsed by hand in
+:mod:`ser.serve.uploads`, so declared here for the docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable error code, e.g. undecodable_audio")
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class PredictionOut(BaseModel):
+    label: str = Field(description="the most probable emotion")
+    confidence: float = Field(description="its probability")
+    probabilities: dict[str, float] = Field(description="emotion → probability, summing to 1")
+    duration_s: float = Field(description="clip duration, seconds")
+    processing_ms: float = Field(description="decoding + inference time, milliseconds")
+    model_name: str
+    model_version: str
+    filename: str | None = None
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    ok: bool
+    result: PredictionOut | None = None
+    error: ErrorBody | None = None
+    status: int = Field(200, description="the status this file would have had on /v1/predict")
+
+
+class BatchOut(BaseModel):
+    model_version: str
+    n_ok: int
+    n_failed: int
+    results: list[BatchItem]
+
+
+class SegmentOut(BaseModel):
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class TimelineGrid(BaseModel):
+    step_s: float
+    smoothing: str
+    times_s: list[float] = Field(description="bin centres, seconds")
+    voiced: list[bool]
+    label: list[str | None] = Field(description="argmax of the smoothed probabilities; null where unvoiced")
+    probabilities: dict[str, list[float | None]] = Field(description="emotion → smoothed p per bin; null unvoiced")
+
+
+class PeakOut(BaseModel):
+    start_s: float
+    end_s: float
+    max_p: float
+    t_max_s: float
+
+
+class SummaryOut(BaseModel):
+    duration_s: float
+    voiced_s: float
+    voiced_fraction: float
+    shares: dict[str, float] = Field(description="fraction of voiced time per emotion (argmax); sums to 1")
+    dominant: str | None
+    mean_probabilities: dict[str, float]
+    peak_label: str
+    peak_threshold: float
+    peaks: list[PeakOut]
+
+
+class TimelineOut(BaseModel):
+    model_name: str
+    model_version: str
+    labels: list[str]
+    duration_s: float
+    processing_ms: float
+    segments: list[SegmentOut]
+    timeline: TimelineGrid
+    summary: SummaryOut
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    labels: list[str]
+    sample_rate: int
+    metrics: dict[str, Any] = Field(default_factory=dict, description="metadata.json 'metrics'")
+    evaluation: dict[str, Any] | None = None
+    model: dict[str, Any] | None = Field(None, description="architecture and parameter count")
+    created: str | None = None
+    registered: str | None = None
+    code_version: str | None = None
+    loaded_at: str | None = None
+    source: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready"] = "ready"
+    model_name: str
+    model_version: str
+
+
+class ReloadOut(BaseModel):
+    ok: bool
+    changed: bool
+    version: str | None
+    previous_version: str | None
+    source: str | None
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# request bodies (OpenAPI only)
+
+_BINARY = {"type": "string", "format": "binary"}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": _BINARY}, "required": ["file"]}
+            },
+            "audio/*": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": _BINARY}},
+                    "required": ["files"],
+                }
+            }
+        },
+    }
+}

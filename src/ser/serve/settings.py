@@ -1,0 +1,103 @@
+"""Server settings: :class:`Settings`, read from ``SER_<FIELD>`` environment variables by :meth:`Settings.from_env`
+(pydantic-settings' environment source; lists comma-separated, empty values unset)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "SER_"
+
+
+class Settings(BaseSettings):
+    """Server settings. :meth:`from_env` reads ``SER_<FIELD>`` environment variables (lists comma-separated).
+
+    Constructed directly (``Settings(model_dir=...)``), it takes its arguments only, never the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", protected_namespaces=()
+    )
+
+    model_dir: Path | None = Field(None, description="an exported model folder (model.onnx + metadata.json)")
+    workdir: Path | None = Field(None, description="a workdir with a registry (default $SER_WORKDIR or ./runs)")
+    model_ref: str | None = Field(None, description="registry reference NAME[@ALIAS|/VERSION]; default champion")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted X-API-Key values; empty: no auth"
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest upload (one file), bytes")
+    max_batch_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest batch request body, bytes")
+    max_batch_files: int = Field(16, ge=1)
+    max_audio_s: float = Field(60.0, gt=0, description="longest clip for /v1/predict, seconds")
+    max_timeline_audio_s: float = Field(1800.0, gt=0, description="longest recording for /v1/timeline, seconds")
+    request_timeout_s: float = Field(30.0, gt=0, description="decoding + inference time limit per request")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    reload_poll_s: float = Field(0.0, ge=0, description="poll the model source every N s and reload; 0: off")
+    inference_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    threads: int = Field(1, ge=1, description="onnxruntime threads per request")
+    max_streams: int = Field(64, ge=1, description="concurrent WebSocket streams; more are refused (close 1013)")
+    max_stream_s: float = Field(3600.0, gt=0, description="longest stream (audio seconds) on /v1/stream")
+    stream_idle_timeout_s: float = Field(60.0, gt=0, description="close a stream silent for this long, seconds")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments only: the environment is read by :meth:`from_env`, which decides what overrides what."""
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``SER_*`` variables (``SER_API_KEY`` adds one key), then ``overrides`` (None skipped)."""
+        env = os.environ if env is None else env
+        values = _EnvSource(cls, env)()
+        if env.get(ENV_PREFIX + "API_KEY"):
+            values["api_keys"] = [*_split_commas(values.get("api_keys", [])), env[ENV_PREFIX + "API_KEY"]]
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "model_dir" in overrides or "workdir" in overrides:  # an explicit source replaces the environment's
+            values.pop("model_dir", None)
+            values.pop("workdir", None)
+        values.update(overrides)
+        return cls(**values)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Settings:
+        if self.model_dir is not None and (self.workdir is not None or self.model_ref is not None):
+            raise ValueError("give model_dir or workdir (+ model_ref), not both")
+        return self
+
+
+def _split_commas(value: Any) -> Any:
+    """``"a, b,"`` → ``["a", "b"]`` (blank items dropped; ``""`` → ``[]``); anything else as is."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._env = env  # before super().__init__, which loads the variables
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            (k if self.case_sensitive else k.lower()): v
+            for k, v in self._env.items()
+            if not (self.env_ignore_empty and v == "")
+        }
