@@ -16,7 +16,7 @@ from ser.cli import listen_cmds  # noqa: F401  isort: skip
 try:  # typer >= 0.29 vendors click; older typer uses the click package
     from typer._click import exceptions as _click_exc
 except ImportError:  # pragma: no cover
-    from click import exceptions as _click_exc
+    from click import exceptions as _click_exc  # type: ignore[no-redef]
 
 
 def main(argv: list[str] | None = None) -> None:

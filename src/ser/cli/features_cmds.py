@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -65,7 +66,11 @@ def extract_cmd(
         target = out / f"{k}.parquet"
         write_parquet(target, table.reset_index())
         outputs[k] = str(target)
-    summary = {"manifest": str(manifest), "cache": str(cache_dir) if cache_dir else None, "outputs": outputs}
+    summary: dict[str, Any] = {
+        "manifest": str(manifest),
+        "cache": str(cache_dir) if cache_dir else None,
+        "outputs": outputs,
+    }
     summary.update(result.summary())
     write_json(out / "features.json", summary)
     if as_json:

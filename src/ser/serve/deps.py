@@ -45,7 +45,9 @@ def key_ok(settings: Settings, key: str | None) -> bool:
     """Is ``key`` one of the configured API keys (constant-time compare)? Always true when none are configured."""
     if not settings.api_keys:
         return True
-    return bool(key) and any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys)
+    if not key:
+        return False
+    return any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys)
 
 
 async def require_key(request: Request, key: str | None = Depends(key_header)) -> None:

@@ -125,6 +125,7 @@ class ModelHolder:
             return self.model_dir
         from ser.registry import resolve
 
+        assert self.workdir is not None  # a holder has a model folder or a workdir (checked at construction)
         return resolve(self.workdir, self.ref)
 
     def fingerprint(self) -> str | None:

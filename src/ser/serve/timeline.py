@@ -171,7 +171,7 @@ def drop_short(segments: np.ndarray, min_len_s: float) -> np.ndarray:
 def split_long(segments: np.ndarray, max_len_s: float) -> np.ndarray:
     """Cut each segment longer than ``max_len_s`` into ``ceil(len / max_len_s)`` equal windows: ``(n, 2)`` →
     ``(m, 2)``, ``m >= n``, same total duration."""
-    out = []
+    out: list[tuple[float, float]] = []
     for start, end in np.asarray(segments, dtype=np.float64).reshape(-1, 2):
         k = max(1, math.ceil((end - start) / max_len_s - 1e-9))
         edges = np.linspace(start, end, k + 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
@@ -110,7 +111,7 @@ class StreamConnection:
         self.end = "done" if session.close.code == 1000 else session.close.reason.replace(" ", "_")
         await self.ws.close(session.close.code, session.close.reason)
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self) -> MutableMapping[str, Any] | None:
         """The next ASGI message; None once a stream silent for ``stream_idle_timeout_s`` has been closed."""
         try:
             with anyio.fail_after(self.settings.stream_idle_timeout_s):

@@ -132,8 +132,16 @@ def resampler(in_sr: int, out_sr: int) -> Callable[[np.ndarray, bool], np.ndarra
     """``f(chunk, last)`` resampling a stream chunk by chunk (soxr's streaming resampler keeps its filter state;
     ``last=True`` flushes the tail); the identity when the rates match."""
     if in_sr == out_sr:
-        return lambda x, last=False: np.asarray(x, dtype=np.float32)
+
+        def identity(x: np.ndarray, last: bool = False) -> np.ndarray:
+            return np.asarray(x, dtype=np.float32)
+
+        return identity
     import soxr
 
     rs = soxr.ResampleStream(in_sr, out_sr, 1, dtype="float32", quality="HQ")
-    return lambda x, last=False: rs.resample_chunk(np.asarray(x, dtype=np.float32), last=last)
+
+    def resample(x: np.ndarray, last: bool = False) -> np.ndarray:
+        return rs.resample_chunk(np.asarray(x, dtype=np.float32), last=last)
+
+    return resample
