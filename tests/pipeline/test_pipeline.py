@@ -31,7 +31,7 @@ def test_default_config_is_the_synthetic_demo():
     assert parse_config({"data": {"corpus": "ravdess", "path": "/x"}}).train.model == "cnn"
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load_and_name_known_recipes(path):
     from ser.pipeline.stages import _kinds, _recipe_dump
 
