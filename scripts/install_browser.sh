@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs headless Chromium and its WebDriver for tests/test_browser.py (the browser end-to-end test of the demo
+# Installs headless Chromium and its WebDriver for tests/serve/test_browser.py (the browser end-to-end test of the demo
 # page; without them that test fails under CI and skips elsewhere). Idempotent: does nothing when `chromium` and
 # `chromedriver` are on PATH. Debian / Ubuntu only (the distribution's `chromium` and `chromium-driver` packages).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs Prometheus for tests/test_ops.py (its integration test starts its own `prometheus` on loopback; without
+# Installs Prometheus for tests/deploy/test_ops.py (its integration test starts its own `prometheus` on loopback; without
 # the binary that test fails under CI and skips elsewhere). Idempotent: does nothing when `prometheus` is on PATH.
 # Debian / Ubuntu only (the distribution's `prometheus` package, which also brings `promtool`).
 #
