@@ -14,7 +14,7 @@ from ser.errors import ConfigError, SerError
 from ser.export import parity, write_model_folder
 from ser.features import FeatureConfig
 from ser.inference import Predictor, Preprocessing, read_metadata, softmax, window_starts
-from ser.models.registry import build_model
+from ser.models.factory import build_model
 from tests.conftest import RAVDESS8
 
 SMALL = {

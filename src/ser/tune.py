@@ -202,7 +202,7 @@ def _check_key(key: str, spec: ModelSpec) -> None:
     if section not in TUNABLE_SECTIONS or not name or "." in name:
         raise ConfigError(f"space: cannot tune {key!r}; use params.<name>, train.<name> or augment.<name>")
     if section == "params":
-        from ser.models.registry import model_params
+        from ser.models.factory import model_params
 
         known = model_params(spec.model)
         if name not in known:

@@ -233,7 +233,7 @@ def tune_stage(ctx: StageContext) -> dict[str, Any]:
 def train_stage(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ser.models.registry import save_model
+    from ser.models.factory import save_model
     from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, fit_shipped, save_fold
 
     torch.set_num_threads(ctx.cfg.train.threads)
@@ -338,7 +338,7 @@ def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
 def export_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.export import write_model_folder
     from ser.inference import frame_input
-    from ser.models.registry import load_model
+    from ser.models.factory import load_model
     from ser.train.cv import ModelSpec
 
     model, extra = load_model(ctx.path("train", "model"))

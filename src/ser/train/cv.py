@@ -327,7 +327,7 @@ def fit_final(
     """Train the model that ships on *every* speaker of ``manifest`` (``spec.val_speakers`` whole speakers carved
     out for early stopping), after cross-validation has estimated how such a model does on unseen speakers.
 
-    Returns ``(model, info)``: a torch :class:`~ser.models.cnn.SerModel` in eval mode (best validation epoch) and
+    Returns ``(model, info)``: a torch :class:`~ser.models.base.SerModel` in eval mode (best validation epoch) and
     facts about the run. Resumes from ``out_dir`` when a checkpoint is there.
     """
     from ser.data.split import carve_validation

@@ -7,7 +7,7 @@ a :class:`TrainResult`; ``predict_proba(model, ds)`` gives class probabilities `
 Files written to ``out_dir`` (all atomically):
 ``last.pt`` — full training state after every epoch (model, optimiser, scheduler, grad scaler, epoch, best metric,
 best weights, history, early-stopping counter, every RNG state); ``best.pt`` — the best model so far
-(:func:`ser.models.registry.save_model` format, loadable with ``load_model``); ``history.json`` — per-epoch metrics.
+(:func:`ser.models.factory.save_model` format, loadable with ``load_model``); ``history.json`` — per-epoch metrics.
 ``fit(..., resume=True)`` continues from ``last.pt`` and ends with the same weights and history as an
 uninterrupted run with the same config on the same machine (same device and thread count).
 """
@@ -32,8 +32,8 @@ from torch import nn
 from ser import TARGET_SR
 from ser.errors import ConfigError, SerError
 from ser.io import atomic_path, write_json
-from ser.models.cnn import SerModel
-from ser.models.registry import build_model, model_spec, save_model
+from ser.models.base import SerModel
+from ser.models.factory import build_model, model_spec, save_model
 from ser.train.data import ArrayDataset, eval_batches, training_batches
 
 FRAME_HOP = TARGET_SR // 100
