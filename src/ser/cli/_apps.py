@@ -27,7 +27,7 @@ console = Console(soft_wrap=True)
 
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (plain, machine-readable)."""
-    from ser.io import _json_default
+    from ser.io import json_default as _json_default
 
     typer.echo(json.dumps(obj, indent=2, default=_json_default))
 

@@ -123,7 +123,7 @@ def evaluate(
 
 
 def _report(outputs, frame, classes, out_dir: Path, name: str, as_json: bool) -> None:
-    from ser.evaluate.cv import cv_evaluation, write_cv_report
+    from ser.evaluate.cv_report import cv_evaluation, write_cv_report
 
     ev = cv_evaluation(outputs, frame, classes)
     write_cv_report(

@@ -97,7 +97,7 @@ def cross_corpus(
     """
     if normalize not in ("corpus", "none"):
         raise SerError(f"normalize must be corpus or none, got {normalize!r}")
-    from ser.evaluate.cv import cv_evaluation, write_cv_report
+    from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.train.cv import cross_validate, load_frame_features
 
     tr, te, classes, dropped = align(train, test, profile)

@@ -16,7 +16,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score
 
-from ser.evaluate.metrics import EvaluationError, _check_pair, _num, uar_score
+from ser.evaluate.metrics import EvaluationError, check_pair, json_float, uar_score
 
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "corpus", "age")
 """Columns used when ``attributes`` is not given (those present in ``groups``)."""
@@ -70,7 +70,7 @@ def group_metrics(
         raise EvaluationError("per-group metrics need fairlearn (pip install 'ser[ml]')") from exc
     if min_group_size < 1:
         raise EvaluationError(f"min_group_size must be >= 1, got {min_group_size}")
-    t, p, _ = _check_pair(y_true, y_pred, classes)
+    t, p, _ = check_pair(y_true, y_pred, classes)
     if not isinstance(groups, pd.DataFrame):
         raise EvaluationError(f"groups must be a DataFrame, got {type(groups).__name__}")
     if len(groups) != len(t):
@@ -103,8 +103,8 @@ def group_metrics(
         rows = [
             {
                 "group": str(g),
-                "accuracy": _num(r["accuracy"]),
-                "uar": _num(r["uar"]),
+                "accuracy": json_float(r["accuracy"]),
+                "uar": json_float(r["uar"]),
                 "count": int(r["count"]),
                 "included": bool(included[g]),
             }
@@ -128,7 +128,7 @@ def group_metrics(
                 worst[m] = str(kept_by_group[m].idxmin())
             if len(kept_groups) >= 2:
                 diff = kept.difference(method="between_groups")
-                gap = {m: _num(diff[m]) for m in GAP_METRICS}
+                gap = {m: json_float(diff[m]) for m in GAP_METRICS}
         out[attr] = {
             "groups": rows,
             "gap": gap,

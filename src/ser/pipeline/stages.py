@@ -287,7 +287,7 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
 
 def evaluate_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.data.split import n_folds
-    from ser.evaluate.cv import cv_evaluation, write_cv_report
+    from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.train.cv import load_fold
 
     manifest = read_parquet(ctx.path("split", "manifest"))
