@@ -66,8 +66,9 @@ def train(
     """
     import torch
 
-    from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, load_frame_features
+    from ser.train.cv import cross_validate, ensemble_folds, load_frame_features
     from ser.train.recipes import get_recipe, members
+    from ser.train.spec import EnsembleSpec
 
     torch.set_num_threads(max(1, threads))
     spec = get_recipe(model, _overrides(config))
@@ -184,7 +185,7 @@ def cross_corpus_cmd(
     import torch
 
     from ser.data.schema import read_manifest
-    from ser.evaluate.crosscorpus import cross_corpus
+    from ser.train.crosscorpus import cross_corpus
     from ser.train.recipes import get_recipe
 
     torch.set_num_threads(max(1, threads))

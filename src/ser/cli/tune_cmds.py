@@ -44,19 +44,11 @@ def tune_cmd(
     import torch
 
     from ser.errors import ConfigError
-    from ser.train.cv import ModelSpec, load_frame_features
+    from ser.train.cv import load_frame_features
     from ser.train.recipes import get_recipe
-    from ser.tune import (
-        PRUNERS,
-        SAMPLERS,
-        grid_space,
-        load_space,
-        parse_space,
-        tune,
-        tuning_roles,
-        tuning_val_speakers,
-        write_outputs,
-    )
+    from ser.train.spec import ModelSpec
+    from ser.train.tune import tune, tuning_roles, tuning_val_speakers, write_outputs
+    from ser.train.tune_space import PRUNERS, SAMPLERS, grid_space, load_space, parse_space
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")

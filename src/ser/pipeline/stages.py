@@ -201,7 +201,7 @@ def tune_stage(ctx: StageContext) -> dict[str, Any]:
     t = ctx.cfg.tune
     if not t.enabled:
         return {"overrides": {}, "metric": "skipped (tune.enabled is false)"}
-    from ser.tune import tune, write_outputs
+    from ser.train.tune import tune, write_outputs
 
     manifest = read_parquet(ctx.path("split", "manifest"))
     splits = read_parquet(ctx.path("split", "splits"))
@@ -234,7 +234,8 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from ser.models.factory import save_model
-    from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, fit_shipped, save_fold
+    from ser.train.cv import cross_validate, ensemble_folds, fit_shipped, save_fold
+    from ser.train.spec import EnsembleSpec
 
     torch.set_num_threads(ctx.cfg.train.threads)
     manifest = read_parquet(ctx.path("split", "manifest"))
@@ -339,7 +340,7 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
     from ser.export import write_model_folder
     from ser.inference import frame_input
     from ser.models.factory import load_model
-    from ser.train.cv import ModelSpec
+    from ser.train.spec import ModelSpec
 
     model, extra = load_model(ctx.path("train", "model"))
     rec = ctx.inputs["train"]

@@ -90,7 +90,7 @@ def cross_corpus(
     normalize: str = "corpus",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train ``spec`` (a :class:`~ser.train.cv.ModelSpec`) on ``train``, evaluate on ``test``; writes the report
+    """Train ``spec`` (a :class:`~ser.train.spec.ModelSpec`) on ``train``, evaluate on ``test``; writes the report
     (JSON + Markdown + confusion matrix) to ``out_dir/report`` and returns the evaluation summary.
 
     ``normalize``: ``corpus`` standardises features per corpus (:func:`corpus_normalize`), ``none`` keeps them.
