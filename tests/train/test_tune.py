@@ -13,7 +13,8 @@ import pytest
 import ser.cli.tune_cmds  # noqa: F401  registers `ser tune`
 from ser.errors import ConfigError, LeakageError
 from ser.train.recipes import get_recipe
-from ser.train.tune import check_test_unseen, tune, tuning_roles, write_outputs
+from ser.train.tune import tune, write_outputs
+from ser.train.tune_objective import check_test_unseen, tuning_roles
 from ser.train.tune_space import Param, apply_params, grid_space, load_space, make_pruner, parse_space
 from tests.conftest import synth_run_dir
 
@@ -460,7 +461,7 @@ def test_cli_help_and_bad_space(synth_run, run_cli, tmp_path):
 
 
 def test_a_recipe_without_validation_speakers_is_tuned_on_carved_ones(data, classical):
-    from ser.train.tune import TUNE_VAL_SPEAKERS, tuning_val_speakers
+    from ser.train.tune_objective import TUNE_VAL_SPEAKERS, tuning_val_speakers
 
     manifest, splits, feats = data
     no_val = classical.model_copy(update={"val_speakers": 0})

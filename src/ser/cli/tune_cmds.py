@@ -47,7 +47,8 @@ def tune_cmd(
     from ser.train.cv import load_frame_features
     from ser.train.recipes import get_recipe
     from ser.train.spec import ModelSpec
-    from ser.train.tune import tune, tuning_roles, tuning_val_speakers, write_outputs
+    from ser.train.tune import tune, write_outputs
+    from ser.train.tune_objective import tuning_roles, tuning_val_speakers
     from ser.train.tune_space import PRUNERS, SAMPLERS, grid_space, load_space, parse_space
 
     if sampler not in SAMPLERS:

@@ -5,7 +5,7 @@
 ``predict_proba`` scores a dataset. Recipes (:mod:`ser.train.recipes`) are :mod:`ser.train.spec` objects;
 :mod:`ser.train.cv` cross-validates them speaker-independently and fits the model that ships,
 :mod:`ser.train.crosscorpus` trains on one corpus and tests on another, :mod:`ser.train.tune` tunes a recipe with
-Optuna over a :mod:`ser.train.tune_space` search space.
+Optuna (search space: :mod:`ser.train.tune_space`, objective: :mod:`ser.train.tune_objective`).
 """
 
 from ser.train.data import ArrayDataset, fixed_windows, pad_collate, random_crop

@@ -2,11 +2,12 @@
 
 Protocol (speaker-independent, the test fold is never seen):
 
-1. :func:`tuning_roles` takes fold ``k`` of ``splits`` exactly as ``ser train`` does
+1. :func:`~ser.train.tune_objective.tuning_roles` takes fold ``k`` of ``splits`` exactly as ``ser train`` does
    (:func:`ser.train.cv.fold_roles`): the split's own ``val`` speakers when it has them, else ``val_speakers``
    whole speakers carved out of the fold's *training* speakers (seed ``seed + k``). The ``test`` rows are dropped
-   there and :func:`check_test_unseen` asserts, against the split table itself, that no test utterance, speaker or
-   content hash is left in what the objective gets. Only the features of those rows are handed to the objective.
+   there and :func:`~ser.train.tune_objective.check_test_unseen` asserts, against the split table itself, that no
+   test utterance, speaker or content hash is left in what the objective gets. Only the features of those rows are
+   handed to the objective.
 2. Each trial draws values from the search space (:func:`ser.train.tune_space.parse_space`), applies them to the
    recipe (:func:`ser.train.tune_space.apply_params`), trains on the remaining training speakers
    (:func:`ser.train.cv.fit_spec`, as ``ser train`` does) and returns the validation UAR: the best epoch's UAR for
@@ -17,14 +18,14 @@ Protocol (speaker-independent, the test fold is never seen):
    the middle of a trial leaves it ``RUNNING``; the storage's heartbeat marks it failed on the next run and re-queues
    its parameters once.
 
-The search space, samplers and pruners are in :mod:`ser.train.tune_space`.
+The search space, samplers and pruners are in :mod:`ser.train.tune_space`, the objective and the data it sees in
+:mod:`ser.train.tune_objective`; this module runs the study and writes its outputs.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,8 +35,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ser.errors import ConfigError, LeakageError, SerError
+from ser.errors import ConfigError, SerError
 from ser.train.spec import ModelSpec
+from ser.train.tune_objective import (
+    TrialFailed,
+    check_test_unseen,
+    make_objective,
+    objective_data,
+    tuning_roles,
+    tuning_val_speakers,
+)
 from ser.train.tune_space import (
     SAMPLERS,
     SCALAR_TYPES,
@@ -55,139 +64,6 @@ GRACE_S = 180
 """A running trial without a heartbeat for this long belongs to a dead process: it is failed and retried once."""
 CONFIG_ATTR = "ser_tune"
 """Study user attribute holding what the study was made for (recipe, fold, space, ...); checked on resume."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the data the objective sees
-
-
-def check_test_unseen(frame: pd.DataFrame, splits: pd.DataFrame, fold: int) -> None:
-    """Raise :class:`LeakageError` if any test utterance, speaker or content hash of ``fold`` (read from the split
-    table itself) is in ``frame`` (manifest rows the objective trains or validates on)."""
-    held = splits[(splits["fold"] == fold) & (splits["role"] == "test")]
-    for col in ("utt_id", "speaker", "sha256", "pcm_hash"):
-        if col not in held.columns or col not in frame.columns:
-            continue
-        test_values = {str(v) for v in held[col] if str(v) not in ("", "nan", "None", "<NA>")}
-        hit = frame[frame[col].astype(str).isin(test_values)]
-        if len(hit):
-            raise LeakageError(
-                f"fold {fold}: test {col} {hit[col].iloc[0]} is in the tuning data (utterance {hit['utt_id'].iloc[0]})"
-            )
-
-
-TUNE_VAL_SPEAKERS = 2
-"""Validation speakers carved for tuning a recipe that trains without any (``val_speakers: 0``)."""
-
-
-def tuning_val_speakers(spec: ModelSpec, override: int | None = None) -> int:
-    """How many validation speakers the objective scores on: ``override``, else the recipe's own, else
-    :data:`TUNE_VAL_SPEAKERS` (a recipe that keeps its last epoch is still tuned on held-out speakers)."""
-    if override is not None:
-        return int(override)
-    return spec.val_speakers or TUNE_VAL_SPEAKERS
-
-
-def tuning_roles(
-    manifest: pd.DataFrame, splits: pd.DataFrame, fold: int, val_speakers: int, seed: int
-) -> dict[str, pd.DataFrame]:
-    """``{"train", "val"}`` manifest rows the objective uses for ``fold`` — the same validation speakers
-    ``ser train`` would use for early stopping — with the test rows dropped and the test-fold guard run."""
-    from ser.train.cv import fold_roles
-
-    roles = fold_roles(manifest, splits, fold, val_speakers, seed)
-    out = {"train": roles["train"].reset_index(drop=True), "val": roles["val"].reset_index(drop=True)}
-    if out["train"].empty or out["val"].empty:
-        raise SerError(f"fold {fold}: tuning needs training and validation speakers")
-    check_test_unseen(pd.concat([out["train"], out["val"]], ignore_index=True), splits, fold)
-    return out
-
-
-class TrialFailed(SerError):
-    """A trial that could not be evaluated (e.g. training diverged); the study records it as failed and goes on."""
-
-
-@dataclass
-class _Data:
-    train_ids: list[str]
-    val_ids: list[str]
-    y_train: np.ndarray
-    y_val: np.ndarray
-    feats: dict[str, dict[str, np.ndarray]]
-    """Only the train + val utterances' features."""
-
-
-def _objective_data(roles: dict[str, pd.DataFrame], feats: Mapping, classes: list[str]) -> _Data:
-    index = {c: i for i, c in enumerate(classes)}
-    ids, ys = {}, {}
-    for role in ("train", "val"):
-        frame = roles[role]
-        unknown = sorted(set(frame["emotion"]) - set(index))
-        if unknown:
-            raise ConfigError(f"{role} rows have emotion(s) {', '.join(map(str, unknown))} outside the classes")
-        keep = frame[frame["utt_id"].isin(feats.keys())]
-        if keep.empty:
-            raise SerError(f"no {role} utterance has features")
-        ids[role] = keep["utt_id"].tolist()
-        ys[role] = np.array([index[e] for e in keep["emotion"]], dtype=np.int64)
-    seen = {u: feats[u] for u in ids["train"] + ids["val"]}
-    return _Data(ids["train"], ids["val"], ys["train"], ys["val"], seen)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# the objective
-
-
-def _objective(spec: ModelSpec, params: list[Param], data: _Data, n_classes: int, train_seed: int):
-    import optuna
-
-    from ser.train.cv import fit_spec, utterance_arrays
-
-    def objective(trial) -> float:
-        values = {p.key: p.suggest(trial) for p in params}
-        s = apply_params(spec, values)
-        try:
-            return run(trial, s)
-        except ConfigError:  # a bad space or recipe: stop the study with its one-line reason
-            raise
-        except SerError as exc:  # e.g. training diverged at this learning rate: fail this trial, go on
-            trial.set_user_attr("error", str(exc))
-            raise TrialFailed(str(exc)) from None
-
-    def run(trial, s: ModelSpec) -> float:
-        x_train = utterance_arrays(s, data.feats, data.train_ids)
-        x_val = utterance_arrays(s, data.feats, data.val_ids)
-        start = time.perf_counter()
-        if s.model == "classical":
-            from ser.evaluate.metrics import uar_score
-            from ser.models.classical import ClassicalModel
-
-            clf = ClassicalModel(n_classes, x_train[0].shape[0], **{"seed": train_seed, **s.params})
-            clf.fit(np.stack(x_train), data.y_train)
-            value = uar_score(data.y_val, clf.predict_proba(np.stack(x_val)).argmax(axis=1))
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-            return value
-
-        def on_epoch(record: dict[str, Any]) -> None:
-            if record["val_uar"] is None:
-                return
-            epoch, uar = int(record["epoch"]), float(record["val_uar"])
-            trial.set_user_attr("last_val_uar", uar)
-            trial.set_user_attr("epochs_run", epoch)
-            trial.report(uar, epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val UAR {uar:.3f})")
-
-        x = {"train": x_train, "val": x_val}
-        y = {"train": data.y_train, "val": data.y_val}
-        result, _ = fit_spec(s, x, y, n_classes, train_seed, on_epoch=on_epoch)
-        trial.set_user_attr("best_epoch", int(result.best_epoch))
-        trial.set_user_attr("epochs_run", int(result.epochs_run))
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-        return float(result.best_val_uar)
-
-    return objective
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -345,6 +221,39 @@ def tune(
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     params = parse_space(space, spec)
+    n_trials, grid_size = _trial_target(params, sampler, n_trials, timeout)
+    val_speakers = tuning_val_speakers(spec, val_speakers)
+    study_name = study_name or f"{spec.name}-fold{fold}"
+
+    roles = tuning_roles(manifest, splits, fold, val_speakers, seed)
+    data = objective_data(roles, feats, classes)
+    check_test_unseen(pd.concat([r[r["utt_id"].isin(data.feats.keys())] for r in roles.values()]), splits, fold)
+    objective = make_objective(spec, params, data, len(classes), seed + fold)
+    config = {
+        "recipe": spec.model_dump(mode="json"),
+        "fold": fold,
+        "space": {p.key: p.describe() for p in params},
+        "classes": list(classes),
+        "val_speakers": sorted(map(str, roles["val"]["speaker"].unique())),
+        "seed": seed,
+    }
+
+    prev_verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line reports each trial
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study, url = _open_study(storage, study_name, pruner)
+            _check_study_config(study, config, storage)
+            n_before = _run_missing_trials(study, objective, params, sampler, seed, n_trials, grid_size, timeout, log)
+    finally:
+        optuna.logging.set_verbosity(prev_verbosity)
+    return _result(study, url, spec, params, fold, roles, n_trials, n_new=len(study.trials) - n_before)
+
+
+def _trial_target(params: list[Param], sampler: str, n_trials: int | None, timeout: float | None):
+    """``(n_trials, grid_size)``: the finished trials the study should hold (``None``: the whole grid) and the grid's
+    size (None unless ``sampler`` is grid); a bad count or timeout raises ConfigError."""
     grid = grid_space(params) if sampler == "grid" else None
     grid_size = math.prod(len(v) for v in grid.values()) if grid is not None else None
     if n_trials is None:
@@ -355,54 +264,31 @@ def tune(
         raise ConfigError(f"the number of trials must be at least 1, got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"timeout must be positive, got {timeout}")
-    val_speakers = tuning_val_speakers(spec, val_speakers)
-    study_name = study_name or f"{spec.name}-fold{fold}"
+    return n_trials, grid_size
 
-    roles = tuning_roles(manifest, splits, fold, val_speakers, seed)
-    data = _objective_data(roles, feats, classes)
-    check_test_unseen(pd.concat([r[r["utt_id"].isin(data.feats.keys())] for r in roles.values()]), splits, fold)
-    objective = _objective(spec, params, data, len(classes), seed + fold)
 
-    prev_verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own log line reports each trial
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study, url = _open_study(storage, study_name, pruner)
-            _check_study_config(
-                study,
-                {
-                    "recipe": spec.model_dump(mode="json"),
-                    "fold": fold,
-                    "space": {p.key: p.describe() for p in params},
-                    "classes": list(classes),
-                    "val_speakers": sorted(map(str, roles["val"]["speaker"].unique())),
-                    "seed": seed,
-                },
-                storage,
-            )
-            existing = study.get_trials(deepcopy=False)
-            study.sampler = make_sampler(sampler, params, seed if sampler == "grid" else seed + len(existing))
-            finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-            done_before = sum(t.state in finished_states for t in existing)
-            remaining = max(0, n_trials - done_before)
-            if grid is not None:
-                visited = {
-                    t.system_attrs["grid_id"] for t in existing if t.state.is_finished() and "grid_id" in t.system_attrs
-                }
-                remaining = min(remaining, grid_size - len(visited))
-            n_before = len(existing)
-            if remaining:
-                study.optimize(
-                    objective,
-                    n_trials=remaining,
-                    timeout=timeout,
-                    callbacks=[_progress(log, n_trials, finished_states)],
-                    catch=(TrialFailed,),
-                )
-    finally:
-        optuna.logging.set_verbosity(prev_verbosity)
-    return _result(study, url, spec, params, fold, roles, n_trials, n_new=len(study.trials) - n_before)
+def _run_missing_trials(study, objective, params, sampler, seed, n_trials, grid_size, timeout, log) -> int:
+    """Seed the sampler and run the trials ``study`` still lacks to hold ``n_trials`` finished ones (a grid: no
+    more than its unvisited points); returns how many trials the study held before."""
+    import optuna
+
+    existing = study.get_trials(deepcopy=False)
+    study.sampler = make_sampler(sampler, params, seed if sampler == "grid" else seed + len(existing))
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done_before = sum(t.state in finished_states for t in existing)
+    remaining = max(0, n_trials - done_before)
+    if grid_size is not None:
+        visited = {t.system_attrs["grid_id"] for t in existing if t.state.is_finished() and "grid_id" in t.system_attrs}
+        remaining = min(remaining, grid_size - len(visited))
+    if remaining:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=timeout,
+            callbacks=[_progress(log, n_trials, finished_states)],
+            catch=(TrialFailed,),
+        )
+    return len(existing)
 
 
 def _progress(log: Callable[[str], None] | None, n_target: int, finished_states: tuple):
