@@ -16,7 +16,7 @@ import time
 from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
 from ser.data.ingest import ingest
 from ser.data.validate import validate
-from ser.evaluate.crosscorpus import cross_corpus
+from ser.train.crosscorpus import cross_corpus
 from ser.train.recipes import get_recipe
 
 RESULTS_JSON = RESULTS_DIR / "cross_corpus.json"

@@ -27,9 +27,10 @@ from ser.data.ingest import ingest
 from ser.data.labels import get_profile
 from ser.data.split import make_splits
 from ser.evaluate import aggregate_folds, evaluate_predictions, uar_score
-from ser.models.registry import benchmark_forward, build_model
-from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, load_frame_features
+from ser.models.factory import benchmark_forward, build_model
+from ser.train.cv import cross_validate, ensemble_folds, load_frame_features
 from ser.train.recipes import RECIPES, members
+from ser.train.spec import EnsembleSpec
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
 RUNS = HERE / "runs" / "ravdess_cv"

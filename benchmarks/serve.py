@@ -81,7 +81,7 @@ def build_cnn_model(out: Path) -> tuple[Path, dict[str, Any]]:
     """The ``cnn`` recipe with untrained (seeded random) weights, exported as a model folder."""
     from ser.export import write_model_folder
     from ser.features import FeatureConfig
-    from ser.models.registry import build_model
+    from ser.models.factory import build_model
     from ser.train.recipes import get_recipe
 
     spec = get_recipe("cnn")

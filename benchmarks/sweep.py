@@ -36,7 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ser.data.labels import get_profile  # after the path set-up: the device has no installed ser
-from ser.train.trainer import uar
+from ser.evaluate.metrics import uar_score
 
 CLASSES = get_profile("ravdess8").classes
 KINDS = ("logmel", "mfcc")  # the frame features of the torch recipes
@@ -124,7 +124,7 @@ def _job(variant: dict, fold: int, out: str) -> dict:
     return {
         "variant": variant["name"],
         "fold": fold,
-        "uar": uar(done.y, done.proba.argmax(1)),
+        "uar": uar_score(done.y, done.proba.argmax(1)),
         "seconds": done.info.get("seconds"),
     }
 
@@ -166,7 +166,7 @@ def summary(out: Path, variants_file: Path) -> dict:
         if not all(m in outputs for m in members):
             continue
         outs = ensemble_folds([outputs[m] for m in members])
-        uars = [uar(o.y, o.proba.argmax(1)) for o in outs]
+        uars = [uar_score(o.y, o.proba.argmax(1)) for o in outs]
         accs = [float(np.mean(o.proba.argmax(1) == o.y)) for o in outs]
         secs = [o.info.get("seconds", 0.0) for o in outs]
         rows[name] = {

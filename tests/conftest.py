@@ -90,7 +90,7 @@ def export_tiny_model(path: Path, version: str = "1", labels: list[str] | None =
     shapes, protocols and errors, not accuracy. ``extra`` is merged into metadata.json."""
     from ser.export import write_model_folder
     from ser.features import FeatureConfig
-    from ser.models.registry import build_model
+    from ser.models.factory import build_model
 
     m = build_model("cnn", 8, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats", seed=0)
     return write_model_folder(

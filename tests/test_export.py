@@ -15,7 +15,7 @@ from ser.export import parity, write_model_folder
 from ser.features import FeatureConfig
 from ser.inference import Predictor, softmax
 from ser.model_folder import Preprocessing, read_metadata, window_starts
-from ser.models.registry import build_model
+from ser.models.factory import build_model
 from tests.conftest import RAVDESS8
 
 SMALL = {

@@ -50,14 +50,14 @@ def code_version() -> str:
 
 
 def export_onnx(model: Any, path: str | Path, *, opset: int = OPSET) -> Path:
-    """Export a frame-input :class:`~ser.models.cnn.SerModel` to ONNX with dynamic batch and frame axes.
+    """Export a frame-input :class:`~ser.models.base.SerModel` to ONNX with dynamic batch and frame axes.
 
     Uses the TorchScript-based exporter (``dynamo=False``): it handles every recipe (the dynamo exporter fails on
     the packed LSTM/GRU of ``rnn`` / ``crnn``).
     """
     import torch
 
-    from ser.models.cnn import SerModel
+    from ser.models.base import SerModel
 
     if not isinstance(model, SerModel):
         raise ConfigError(f"ONNX export takes a torch SerModel, got {type(model).__name__}")

@@ -43,7 +43,7 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def write_parquet(path: str | Path, df: pd.DataFrame) -> Path:
@@ -54,7 +54,8 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars / arrays and paths (anything else raises TypeError)."""
     import numpy as np
 
     if isinstance(o, np.integer):

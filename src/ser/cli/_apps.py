@@ -27,7 +27,7 @@ console = Console(soft_wrap=True)
 
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (plain, machine-readable)."""
-    from ser.io import _json_default
+    from ser.io import json_default as _json_default
 
     typer.echo(json.dumps(obj, indent=2, default=_json_default))
 
@@ -48,3 +48,20 @@ def require_file(path: Path, what: str = "file") -> Path:
     if not path.is_file():
         raise SerError(f"{what} not found: {path}")
     return path
+
+
+def recipe_overrides(config: Path | None) -> dict:
+    """Recipe fields from a ``--config`` YAML (``{}`` without one)."""
+    import yaml
+
+    from ser.errors import ConfigError
+
+    if config is None:
+        return {}
+    try:
+        data = yaml.safe_load(require_file(config, "config").read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: expected a mapping of recipe fields")
+    return data

@@ -5,24 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-import yaml
 from rich.table import Table
 
-from ser.cli._apps import app, console, print_json, require_file
-from ser.errors import ConfigError
-
-
-def recipe_overrides(config: Path | None) -> dict:
-    """Recipe fields from a ``--config`` YAML (``{}`` without one)."""
-    if config is None:
-        return {}
-    try:
-        data = yaml.safe_load(require_file(config, "config").read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config}: expected a mapping of recipe fields")
-    return data
+from ser.cli._apps import app, console, print_json, recipe_overrides, require_file
 
 
 @app.command("train")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ser.cli._apps import app, console, print_json, require_file
-from ser.cli.train_cmds import recipe_overrides
+from ser.cli._apps import app, console, print_json, recipe_overrides, require_file
 
 
 @app.command("tune")
@@ -47,7 +46,7 @@ def tune_cmd(
     from ser.jobs.train import FeatureSource, load_run_inputs
     from ser.jobs.tune import TuneJob, TuneSettings
     from ser.train.recipes import get_recipe
-    from ser.tune import PRUNERS, SAMPLERS, load_space
+    from ser.train.tune_space import PRUNERS, SAMPLERS, load_space
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")

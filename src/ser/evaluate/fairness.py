@@ -16,7 +16,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score
 
-from ser.evaluate.metrics import EvaluationError, _check_pair, _num, uar_score
+from ser.evaluate.metrics import EvaluationError, check_pair, json_float, uar_score
 
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("gender", "corpus", "age")
 """Columns used when ``attributes`` is not given (those present in ``groups``)."""
@@ -65,12 +65,12 @@ def group_metrics(
     ``best`` / ``worst`` name the included group with the highest / lowest value.
     """
     try:
-        from fairlearn.metrics import MetricFrame, count
+        from fairlearn.metrics import count
     except ImportError as exc:  # pragma: no cover - fairlearn ships with the ``ml`` extra
         raise EvaluationError("per-group metrics need fairlearn (pip install 'ser[ml]')") from exc
     if min_group_size < 1:
         raise EvaluationError(f"min_group_size must be >= 1, got {min_group_size}")
-    t, p, _ = _check_pair(y_true, y_pred, classes)
+    t, p, _ = check_pair(y_true, y_pred, classes)
     if not isinstance(groups, pd.DataFrame):
         raise EvaluationError(f"groups must be a DataFrame, got {type(groups).__name__}")
     if len(groups) != len(t):
@@ -95,46 +95,62 @@ def group_metrics(
             out[attr].update(n_included=0, n_ignored=0)
             continue
         feature = values[known].astype(str).rename(attr).reset_index(drop=True)
-        frame = MetricFrame(metrics=metric_fns, y_true=t[known], y_pred=p[known], sensitive_features=feature)
-        by_group = frame.by_group
-        if attr == age_column:
-            by_group = by_group.loc[sorted(by_group.index, key=_band_start)]
-        included = by_group["count"] >= min_group_size
-        rows = [
-            {
-                "group": str(g),
-                "accuracy": _num(r["accuracy"]),
-                "uar": _num(r["uar"]),
-                "count": int(r["count"]),
-                "included": bool(included[g]),
-            }
-            for g, r in by_group.iterrows()
-        ]
-        kept_groups = set(by_group.index[included])
-        gap: dict[str, float | None] = dict.fromkeys(GAP_METRICS)
-        best: dict[str, str] = {}
-        worst: dict[str, str] = {}
-        if kept_groups:
-            keep = feature.isin(kept_groups).to_numpy(dtype=bool)
-            kept = MetricFrame(
-                metrics={m: metric_fns[m] for m in GAP_METRICS},
-                y_true=t[known][keep],
-                y_pred=p[known][keep],
-                sensitive_features=feature[keep].reset_index(drop=True),
-            )
-            kept_by_group = kept.by_group
-            for m in GAP_METRICS:
-                best[m] = str(kept_by_group[m].idxmax())
-                worst[m] = str(kept_by_group[m].idxmin())
-            if len(kept_groups) >= 2:
-                diff = kept.difference(method="between_groups")
-                gap = {m: _num(diff[m]) for m in GAP_METRICS}
-        out[attr] = {
-            "groups": rows,
-            "gap": gap,
-            "best": best,
-            "worst": worst,
-            "n_included": len(kept_groups),
-            "n_ignored": len(by_group) - len(kept_groups),
-        }
+        out[attr] = _attribute_metrics(
+            t[known], p[known], feature, metric_fns, min_group_size, by_age_band=attr == age_column
+        )
     return {"min_group_size": min_group_size, "attributes": out}
+
+
+def _attribute_metrics(
+    t: np.ndarray,
+    p: np.ndarray,
+    feature: pd.Series,
+    metric_fns: dict[str, Any],
+    min_group_size: int,
+    by_age_band: bool,
+) -> dict[str, Any]:
+    """One attribute's block of :func:`group_metrics` over the utterances whose group (``feature``) is known."""
+    from fairlearn.metrics import MetricFrame
+
+    frame = MetricFrame(metrics=metric_fns, y_true=t, y_pred=p, sensitive_features=feature)
+    by_group = frame.by_group
+    if by_age_band:
+        by_group = by_group.loc[sorted(by_group.index, key=_band_start)]
+    included = by_group["count"] >= min_group_size
+    rows = [
+        {
+            "group": str(g),
+            "accuracy": json_float(r["accuracy"]),
+            "uar": json_float(r["uar"]),
+            "count": int(r["count"]),
+            "included": bool(included[g]),
+        }
+        for g, r in by_group.iterrows()
+    ]
+    kept_groups = set(by_group.index[included])
+    gap: dict[str, float | None] = dict.fromkeys(GAP_METRICS)
+    best: dict[str, str] = {}
+    worst: dict[str, str] = {}
+    if kept_groups:
+        keep = feature.isin(kept_groups).to_numpy(dtype=bool)
+        kept = MetricFrame(
+            metrics={m: metric_fns[m] for m in GAP_METRICS},
+            y_true=t[keep],
+            y_pred=p[keep],
+            sensitive_features=feature[keep].reset_index(drop=True),
+        )
+        kept_by_group = kept.by_group
+        for m in GAP_METRICS:
+            best[m] = str(kept_by_group[m].idxmax())
+            worst[m] = str(kept_by_group[m].idxmin())
+        if len(kept_groups) >= 2:
+            diff = kept.difference(method="between_groups")
+            gap = {m: json_float(diff[m]) for m in GAP_METRICS}
+    return {
+        "groups": rows,
+        "gap": gap,
+        "best": best,
+        "worst": worst,
+        "n_included": len(kept_groups),
+        "n_ignored": len(by_group) - len(kept_groups),
+    }

@@ -115,7 +115,9 @@ def encode_labels(y: ArrayLike, classes: Sequence[str | int], name: str = "label
     raise EvaluationError(f"{name}: label(s) not in classes {list(classes)}: {unknown[:5]}")
 
 
-def _check_pair(y_true: ArrayLike, y_pred: ArrayLike, classes: Sequence[Hashable] | None):
+def check_pair(y_true: ArrayLike, y_pred: ArrayLike, classes: Sequence[Hashable] | None):
+    """``(y_true, y_pred, classes)`` as two index arrays into the resolved class list (:func:`resolve_classes`,
+    :func:`encode_labels`); unequal lengths or nothing to evaluate raise :class:`EvaluationError`."""
     cls = resolve_classes(classes, y_true, y_pred)
     t = encode_labels(y_true, cls, "y_true")
     p = encode_labels(y_pred, cls, "y_pred")
@@ -144,7 +146,7 @@ def check_proba(proba: ArrayLike, n: int, k: int) -> np.ndarray:
     return np.clip(arr, 0.0, 1.0)
 
 
-def _num(x: Any) -> float | None:
+def json_float(x: Any) -> float | None:
     """A JSON-ready float: ``None`` for NaN / inf / None."""
     if x is None:
         return None
@@ -178,7 +180,7 @@ def classification_metrics(
     ``None`` rows for classes absent from ``y_true``). A per-class recall / F1 is ``None`` when the class has no
     support.
     """
-    t, p, cls = _check_pair(y_true, y_pred, classes)
+    t, p, cls = check_pair(y_true, y_pred, classes)
     k = len(cls)
     all_idx = list(range(k))
     present = sorted(set(t.tolist()))
@@ -224,7 +226,7 @@ def confusion_block(cm: ArrayLike, classes: Sequence[str | int]) -> dict[str, An
     return {
         "labels": list(classes),
         "counts": counts.tolist(),
-        "normalized": [[_num(v) for v in row] for row in norm],
+        "normalized": [[json_float(v) for v in row] for row in norm],
     }
 
 
@@ -301,8 +303,8 @@ def reliability_data(
             "lower": float(edges[b]),
             "upper": float(edges[b + 1]),
             "count": int(count[b]),
-            "accuracy": _num(acc[b]),
-            "confidence": _num(conf[b]),
+            "accuracy": json_float(acc[b]),
+            "confidence": json_float(conf[b]),
         }
         for b in range(n_bins)
     ]
@@ -345,7 +347,7 @@ def bootstrap_ci(
         raise EvaluationError(f"n_boot must be >= 1, got {n_boot}")
     if not 0 < level < 1:
         raise EvaluationError(f"level must be in (0, 1), got {level}")
-    t, p, cls = _check_pair(y_true, y_pred, classes)
+    t, p, cls = check_pair(y_true, y_pred, classes)
     k = len(cls)
     rng = np.random.default_rng(seed)
     cell = t * k + p
@@ -381,7 +383,7 @@ def bootstrap_ci(
         vals = replicates[name]
         vals = vals[np.isfinite(vals)]
         low, high = np.quantile(vals, [alpha, 1 - alpha]) if len(vals) else (np.nan, np.nan)
-        out[name] = {"estimate": _num(point[name]), "low": _num(low), "high": _num(high)}
+        out[name] = {"estimate": json_float(point[name]), "low": json_float(low), "high": json_float(high)}
     return out
 
 
@@ -458,16 +460,16 @@ def aggregate_folds(fold_results: Sequence[Mapping[str, Any]], names: Sequence[s
         if len(present) == 0:
             continue
         metrics[name] = {
-            "mean": _num(present.mean()),
-            "std": _num(present.std(ddof=1)) if len(present) > 1 else None,
-            "values": [_num(v) for v in values],
+            "mean": json_float(present.mean()),
+            "std": json_float(present.std(ddof=1)) if len(present) > 1 else None,
+            "values": [json_float(v) for v in values],
         }
     per_fold = [
-        {"fold": fold_names[i], "n": int(fold["n"]), **{m: _num(fold["metrics"].get(m)) for m in metrics}}
+        {"fold": fold_names[i], "n": int(fold["n"]), **{m: json_float(fold["metrics"].get(m)) for m in metrics}}
         for i, fold in enumerate(fold_results)
     ]
     pooled_cm = np.sum([np.asarray(fold["confusion"]["counts"], dtype=np.int64) for fold in fold_results], axis=0)
-    pooled = {"n": int(pooled_cm.sum()), **{k: _num(v) for k, v in metrics_from_confusion(pooled_cm).items()}}
+    pooled = {"n": int(pooled_cm.sum()), **{k: json_float(v) for k, v in metrics_from_confusion(pooled_cm).items()}}
     return {
         "n_folds": len(fold_results),
         "classes": classes,

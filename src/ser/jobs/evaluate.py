@@ -76,7 +76,7 @@ class CVReportJob:
     seed: int = 0
 
     def run(self) -> CVReport:
-        from ser.evaluate.cv import cv_evaluation, write_cv_report
+        from ser.evaluate.cv_report import cv_evaluation, write_cv_report
 
         ev = cv_evaluation(self.outputs, self.manifest, self.classes, n_boot=self.n_boot, seed=self.seed)
         write_cv_report(

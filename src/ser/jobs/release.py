@@ -22,7 +22,7 @@ def model_input(final: dict[str, Any], input_spec: dict[str, Any] | None) -> dic
     ensembles over several feature kinds name it through their first member's spec."""
     inp = final.get("input")
     if inp is None:
-        from ser.train.cv import ModelSpec
+        from ser.train.spec import ModelSpec
 
         first = ModelSpec.model_validate(input_spec)
         inp = {"kind": first.features, "trim_db": first.trim_db}
@@ -49,7 +49,7 @@ class ExportJob:
         """``(model folder, ONNX parity max |Δlogit|, number of parity clips)``."""
         from ser.export import write_model_folder
         from ser.model_folder import frame_input, read_metadata
-        from ser.models.registry import load_model
+        from ser.models.factory import load_model
 
         model, saved = load_model(self.model_path)
         inp = model_input(self.final, self.input_spec)

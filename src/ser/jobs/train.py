@@ -99,7 +99,8 @@ class CrossValidateJob:
     log: FoldLog | None = None
 
     def run(self) -> CVOutcome:
-        from ser.train.cv import EnsembleSpec, cross_validate, ensemble_folds, save_fold
+        from ser.train.cv import cross_validate, ensemble_folds, save_fold
+        from ser.train.spec import EnsembleSpec
 
         specs = member_specs(self.spec)
         feats = self.features.load(self.manifest, feature_kinds(self.spec))
@@ -140,8 +141,9 @@ class ShipJob:
 
     def run(self) -> dict[str, Any]:
         """Facts about the final training (``info`` of :func:`ser.train.cv.fit_shipped`) plus a one-line metric."""
-        from ser.models.registry import save_model
-        from ser.train.cv import EnsembleSpec, fit_shipped
+        from ser.models.factory import save_model
+        from ser.train.cv import fit_shipped
+        from ser.train.spec import EnsembleSpec
 
         specs = member_specs(self.spec)
         model, info = fit_shipped(
@@ -159,7 +161,7 @@ class ShipJob:
 
 @dataclass(frozen=True)
 class CrossCorpusJob:
-    """Train on one corpus, test on another through a shared label profile (see :mod:`ser.evaluate.crosscorpus`)."""
+    """Train on one corpus, test on another through a shared label profile (see :mod:`ser.train.crosscorpus`)."""
 
     train_manifest: pd.DataFrame
     test_manifest: pd.DataFrame
@@ -171,7 +173,7 @@ class CrossCorpusJob:
     seed: int = 0
 
     def run(self) -> dict[str, Any]:
-        from ser.evaluate.crosscorpus import cross_corpus
+        from ser.train.crosscorpus import cross_corpus
 
         return cross_corpus(
             self.train_manifest,

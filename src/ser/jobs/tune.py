@@ -42,8 +42,8 @@ class TuneSettings:
 
     def check(self) -> None:
         """Fail on bad settings before any feature is extracted (the study itself checks them again)."""
-        from ser.train.cv import ModelSpec
-        from ser.tune import grid_space, parse_space
+        from ser.train.spec import ModelSpec
+        from ser.train.tune_space import grid_space, parse_space
 
         if not isinstance(self.spec, ModelSpec):
             raise ConfigError(
@@ -56,7 +56,7 @@ class TuneSettings:
 
 @dataclass(frozen=True)
 class TuneOutcome:
-    result: Any  # ser.tune.TuneResult
+    result: Any  # ser.train.tune.TuneResult
     outputs: dict[str, Path]
     train_speakers: int
     val_speakers: list[str]
@@ -76,7 +76,8 @@ class TuneJob:
 
     def run(self, log: Log | None = None, on_start: Log | None = None) -> TuneOutcome:
         """``on_start(line)`` once the fold's roles are known; ``log(line)`` per finished trial."""
-        from ser.tune import tune, tuning_roles, tuning_val_speakers, write_outputs
+        from ser.train.tune import tune, write_outputs
+        from ser.train.tune_objective import tuning_roles, tuning_val_speakers
 
         s = self.settings
         s.check()

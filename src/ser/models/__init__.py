@@ -2,14 +2,15 @@
 (torch, raw waveform through a local self-supervised backbone) and ``classical`` (scikit-learn on functionals).
 
 Frame models take ``x`` ``(B, F, T)`` (features × 10 ms frames) and ``lengths`` ``(B,)`` and return logits
-``(B, n_classes)``; padding never changes the result. See :mod:`ser.models.registry` for building, saving,
+``(B, n_classes)``; padding never changes the result. See :mod:`ser.models.factory` for building, saving,
 loading and timing models.
 """
 
+from ser.models.base import SerModel
 from ser.models.classical import ClassicalModel
-from ser.models.cnn import CNN, TDNN, SerModel
+from ser.models.cnn import CNN, TDNN
 from ser.models.crnn import CRNN
-from ser.models.registry import (
+from ser.models.factory import (
     MODELS,
     available_models,
     benchmark_forward,

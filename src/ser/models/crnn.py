@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ser.models.cnn import (
+from ser.models.base import SerModel
+from ser.models.layers import (
     ConvBlock2d,
     InputNorm,
-    SerModel,
-    _check_pools,
+    check_pools,
     conv_out_size,
     length_mask,
     make_head,
@@ -26,7 +26,7 @@ from ser.models.rnn import make_rnn, run_packed
 class CRNN(SerModel):
     """Conv front end that pools mostly frequency, then a BiGRU over time, attention pooling and a head.
 
-    Default: 3 :class:`~ser.models.cnn.ConvBlock2d` (16-32-32 channels, each halving frequency; the first halves
+    Default: 3 :class:`~ser.models.layers.ConvBlock2d` (16-32-32 channels, each halving frequency; the first halves
     time too, so the GRU runs at 20 ms), the (channels × remaining bands) map projected to ``proj`` per frame,
     a 1-layer BiGRU of ``hidden`` units per direction (``cell`` switches to LSTM), attention pooling.
     """
@@ -67,7 +67,7 @@ class CRNN(SerModel):
                 input_norm=input_norm,
             ),
         )
-        _check_pools(channels, time_pool, "time_pool")
+        check_pools(channels, time_pool, "time_pool")
         self.norm = InputNorm(n_features, input_norm)
         blocks, c_in = [], 1
         for c_out, tp in zip(channels, time_pool, strict=True):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ser.errors import ConfigError
-from ser.models.cnn import SerModel
+from ser.models.base import SerModel
 
 
 def _check_rows(rows: Sequence[Sequence[int]] | None, n_members: int, n_features: int) -> list[list[int]] | None:
@@ -50,7 +50,7 @@ class Ensemble(SerModel):
         weights: Sequence[float] | None = None,
         rows: Sequence[Sequence[int]] | None = None,
     ):
-        from ser.models.registry import build_model
+        from ser.models.factory import build_model
 
         members = [{"name": str(m["name"]), "params": dict(m.get("params") or {})} for m in members]
         w = [1.0] * len(members) if weights is None else [float(v) for v in weights]

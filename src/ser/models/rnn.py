@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ser.errors import ConfigError
-from ser.models.cnn import InputNorm, SerModel, length_mask, make_head, make_pool, pooled_lengths
+from ser.models.base import SerModel
+from ser.models.layers import InputNorm, length_mask, make_head, make_pool, pooled_lengths
 
 
 def pool_frames(x: Tensor, lengths: Tensor, stride: int) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ser.errors import ConfigError
-from ser.models.cnn import SerModel, length_mask, make_head, make_pool, masked_mean_std
+from ser.models.base import SerModel
+from ser.models.layers import length_mask, make_head, make_pool, masked_mean_std
 
 
 def load_backbone(path: str | Path) -> nn.Module:

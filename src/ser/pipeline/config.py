@@ -62,10 +62,10 @@ class TuneConfig(_Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     pruner: Literal["median", "halving", "none"] = "median"
     fold: int = Field(0, ge=0)
-    space: dict[str, Any] = Field(default_factory=dict, description="search space (see ser.tune)")
+    space: dict[str, Any] = Field(default_factory=dict, description="search space (see ser.train.tune_space)")
 
 
-class TrainConfig(_Section):
+class TrainSection(_Section):
     model: str | None = Field(
         None,
         description="recipe: cnn, cnn-small, tdnn, rnn, crnn (default: cnn; cnn-small on the synthetic demo corpus)",
@@ -101,7 +101,7 @@ class PipelineConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     features: dict[str, Any] = Field(default_factory=dict, description="FeatureConfig fields")
     tune: TuneConfig = Field(default_factory=TuneConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -1,7 +1,11 @@
-"""Training of the torch models on in-memory datasets of precomputed features (or waveforms).
+"""Everything that trains a model.
 
-``ArrayDataset`` (:mod:`ser.train.data`) holds the clips; ``fit`` (:mod:`ser.train.trainer`) trains a model chosen
-by ``TrainConfig.model`` and returns a ``TrainResult``; ``predict_proba`` scores a dataset.
+``ArrayDataset`` (:mod:`ser.train.data`) holds the clips; ``fit`` (:mod:`ser.train.trainer`, checkpoints in
+:mod:`ser.train.checkpoint`) trains a model chosen by ``TrainConfig.model`` and returns a ``TrainResult``;
+``predict_proba`` scores a dataset. Recipes (:mod:`ser.train.recipes`) are :mod:`ser.train.spec` objects;
+:mod:`ser.train.cv` cross-validates them speaker-independently and fits the model that ships,
+:mod:`ser.train.crosscorpus` trains on one corpus and tests on another, :mod:`ser.train.tune` tunes a recipe with
+Optuna (search space: :mod:`ser.train.tune_space`, objective: :mod:`ser.train.tune_objective`).
 """
 
 from ser.train.data import ArrayDataset, fixed_windows, pad_collate, random_crop
@@ -14,7 +18,6 @@ from ser.train.trainer import (
     predict_logits,
     predict_proba,
     resolve_device,
-    uar,
 )
 
 __all__ = [
@@ -30,5 +33,4 @@ __all__ = [
     "predict_proba",
     "random_crop",
     "resolve_device",
-    "uar",
 ]

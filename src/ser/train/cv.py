@@ -6,6 +6,9 @@ the model is trained on the remaining training speakers (augmentation on trainin
 speakers are predicted whole-clip. Each fold's predictions are written atomically to
 ``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
 Ensembles average the members' saved fold probabilities (late fusion).
+
+The specs are :mod:`ser.train.spec` objects; :func:`fit_spec` is where one becomes a training run (cross-validation
+folds, :func:`fit_shipped` — the model that ships — and every :mod:`ser.train.tune` trial).
 """
 
 from __future__ import annotations
@@ -13,64 +16,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from ser.errors import ConfigError, SerError
 from ser.io import atomic_path, write_json
 from ser.model_folder import frame_input
-
-FrameKind = Literal["logmel", "mfcc"]
-
-
-class ModelSpec(BaseModel):
-    """One model to cross-validate: which features, which model, how to train it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="name in results (e.g. 'cnn')")
-    model: str = Field(description="registry name: cnn, tdnn, rnn, crnn, classical")
-    features: Literal["logmel", "mfcc", "functionals"] = "logmel"
-    params: dict[str, Any] = Field(default_factory=dict, description="model constructor parameters")
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (torch models)")
-    augment: dict[str, Any] | None = Field(
-        default_factory=dict, description="AugmentConfig fields for SpecAugment on training crops; None = off"
-    )
-    trim_db: float | None = Field(40.0, description="trim leading/trailing frames this far below the loudest")
-    val_speakers: int = Field(
-        2, ge=0, description="validation speakers carved out of each training fold (0: none, keep the last epoch)"
-    )
-    seed: int = Field(0, description="added to the run's seed: members of a seed ensemble differ only here")
-
-    def fingerprint(self) -> str:
-        """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it).
-
-        The name and where it runs (``train.device``, ``train.num_threads``) are left out, as they are for resuming
-        a checkpoint: a fold trained on a GPU, or under another name, counts for the same recipe (the fold's
-        ``info['device']`` says where it ran)."""
-        import hashlib
-
-        data = self.model_dump(mode="json", exclude={"name"})  # the name is where results go, not what they are
-        data["train"] = {k: v for k, v in data["train"].items() if k not in ("device", "num_threads")}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class EnsembleSpec(BaseModel):
-    """Late fusion: the weighted mean of member models' class probabilities."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    members: list[str]
-    weights: list[float] | None = None
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="recipe overrides (train, params, ...) applied to every member recipe"
-    )
+from ser.train.spec import EnsembleSpec, ModelSpec, eval_settings, input_rows, model_input, train_config
 
 
 @dataclass
@@ -166,14 +123,26 @@ def run_fold(
     return FoldOutput(proba=proba, y=y["test"], utt_ids=ids["test"], info=info)
 
 
-def _train_torch(spec: ModelSpec, x: dict, y: dict, n_classes: int, seed: int, out_dir, progress: bool):
-    """Fit ``spec`` on ``x/y['train']`` (SpecAugment on training crops only) with early stopping on
-    ``x/y['val']``; resumes from ``out_dir``. Returns ``(TrainResult, TrainConfig)``."""
+def fit_spec(
+    spec: ModelSpec,
+    x: dict[str, list],
+    y: dict[str, np.ndarray],
+    n_classes: int,
+    seed: int,
+    out_dir: Path | None = None,
+    *,
+    progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+):
+    """Fit the torch model of ``spec`` on ``x/y['train']`` (SpecAugment on training crops only) with early stopping
+    on ``x/y['val']`` (none when it is empty); resumes from ``out_dir`` when given. The one place a recipe becomes a
+    training run: cross-validation folds, the model that ships and every tuning trial come through here.
+    ``on_epoch`` as :func:`ser.train.trainer.fit`. Returns ``(TrainResult, TrainConfig)``."""
     from ser.augment import make_augment_config, spec_augment
     from ser.train.data import ArrayDataset
-    from ser.train.trainer import TrainConfig, fit
+    from ser.train.trainer import fit
 
-    cfg = TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
+    cfg = train_config(spec, seed)
     transform = None
     if spec.augment is not None:
         aug = make_augment_config(spec.augment)
@@ -183,14 +152,15 @@ def _train_torch(spec: ModelSpec, x: dict, y: dict, n_classes: int, seed: int, o
 
     train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes, transform=transform)
     val_ds = ArrayDataset(x["val"], y["val"], n_classes=n_classes) if len(x["val"]) else None
-    return fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None), cfg
+    result = fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None, on_epoch=on_epoch)
+    return result, cfg
 
 
 def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
     from ser.train.data import ArrayDataset
     from ser.train.trainer import predict_proba
 
-    result, cfg = _train_torch(spec, x, y, n_classes, seed, out_dir, progress)
+    result, cfg = fit_spec(spec, x, y, n_classes, seed, out_dir, progress=progress)
     test_ds = ArrayDataset(x["test"], y["test"], n_classes=n_classes)
     proba = predict_proba(result.model, test_ds, eval_mode=cfg.eval_mode)
     return proba, {
@@ -327,7 +297,7 @@ def fit_final(
     """Train the model that ships on *every* speaker of ``manifest`` (``spec.val_speakers`` whole speakers carved
     out for early stopping), after cross-validation has estimated how such a model does on unseen speakers.
 
-    Returns ``(model, info)``: a torch :class:`~ser.models.cnn.SerModel` in eval mode (best validation epoch) and
+    Returns ``(model, info)``: a torch :class:`~ser.models.base.SerModel` in eval mode (best validation epoch) and
     facts about the run. Resumes from ``out_dir`` when a checkpoint is there.
     """
     from ser.data.split import carve_validation
@@ -342,7 +312,7 @@ def fit_final(
     x = {r: utterance_arrays(spec, feats, df["utt_id"].tolist()) for r, df in roles.items()}
     y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in roles.items()}
     start = time.perf_counter()
-    result, cfg = _train_torch(spec, x, y, len(classes), seed, out_dir, progress)
+    result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress)
     info = {
         "seconds": round(time.perf_counter() - start, 2),
         "best_epoch": int(result.best_epoch),
@@ -353,53 +323,9 @@ def fit_final(
         "train_speakers": sorted(train["speaker"].unique().tolist()),
         "val_speakers": sorted(val["speaker"].unique().tolist()),
         "device": result.device,
-        **_eval_settings(cfg),
+        **eval_settings(cfg),
     }
     return result.model.cpu().eval(), info
-
-
-def _eval_settings(cfg) -> dict[str, Any]:
-    """How a trained model evaluates a clip (whole, or the mean over windows), from its TrainConfig."""
-    return {
-        "eval_mode": cfg.eval_mode,
-        "eval_window": cfg.window_frames() if cfg.eval_mode == "windows" else None,
-        "eval_hop": cfg.eval_hop,
-    }
-
-
-def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
-    """The input of the model that ships for ``member_specs``: ``{"kind", "trim_db"}``.
-
-    One spec, or members on the same features: that kind. Members on different frame features (a ``cnn`` on
-    log-mel and an ``rnn`` on MFCC): the kinds stacked in the order members first use them (``logmel+mfcc``;
-    :func:`ser.model_folder.frame_input`). Every member must be a torch frame model with the same trimming, since the
-    frames are trimmed once for all kinds.
-    """
-    from ser.features import FRAME_KINDS
-
-    bad = [m for m in member_specs if m.model == "classical" or m.features not in FRAME_KINDS]
-    if bad or len({m.trim_db for m in member_specs}) != 1:
-        raise ConfigError(
-            "to ship as one model, every member must be a torch frame model with the same trimming (got "
-            + ", ".join(f"{m.name}: {m.model} on {m.features}, trim_db {m.trim_db}" for m in member_specs)
-            + ")"
-        )
-    return {"kind": "+".join(dict.fromkeys(m.features for m in member_specs)), "trim_db": member_specs[0].trim_db}
-
-
-def input_rows(member_specs: list[ModelSpec], n_features: list[int]) -> list[list[int]] | None:
-    """The ``[start, stop)`` rows of the stacked input (:func:`model_input`) each member reads, given each
-    member's ``n_features``; None when every member reads the same kind."""
-    width: dict[str, int] = {}
-    for m, n in zip(member_specs, n_features, strict=True):
-        if width.setdefault(m.features, n) != n:
-            raise ConfigError(f"members on {m.features} disagree on its rows ({width[m.features]} vs {n})")
-    if len(width) == 1:
-        return None
-    start, offsets = 0, {}
-    for kind, n in width.items():
-        offsets[kind], start = start, start + n
-    return [[offsets[m.features], offsets[m.features] + width[m.features]] for m in member_specs]
 
 
 def fit_shipped(
@@ -424,16 +350,12 @@ def fit_shipped(
         model, info = fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress)
         return model, {**info, "input": {"kind": spec.features, "trim_db": spec.trim_db}}
     from ser.models.ensemble import Ensemble
-    from ser.train.trainer import TrainConfig
 
     try:
         inp = model_input(member_specs)
     except ConfigError as exc:
         raise ConfigError(f"ensemble {spec.name}: {exc}") from None
-    modes = {
-        json.dumps(_eval_settings(TrainConfig.from_dict({"model": m.model, "model_params": m.params, **m.train})))
-        for m in member_specs
-    }
+    modes = {json.dumps(eval_settings(train_config(m))) for m in member_specs}
     if len(modes) != 1:  # checked before hours of training, not after
         raise ConfigError(f"ensemble {spec.name}: members must evaluate the same way (eval_mode, window, hop)")
     models, infos = [], {}

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ser.errors import ConfigError
-from ser.train.cv import EnsembleSpec, ModelSpec
+from ser.train.spec import EnsembleSpec, ModelSpec
 
 SPEC_AUGMENT: dict[str, Any] = {
     "freq_masks": 2,

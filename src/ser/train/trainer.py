@@ -7,7 +7,7 @@ a :class:`TrainResult`; ``predict_proba(model, ds)`` gives class probabilities `
 Files written to ``out_dir`` (all atomically):
 ``last.pt`` — full training state after every epoch (model, optimiser, scheduler, grad scaler, epoch, best metric,
 best weights, history, early-stopping counter, every RNG state); ``best.pt`` — the best model so far
-(:func:`ser.models.registry.save_model` format, loadable with ``load_model``); ``history.json`` — per-epoch metrics.
+(:func:`ser.models.factory.save_model` format, loadable with ``load_model``); ``history.json`` — per-epoch metrics.
 ``fit(..., resume=True)`` continues from ``last.pt`` and ends with the same weights and history as an
 uninterrupted run with the same config on the same machine (same device and thread count).
 """
@@ -18,7 +18,6 @@ import math
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,10 @@ from torch import nn
 
 from ser import TARGET_SR
 from ser.errors import ConfigError, SerError
-from ser.io import atomic_path, write_json
-from ser.models.cnn import SerModel
-from ser.models.registry import build_model, model_spec, save_model
+from ser.io import write_json
+from ser.models.base import SerModel
+from ser.models.factory import build_model, model_spec, save_model
+from ser.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
 from ser.train.data import ArrayDataset, eval_batches, training_batches
 
 FRAME_HOP = TARGET_SR // 100
@@ -41,8 +41,6 @@ FRAME_HOP = TARGET_SR // 100
 CHECKPOINT = "last.pt"
 BEST_MODEL = "best.pt"
 HISTORY = "history.json"
-CHECKPOINT_FORMAT = "ser-train/1"
-_RESUME_IGNORES = ("device", "num_threads")
 
 
 class TrainConfig(BaseModel):
@@ -155,15 +153,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     w = np.zeros(n_classes, dtype=np.float64)
     w[present] = counts.sum() / (present.sum() * counts[present])
     return w
-
-
-def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Unweighted average recall (balanced accuracy) over the classes present in ``y_true``."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def mixup_batch(
@@ -296,12 +285,15 @@ def predict_proba(model: SerModel, ds: ArrayDataset, **kwargs: Any) -> np.ndarra
 
 
 def evaluate(model: SerModel, ds: ArrayDataset, **kwargs: Any) -> dict[str, float]:
-    """``loss`` (plain cross-entropy), ``uar`` and ``accuracy`` of ``model`` on ``ds``."""
+    """``loss`` (plain cross-entropy), ``uar`` (:func:`ser.evaluate.metrics.uar_score`) and ``accuracy`` of ``model``
+    on ``ds``."""
+    from ser.evaluate.metrics import uar_score
+
     logits = predict_logits(model, ds, **kwargs)
     y = ds.labels
     loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
     pred = logits.argmax(axis=1)
-    return {"loss": float(loss), "uar": uar(y, pred), "accuracy": float((pred == y).mean())}
+    return {"loss": float(loss), "uar": uar_score(y, pred), "accuracy": float((pred == y).mean())}
 
 
 def _check_compatible(model: SerModel, ds: ArrayDataset) -> None:
@@ -374,6 +366,55 @@ def _fit(
     resume: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> TrainResult:
+    run = _setup(train_ds, val_ds, cfg, out, device)
+    st = _new_state()
+    if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
+        _resume(run, st)
+    console = _console() if progress else None
+    epoch = st["epoch"]
+    while not st["done"] and epoch < cfg.epochs:
+        epoch += 1
+        t0 = time.perf_counter()
+        record = _train_epoch(run, train_ds, epoch)
+        improved = _validate(run, val_ds, record, st)
+        _end_epoch(run, st, record, improved, t0)
+        if out is not None:
+            _save_epoch(run, st, improved)
+        if console is not None:
+            _print_epoch(console, cfg, record, st)
+        if on_epoch is not None:
+            on_epoch(dict(record))
+    return _result(run, st)
+
+
+@dataclass
+class _Run:
+    """What a training run carries from one step to the next (built by :func:`_setup`)."""
+
+    cfg: TrainConfig
+    device: torch.device
+    out: Path | None
+    model: SerModel
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    weights: np.ndarray | None
+    criterion: nn.Module
+    data_rng: np.random.Generator
+    crop: int | None
+    use_amp: bool
+    eval_kw: dict[str, Any]
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        return self.out / CHECKPOINT if self.out is not None else None
+
+
+def _setup(
+    train_ds: ArrayDataset, val_ds: ArrayDataset | None, cfg: TrainConfig, out: Path | None, device: torch.device
+) -> _Run:
+    """Seed, build the model, optimiser, schedule, loss and data generator of a run (in this order: it fixes what
+    the seed gives each of them)."""
     seed_everything(cfg.seed)
     model = build_model(cfg.model, train_ds.n_classes, train_ds.n_features, seed=cfg.seed, **cfg.model_params)
     if not isinstance(model, SerModel):
@@ -404,8 +445,12 @@ def _fit(
         device=device,
         amp=use_amp,
     )
+    return _Run(cfg, device, out, model, opt, sched, scaler, weights, criterion, data_rng, crop, use_amp, eval_kw)
 
-    st: dict[str, Any] = dict(
+
+def _new_state() -> dict[str, Any]:
+    """The training state saved in every checkpoint (besides model, optimiser, schedule, scaler and RNGs)."""
+    return dict(
         epoch=0,
         history=[],
         epoch_seconds=[],
@@ -416,92 +461,105 @@ def _fit(
         stopped_early=False,
         done=False,
     )
-    ckpt_path = out / CHECKPOINT if out is not None else None
-    if resume and ckpt_path is not None and ckpt_path.is_file():
-        ck = _load_checkpoint(ckpt_path, cfg, device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if ck["scaler"]:  # empty when written without mixed precision
-            scaler.load_state_dict(ck["scaler"])
-        _set_rng_states(ck["rng"], data_rng)
-        for k in st:
-            st[k] = ck[k]
 
-    console = _console() if progress else None
+
+def _resume(run: _Run, st: dict[str, Any]) -> None:
+    """Load ``last.pt`` into the run and ``st``: weights, optimiser, schedule, scaler, every RNG, the state."""
+    ck = load_checkpoint(run.ckpt_path, run.cfg, run.device)
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    run.sched.load_state_dict(ck["scheduler"])
+    if ck["scaler"]:  # empty when written without mixed precision
+        run.scaler.load_state_dict(ck["scaler"])
+    set_rng_states(ck["rng"], run.data_rng)
+    for k in st:
+        st[k] = ck[k]
+
+
+def _train_epoch(run: _Run, train_ds: ArrayDataset, epoch: int) -> dict[str, Any]:
+    """One pass over shuffled training crops (mixup when configured); returns the epoch's record, its
+    ``val_*`` fields still None."""
+    cfg, model, device, opt, scaler = run.cfg, run.model, run.device, run.opt, run.scaler
     params = [p for g in opt.param_groups for p in g["params"]]
-    epoch = st["epoch"]
-    while not st["done"] and epoch < cfg.epochs:
-        epoch += 1
-        t0 = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for x, lengths, y in training_batches(train_ds, cfg.batch_size, data_rng, crop, augment=True):
-            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-            y2, lam = y, 1.0
-            if cfg.mixup > 0 and len(y) > 1:
-                x, lengths, y2, lam = mixup_batch(x, lengths, y, cfg.mixup, data_rng)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x, lengths)
-            loss = criterion(logits.float(), y)
-            if lam != 1.0:
-                loss = lam * loss + (1.0 - lam) * criterion(logits.float(), y2)
-            if not torch.isfinite(loss):
-                raise SerError(f"training diverged at epoch {epoch} (loss is {loss.item()}); try a lower lr")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "lr": float(sched.get_last_lr()[0]),
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "val_loss": None,
-            "val_uar": None,
-            "val_acc": None,
-        }
-        if val_ds is not None:
-            m = evaluate(model, val_ds, **eval_kw)
-            record.update(val_loss=m["loss"], val_uar=m["uar"], val_acc=m["accuracy"])
-            improved = st["best_metric"] is None or m["uar"] > st["best_metric"] + cfg.min_delta
-        else:
-            improved = True
-        if improved:
-            st["best_metric"] = record["val_uar"]
-            st["best_epoch"] = epoch
-            st["best_state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            st["bad_epochs"] = 0
-        else:
-            st["bad_epochs"] += 1
-        st["history"].append(record)
-        st["epoch_seconds"].append(time.perf_counter() - t0)
-        st["epoch"] = epoch
-        st["stopped_early"] = cfg.patience is not None and st["bad_epochs"] >= cfg.patience
-        st["done"] = st["stopped_early"] or epoch >= cfg.epochs
-        if out is not None:
-            _save_checkpoint(ckpt_path, cfg, model, opt, sched, scaler, data_rng, st)
-            if improved:
-                save_model(out / BEST_MODEL, model, extra=_best_extra(cfg, st))
-            write_json(out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
-        if console is not None:
-            _print_epoch(console, cfg, record, st)
-        if on_epoch is not None:
-            on_epoch(dict(record))
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, lengths, y in training_batches(train_ds, cfg.batch_size, run.data_rng, run.crop, augment=True):
+        x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+        y2, lam = y, 1.0
+        if cfg.mixup > 0 and len(y) > 1:
+            x, lengths, y2, lam = mixup_batch(x, lengths, y, cfg.mixup, run.data_rng)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.use_amp):
+            logits = model(x, lengths)
+        loss = run.criterion(logits.float(), y)
+        if lam != 1.0:
+            loss = lam * loss + (1.0 - lam) * run.criterion(logits.float(), y2)
+        if not torch.isfinite(loss):
+            raise SerError(f"training diverged at epoch {epoch} (loss is {loss.item()}); try a lower lr")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        run.sched.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return {
+        "epoch": epoch,
+        "lr": float(run.sched.get_last_lr()[0]),
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "val_loss": None,
+        "val_uar": None,
+        "val_acc": None,
+    }
 
+
+def _validate(run: _Run, val_ds: ArrayDataset | None, record: dict[str, Any], st: dict[str, Any]) -> bool:
+    """Fill ``record``'s ``val_*`` fields; True when the epoch beats the best by more than ``min_delta`` (every
+    epoch counts as best without validation data)."""
+    if val_ds is None:
+        return True
+    m = evaluate(run.model, val_ds, **run.eval_kw)
+    record.update(val_loss=m["loss"], val_uar=m["uar"], val_acc=m["accuracy"])
+    return st["best_metric"] is None or m["uar"] > st["best_metric"] + run.cfg.min_delta
+
+
+def _end_epoch(run: _Run, st: dict[str, Any], record: dict[str, Any], improved: bool, t0: float) -> None:
+    """Book the epoch into ``st``: best weights (CPU copy), early-stopping counter, history, timing, stop flags."""
+    epoch = record["epoch"]
+    if improved:
+        st["best_metric"] = record["val_uar"]
+        st["best_epoch"] = epoch
+        st["best_state"] = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+        st["bad_epochs"] = 0
+    else:
+        st["bad_epochs"] += 1
+    st["history"].append(record)
+    st["epoch_seconds"].append(time.perf_counter() - t0)
+    st["epoch"] = epoch
+    st["stopped_early"] = run.cfg.patience is not None and st["bad_epochs"] >= run.cfg.patience
+    st["done"] = st["stopped_early"] or epoch >= run.cfg.epochs
+
+
+def _save_epoch(run: _Run, st: dict[str, Any], improved: bool) -> None:
+    """Write ``last.pt`` (everything to resume), ``best.pt`` when the epoch improved, and ``history.json``."""
+    save_checkpoint(run.ckpt_path, run.cfg, run.model, run.opt, run.sched, run.scaler, run.data_rng, st)
+    if improved:
+        save_model(run.out / BEST_MODEL, run.model, extra=_best_extra(run.cfg, st))
+    write_json(run.out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
+
+
+def _result(run: _Run, st: dict[str, Any]) -> TrainResult:
+    """The model with its best weights, in eval mode, and the run's facts."""
     if st["best_state"] is None:  # pragma: no cover - epochs >= 1 always records a best state
         raise SerError("training produced no model")
-    model.load_state_dict(st["best_state"])
-    model.eval()
+    run.model.load_state_dict(st["best_state"])
+    run.model.eval()
     return TrainResult(
-        model=model,
+        model=run.model,
         best_state=st["best_state"],
         history=st["history"],
         best_epoch=st["best_epoch"],
@@ -510,10 +568,10 @@ def _fit(
         stopped_early=st["stopped_early"],
         seconds=float(sum(st["epoch_seconds"])),
         epoch_seconds=st["epoch_seconds"],
-        device=str(device),
-        config=cfg,
-        class_weights=None if weights is None else [float(w) for w in weights],
-        out_dir=out,
+        device=str(run.device),
+        config=run.cfg,
+        class_weights=None if run.weights is None else [float(w) for w in run.weights],
+        out_dir=run.out,
     )
 
 
@@ -536,76 +594,3 @@ def _print_epoch(console: Any, cfg: TrainConfig, rec: dict[str, Any], st: dict[s
     if st["stopped_early"]:
         line += f"  early stop: no gain for {cfg.patience} epochs"
     console.print(line, markup=False, soft_wrap=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _rng_states(data_rng: np.random.Generator) -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}},
-        "data": data_rng.bit_generator.state,
-    }
-
-
-def _set_rng_states(states: dict[str, Any], data_rng: np.random.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    random.setstate(_as_tuple(states["python"]))
-    np_state = dict(states["numpy"])
-    np_state["state"] = {
-        "key": np.asarray(np_state["state"]["key"], dtype=np.uint32),
-        "pos": int(np_state["state"]["pos"]),
-    }
-    np.random.set_state(np_state)
-    data_rng.bit_generator.state = states["data"]
-
-
-def _as_tuple(obj: Any) -> Any:
-    return tuple(_as_tuple(o) for o in obj) if isinstance(obj, list | tuple) else obj
-
-
-def _save_checkpoint(path, cfg, model, opt, sched, scaler, data_rng, st) -> None:
-    blob = {
-        "format": CHECKPOINT_FORMAT,
-        "config": cfg.model_dump(mode="json"),
-        "spec": model_spec(model),
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": _rng_states(data_rng),
-        **st,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-
-
-def _load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise SerError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it to start afresh") from exc
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise SerError(f"not a ser training checkpoint: {path}")
-    old, new = dict(ck["config"]), cfg.model_dump(mode="json")
-    for k in _RESUME_IGNORES:
-        old.pop(k, None)
-        new.pop(k, None)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        raise ConfigError(
-            f"checkpoint {path} was written with a different config ({', '.join(changed)} differ); "
-            "resume with the same config or use a new output folder"
-        )
-    ck["rng"]["torch"] = ck["rng"]["torch"].cpu()
-    ck["rng"]["cuda"] = [s.cpu() for s in ck["rng"]["cuda"]]
-    if ck["best_state"] is not None:
-        ck["best_state"] = {k: v.cpu() for k, v in ck["best_state"].items()}
-    return ck

@@ -18,10 +18,11 @@ from ser.model_folder import Preprocessing, frame_input, input_kinds
 from ser.models import build_model, load_model, save_model
 from ser.models.ensemble import Ensemble
 from ser.train import TrainConfig, fit
-from ser.train.cv import EnsembleSpec, ModelSpec, cross_validate, fit_shipped, load_frame_features
+from ser.train.cv import cross_validate, fit_shipped, load_frame_features
 from ser.train.recipes import RECIPES, get_recipe, members
+from ser.train.spec import EnsembleSpec, ModelSpec
 from ser.train.trainer import mixup_batch
-from tests.test_trainer import cfg, toy
+from tests.train.test_trainer import cfg, toy
 
 TINY = dict(channels=[8, 16], convs=[1, 1], time_pool=[2, 2], pool="attentive_stats")
 
@@ -277,7 +278,7 @@ def test_fit_shipped_joins_ensemble_members_without_validation(synth, tmp_path):
 def test_eval_settings_of_a_windowed_recipe_are_plain_numbers():
     import json
 
-    from ser.train.cv import _eval_settings
+    from ser.train.spec import eval_settings as _eval_settings
 
     got = _eval_settings(TrainConfig.from_dict({"eval_mode": "windows", "crop_frames": 200}))
     assert got == {"eval_mode": "windows", "eval_window": 200, "eval_hop": None}

@@ -90,14 +90,14 @@ def cross_corpus(
     normalize: str = "corpus",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train ``spec`` (a :class:`~ser.train.cv.ModelSpec`) on ``train``, evaluate on ``test``; writes the report
+    """Train ``spec`` (a :class:`~ser.train.spec.ModelSpec`) on ``train``, evaluate on ``test``; writes the report
     (JSON + Markdown + confusion matrix) to ``out_dir/report`` and returns the evaluation summary.
 
     ``normalize``: ``corpus`` standardises features per corpus (:func:`corpus_normalize`), ``none`` keeps them.
     """
     if normalize not in ("corpus", "none"):
         raise SerError(f"normalize must be corpus or none, got {normalize!r}")
-    from ser.evaluate.cv import cv_evaluation, write_cv_report
+    from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.train.cv import cross_validate, load_frame_features
 
     tr, te, classes, dropped = align(train, test, profile)

@@ -19,7 +19,8 @@ GROUP_COLUMNS = ("gender", "corpus", "age")
 def cv_evaluation(
     outputs: list, manifest: pd.DataFrame, classes: list[str], *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
-    """``outputs``: :class:`ser.train.cv.FoldOutput` per fold. Returns ``{result, cv, fairness}`` (JSON-ready)."""
+    """``outputs``: one per fold, each with ``y`` (true class indices), ``proba`` and ``utt_ids`` (the fold outputs
+    of the cross-validation runner). Returns ``{result, cv, fairness}`` (JSON-ready)."""
     index = list(range(len(classes)))
     per_fold = [evaluate_predictions(o.y, o.proba.argmax(1), o.proba, classes=index, n_boot=0) for o in outputs]
     y = np.concatenate([o.y for o in outputs])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ser.errors import ConfigError, SerError
+from ser.evaluate.metrics import uar_score as uar
 from ser.models import load_model
 from ser.train import (
     ArrayDataset,
@@ -19,7 +20,6 @@ from ser.train import (
     pad_collate,
     predict_proba,
     random_crop,
-    uar,
 )
 from ser.train.data import eval_batches, training_batches
 

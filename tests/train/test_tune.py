@@ -13,18 +13,9 @@ import pytest
 import ser.cli.tune_cmds  # noqa: F401  registers `ser tune`
 from ser.errors import ConfigError, LeakageError
 from ser.train.recipes import get_recipe
-from ser.tune import (
-    Param,
-    apply_params,
-    check_test_unseen,
-    grid_space,
-    load_space,
-    make_pruner,
-    parse_space,
-    tune,
-    tuning_roles,
-    write_outputs,
-)
+from ser.train.tune import tune, write_outputs
+from ser.train.tune_objective import check_test_unseen, tuning_roles
+from ser.train.tune_space import Param, apply_params, grid_space, load_space, make_pruner, parse_space
 from tests.conftest import synth_run_dir
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -313,11 +304,11 @@ def test_ctrl_c_in_a_trial_leaves_a_resumable_study(data, tiny_cnn, tmp_path):
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_trial_of_a_killed_process_is_failed_and_retried(data, classical, tmp_path, monkeypatch):
-    import ser.tune
+    import ser.train.tune
 
     manifest, splits, feats = data
-    monkeypatch.setattr(ser.tune, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(ser.tune, "GRACE_S", 1)
+    monkeypatch.setattr(ser.train.tune, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(ser.train.tune, "GRACE_S", 1)
     db = tmp_path / "study.db"
     kw = dict(space=SVM_SPACE, sampler="random", pruner="none", storage=db, study_name="svm")
     tune(manifest, splits, classical, feats, CLASSES, n_trials=1, **kw)
@@ -470,7 +461,7 @@ def test_cli_help_and_bad_space(synth_run, run_cli, tmp_path):
 
 
 def test_a_recipe_without_validation_speakers_is_tuned_on_carved_ones(data, classical):
-    from ser.tune import TUNE_VAL_SPEAKERS, tuning_val_speakers
+    from ser.train.tune_objective import TUNE_VAL_SPEAKERS, tuning_val_speakers
 
     manifest, splits, feats = data
     no_val = classical.model_copy(update={"val_speakers": 0})

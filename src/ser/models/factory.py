@@ -1,6 +1,6 @@
 """Models by name: build, count, time, save and load.
 
-``build_model(name, n_classes, n_features, seed=..., **params)`` returns a torch :class:`~ser.models.cnn.SerModel`
+``build_model(name, n_classes, n_features, seed=..., **params)`` returns a torch :class:`~ser.models.base.SerModel`
 (``cnn``, ``tdnn``, ``rnn``, ``crnn``, ``ssl``) or the scikit-learn :class:`~ser.models.classical.ClassicalModel`
 (``classical``). Unknown names or parameters raise :class:`~ser.errors.ConfigError` with a one-line reason.
 """
@@ -18,8 +18,9 @@ import torch
 from ser import TARGET_SR
 from ser.errors import ConfigError, SerError
 from ser.io import atomic_path
+from ser.models.base import SerModel
 from ser.models.classical import ClassicalModel
-from ser.models.cnn import CNN, TDNN, SerModel
+from ser.models.cnn import CNN, TDNN
 from ser.models.crnn import CRNN
 from ser.models.ensemble import Ensemble
 from ser.models.rnn import RNN

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ser.errors import LeakageError, SerError
-from ser.evaluate.crosscorpus import align, cross_corpus_splits
+from ser.train.crosscorpus import align, cross_corpus_splits
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_cli_cross_corpus_classical(two_corpora, run_cli):
 def test_corpus_normalize_standardises_each_corpus_separately():
     import numpy as np
 
-    from ser.evaluate.crosscorpus import corpus_normalize
+    from ser.train.crosscorpus import corpus_normalize
 
     rng = np.random.default_rng(0)
     feats = {f"a{i}": {"functionals": rng.normal(5, 2, 3), "logmel": rng.normal(-40, 10, (4, 20))} for i in range(30)}

@@ -1,0 +1,116 @@
+"""Recipes as data: :class:`ModelSpec` (one model: features, model, training) and :class:`EnsembleSpec` (late
+fusion of model specs), with what a spec decides before any training: its fingerprint (which saved folds still
+count), its :class:`~ser.train.trainer.TrainConfig`, how its model evaluates a clip, and the input of the model
+that ships for a list of member specs. Named recipes are in :mod:`ser.train.recipes`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ser.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ser.train.trainer import TrainConfig
+
+FrameKind = Literal["logmel", "mfcc"]
+
+
+class ModelSpec(BaseModel):
+    """One model to cross-validate: which features, which model, how to train it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="name in results (e.g. 'cnn')")
+    model: str = Field(description="registry name: cnn, tdnn, rnn, crnn, classical")
+    features: Literal["logmel", "mfcc", "functionals"] = "logmel"
+    params: dict[str, Any] = Field(default_factory=dict, description="model constructor parameters")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (torch models)")
+    augment: dict[str, Any] | None = Field(
+        default_factory=dict, description="AugmentConfig fields for SpecAugment on training crops; None = off"
+    )
+    trim_db: float | None = Field(40.0, description="trim leading/trailing frames this far below the loudest")
+    val_speakers: int = Field(
+        2, ge=0, description="validation speakers carved out of each training fold (0: none, keep the last epoch)"
+    )
+    seed: int = Field(0, description="added to the run's seed: members of a seed ensemble differ only here")
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it).
+
+        The name and where it runs (``train.device``, ``train.num_threads``) are left out, as they are for resuming
+        a checkpoint: a fold trained on a GPU, or under another name, counts for the same recipe (the fold's
+        ``info['device']`` says where it ran)."""
+        import hashlib
+
+        data = self.model_dump(mode="json", exclude={"name"})  # the name is where results go, not what they are
+        data["train"] = {k: v for k, v in data["train"].items() if k not in ("device", "num_threads")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class EnsembleSpec(BaseModel):
+    """Late fusion: the weighted mean of member models' class probabilities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    members: list[str]
+    weights: list[float] | None = None
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="recipe overrides (train, params, ...) applied to every member recipe"
+    )
+
+
+def train_config(spec: ModelSpec, seed: int = 0) -> TrainConfig:
+    """The :class:`~ser.train.trainer.TrainConfig` of a torch ``spec``: its model and parameters, ``seed``, then its
+    ``train`` fields (a ``seed`` there wins)."""
+    from ser.train.trainer import TrainConfig
+
+    return TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
+
+
+def eval_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """How a trained model evaluates a clip (whole, or the mean over windows), from its TrainConfig."""
+    return {
+        "eval_mode": cfg.eval_mode,
+        "eval_window": cfg.window_frames() if cfg.eval_mode == "windows" else None,
+        "eval_hop": cfg.eval_hop,
+    }
+
+
+def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
+    """The input of the model that ships for ``member_specs``: ``{"kind", "trim_db"}``.
+
+    One spec, or members on the same features: that kind. Members on different frame features (a ``cnn`` on
+    log-mel and an ``rnn`` on MFCC): the kinds stacked in the order members first use them (``logmel+mfcc``;
+    :func:`ser.model_folder.frame_input`). Every member must be a torch frame model with the same trimming, since the
+    frames are trimmed once for all kinds.
+    """
+    from ser.features import FRAME_KINDS
+
+    bad = [m for m in member_specs if m.model == "classical" or m.features not in FRAME_KINDS]
+    if bad or len({m.trim_db for m in member_specs}) != 1:
+        raise ConfigError(
+            "to ship as one model, every member must be a torch frame model with the same trimming (got "
+            + ", ".join(f"{m.name}: {m.model} on {m.features}, trim_db {m.trim_db}" for m in member_specs)
+            + ")"
+        )
+    return {"kind": "+".join(dict.fromkeys(m.features for m in member_specs)), "trim_db": member_specs[0].trim_db}
+
+
+def input_rows(member_specs: list[ModelSpec], n_features: list[int]) -> list[list[int]] | None:
+    """The ``[start, stop)`` rows of the stacked input (:func:`model_input`) each member reads, given each
+    member's ``n_features``; None when every member reads the same kind."""
+    width: dict[str, int] = {}
+    for m, n in zip(member_specs, n_features, strict=True):
+        if width.setdefault(m.features, n) != n:
+            raise ConfigError(f"members on {m.features} disagree on its rows ({width[m.features]} vs {n})")
+    if len(width) == 1:
+        return None
+    start, offsets = 0, {}
+    for kind, n in width.items():
+        offsets[kind], start = start, start + n
+    return [[offsets[m.features], offsets[m.features] + width[m.features]] for m in member_specs]
