@@ -144,7 +144,8 @@ def timeline(
     Example: ser timeline call.wav --workdir runs --plot call.png
     """
     from ser.audio import load_audio
-    from ser.serve.timeline import TimelineConfig, VadConfig, analyze, plot_timeline
+    from ser.serve.timeline import TimelineConfig, analyze, plot_timeline
+    from ser.vad import VadConfig
 
     cfg = TimelineConfig(
         vad=VadConfig(aggressiveness=aggressiveness),

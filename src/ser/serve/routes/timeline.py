@@ -10,8 +10,9 @@ from fastapi import APIRouter, Query, Request
 from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
 from ser.serve.errors import ERROR_RESPONSES
 from ser.serve.schemas import UPLOAD_BODY, TimelineOut
-from ser.serve.timeline import TimelineConfig, VadConfig
+from ser.serve.timeline import TimelineConfig
 from ser.serve.uploads import read_uploads, timeline_bytes
+from ser.vad import VadConfig
 
 router = APIRouter()
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ser.errors import SerError
-from ser.serve.timeline import VadConfig
+from ser.vad import VadConfig
 
 ENCODINGS = ("pcm16", "float32")
 MIN_RATE, MAX_RATE = 8000, 48000

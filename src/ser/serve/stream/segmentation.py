@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ser.serve.timeline import VAD_RATES, VadConfig, frame_levels_db, to_pcm16
+from ser.vad import VAD_RATES, VadConfig, frame_levels_db, to_pcm16
 
 
 class SampleBuffer:
@@ -99,7 +99,7 @@ class Endpointer:
 
 class FrameVad:
     """Streaming voice activity: webrtcvad (one ``Vad`` for the whole stream) AND the energy gate of
-    :func:`ser.serve.timeline.vad_flags`, over consecutive ``cfg.frame_ms`` frames of ``sr`` Hz audio
+    :func:`ser.vad.vad_flags`, over consecutive ``cfg.frame_ms`` frames of ``sr`` Hz audio
     (``sr`` in :data:`VAD_RATES`). :meth:`push` takes any number of samples and returns the flags of the frames it
     completed, bool ``(n_new_frames,)``."""
 

@@ -27,7 +27,7 @@ from ser.serve.stream.protocol import (
     parse_start,
 )
 from ser.serve.stream.segmentation import Endpointer, FrameVad, SampleBuffer, resampler
-from ser.serve.timeline import VAD_RATES
+from ser.vad import VAD_RATES
 
 
 class PredictorLike(Protocol):
