@@ -68,64 +68,100 @@ def front_matter(meta: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, 
 def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str, Any], cfg: Any = None) -> str:
     """The model card of an exported model. ``meta``: its metadata.json; ``evaluation``: the evaluate stage's
     block (uar, ci, per fold, gaps); ``full``: the whole evaluation (pooled result, cv, fairness)."""
-    training = meta.get("training", {})
-    model = meta.get("model", {})
-    labels = meta.get("labels", [])
-    synthetic = bool(training.get("synthetic"))
     result = full.get("result", {})
-    ci = result.get("ci", {})
-    pooled = result.get("metrics", {})
+    lines = _header(meta, evaluation)
+    lines += _model_details(meta)
+    lines += _USES
+    lines += _training_data(meta)
+    lines += _evaluation(evaluation, result)
+    lines += _per_class(result)
+    lines += _per_group((full.get("fairness") or {}).get("attributes") or {})
+    lines += _LIMITS_ETHICS_USAGE
+    decision = meta.get("decision")
+    if decision:
+        lines += ["## Registry decision", "", f"{decision.get('alias')}: {decision.get('reason')}", ""]
+    return "\n".join(lines)
+
+
+def _header(meta: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
     lines = ["---", yaml.safe_dump(front_matter(meta, evaluation), sort_keys=False).strip(), "---", ""]
     lines += [f"# {meta.get('name', 'ser-emotion')} (version {{{{version}}}})", ""]
-    if synthetic:
+    if (meta.get("training") or {}).get("synthetic"):
         lines += [
             "> **Trained on the SYNTHETIC demo corpus** (signals made by code, not speech). It exists to show the",
             "> pipeline end to end; its numbers say nothing about real speech. Do not use it on real audio.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _model_details(meta: dict[str, Any]) -> list[str]:
+    labels = meta.get("labels", [])
+    inp = meta.get("input", {})
+    export = meta.get("export", {})
+    stacked = "; the kinds stacked along the feature axis" if "+" in str(inp.get("kind")) else ""
+    return [
         "A speech emotion recognition model: it takes a mono audio clip and returns a probability for each of "
         f"{len(labels)} emotions ({', '.join(labels)}).",
         "",
         "## Model details",
         "",
-        _architecture(model),
-        f"- Input: {meta.get('sample_rate')} Hz mono audio → `{meta.get('input', {}).get('kind')}` features "
-        f"({meta.get('input', {}).get('shape')}"
-        f"{'; the kinds stacked along the feature axis' if '+' in str(meta.get('input', {}).get('kind')) else ''}"
-        f"); silence trimmed at {meta.get('input', {}).get('trim_db')} dB "
+        _architecture(meta.get("model", {})),
+        f"- Input: {meta.get('sample_rate')} Hz mono audio → `{inp.get('kind')}` features "
+        f"({inp.get('shape')}{stacked}); silence trimmed at {inp.get('trim_db')} dB "
         "below the loudest frame, exactly as in training.",
         "- Format: ONNX (`model.onnx`, opset "
-        f"{meta.get('export', {}).get('opset')}), run with onnxruntime; `metadata.json` holds the preprocessing. "
-        f"ONNX vs PyTorch parity: max |Δlogit| {meta.get('export', {}).get('parity_max_abs_diff', float('nan')):.1e}.",
+        f"{export.get('opset')}), run with onnxruntime; `metadata.json` holds the preprocessing. "
+        f"ONNX vs PyTorch parity: max |Δlogit| {export.get('parity_max_abs_diff', float('nan')):.1e}.",
         f"- Code version: `{meta.get('code_version')}`; created {meta.get('created')}.",
         "",
-        "## Intended use",
-        "",
-        "- Aggregate analysis of emotional tone in recorded or live speech (e.g. the share of angry speech over many "
-        "customer calls, the emotional arc of a conversation), and emotion-aware interfaces that adapt softly.",
-        "- Research and benchmarking of speech emotion recognition.",
-        "",
-        "## Out-of-scope uses",
-        "",
-        "- Decisions about individuals (hiring, credit, insurance, policing, health, performance reviews) and any "
-        "use on people who have not been told and have not consented.",
-        "- Lie detection, clinical diagnosis, or inferring feelings as facts: the model recognises *expressed* "
-        "emotion in the voice, which may differ from what a person feels.",
-        "- Covert monitoring of employees or the public.",
-        "",
+    ]
+
+
+_USES = [
+    "## Intended use",
+    "",
+    "- Aggregate analysis of emotional tone in recorded or live speech (e.g. the share of angry speech over many "
+    "customer calls, the emotional arc of a conversation), and emotion-aware interfaces that adapt softly.",
+    "- Research and benchmarking of speech emotion recognition.",
+    "",
+    "## Out-of-scope uses",
+    "",
+    "- Decisions about individuals (hiring, credit, insurance, policing, health, performance reviews) and any "
+    "use on people who have not been told and have not consented.",
+    "- Lie detection, clinical diagnosis, or inferring feelings as facts: the model recognises *expressed* "
+    "emotion in the voice, which may differ from what a person feels.",
+    "- Covert monitoring of employees or the public.",
+    "- Emotion recognition in the workplace or in education: the EU AI Act (Art. 5(1)(f)) prohibits it there "
+    "except for medical or safety reasons, so an employee well-being use needs legal review where it applies.",
+    "",
+]
+
+
+def _training_data(meta: dict[str, Any]) -> list[str]:
+    training = meta.get("training", {})
+    synthetic = bool(training.get("synthetic"))
+    genders = ", ".join(f"{k}: {v}" for k, v in (training.get("speakers_by_gender") or {}).items())
+    return [
         "## Training data",
         "",
         f"- Corpora: {', '.join(training.get('corpora', [])) or 'unknown'}"
         + (" (synthetic, made by `ser data synth`)" if synthetic else ""),
-        f"- {training.get('utterances')} utterances, {training.get('speakers')} speakers "
-        f"({', '.join(f'{k}: {v}' for k, v in (training.get('speakers_by_gender') or {}).items())}), "
+        f"- {training.get('utterances')} utterances, {training.get('speakers')} speakers ({genders}), "
         f"{training.get('hours')} hours.",
         f"- Label profile `{meta.get('label_profile')}`; utterances per class: "
         + ", ".join(f"{k} {v}" for k, v in (training.get("classes") or {}).items()),
         f"- The shipped model was trained on all these speakers, {training.get('final_model', {}).get('n_val')} "
         "utterances of whole held-out speakers kept for early stopping.",
         "",
+    ]
+
+
+def _evaluation(evaluation: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    ci = result.get("ci", {})
+    pooled = result.get("metrics", {})
+    ece = pooled.get("ece") if pooled.get("ece") is None else round(pooled["ece"], 4)
+    return [
         "## Evaluation",
         "",
         f"Protocol: {evaluation.get('protocol')}. No speaker is on both sides of any split; augmentation touches "
@@ -136,67 +172,76 @@ def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str
         f"accuracy {_pct(evaluation.get('accuracy'))}.",
         f"- Pooled over all test predictions: UAR {_pct(pooled.get('uar'))}{_ci(ci, 'uar')}; accuracy "
         f"{_pct(pooled.get('accuracy'))}{_ci(ci, 'accuracy')}; macro F1 {_pct(pooled.get('macro_f1'))}; expected "
-        f"calibration error {pooled.get('ece') if pooled.get('ece') is None else round(pooled['ece'], 4)}.",
+        f"calibration error {ece}.",
         "- UAR per fold: " + ", ".join(_pct(v) for v in evaluation.get("uar_per_fold") or []),
         "",
     ]
+
+
+def _per_class(result: dict[str, Any]) -> list[str]:
     per_class = result.get("per_class") or []
     if isinstance(per_class, dict):  # {label: metrics}
         per_class = [{"class": k, **v} for k, v in per_class.items() if isinstance(v, dict)]
-    if per_class:
-        rows = []
-        for m in per_class:
-            if isinstance(m, dict):
-                rows.append(
-                    [m.get("class"), *(_pct(m.get(k)) for k in ("precision", "recall", "f1")), m.get("support")]
-                )
-        if rows:
-            lines += ["### Per class", "", *_table(["emotion", "precision", "recall", "F1", "support"], rows), ""]
-    attrs = (full.get("fairness") or {}).get("attributes") or {}
-    if attrs:
-        lines += ["### Per group", ""]
-        rows = []
-        for attr, block in attrs.items():
-            for g in block.get("groups", []):
-                rows.append([attr, g["group"], _pct(g.get("uar")), _pct(g.get("accuracy")), g.get("count")])
-        lines += _table(["attribute", "group", "UAR", "accuracy", "utterances"], rows)
-        gaps = ", ".join(
-            f"{a}: {_pct(v['gap']['uar'])}" for a, v in attrs.items() if v.get("gap", {}).get("uar") is not None
-        )
-        lines += ["", f"Largest UAR gap between groups: {gaps or 'n/a (fewer than two groups)'}.", ""]
-    lines += [
-        "### Confusion matrix",
+    rows = [
+        [m.get("class"), *(_pct(m.get(k)) for k in ("precision", "recall", "f1")), m.get("support")]
+        for m in per_class
+        if isinstance(m, dict)
+    ]
+    if not rows:
+        return []
+    return ["### Per class", "", *_table(["emotion", "precision", "recall", "F1", "support"], rows), ""]
+
+
+def _per_group(attrs: dict[str, Any]) -> list[str]:
+    if not attrs:
+        return []
+    rows = [
+        [attr, g["group"], _pct(g.get("uar")), _pct(g.get("accuracy")), g.get("count")]
+        for attr, block in attrs.items()
+        for g in block.get("groups", [])
+    ]
+    gaps = ", ".join(
+        f"{a}: {_pct(v['gap']['uar'])}" for a, v in attrs.items() if v.get("gap", {}).get("uar") is not None
+    )
+    return [
+        "### Per group",
         "",
-        "![confusion matrix](confusion_matrix.png)",
+        *_table(["attribute", "group", "UAR", "accuracy", "utterances"], rows),
         "",
-        "## Known limitations",
-        "",
-        "- Acted speech: emotions in the training corpora are portrayed by actors, stronger and cleaner than in real "
-        "calls; expect lower accuracy on spontaneous speech, telephone bandwidth, noise and overlapping talk.",
-        "- Language and culture: trained on the languages and speakers listed above (RAVDESS is North-American "
-        "English; EmoDB German); expression of emotion differs across languages and cultures.",
-        "- Few speakers: a handful of speakers per gender; per-group numbers above have wide uncertainty.",
-        "- Fixed label set: anything else (e.g. boredom, contempt) is forced into one of the classes.",
-        "",
-        "## Ethical considerations",
-        "",
-        "- Emotion is personal data in many jurisdictions (GDPR special-category risk when linked to health). Tell "
-        "people, get consent, keep audio only as long as needed (the service stores none by default).",
-        "- Check the per-group gaps on your own population before deployment and monitor them in production.",
-        "- Show probabilities and uncertainty to people, not only a label; let people contest outcomes.",
-        "",
-        "## How to use",
-        "",
-        "```bash",
-        "ser predict clip.wav --model path/to/this/folder",
-        "ser serve --model path/to/this/folder   # POST /v1/predict",
-        "```",
+        f"Largest UAR gap between groups: {gaps or 'n/a (fewer than two groups)'}.",
         "",
     ]
-    decision = meta.get("decision")
-    if decision:
-        lines += ["## Registry decision", "", f"{decision.get('alias')}: {decision.get('reason')}", ""]
-    return "\n".join(lines)
+
+
+_LIMITS_ETHICS_USAGE = [
+    "### Confusion matrix",
+    "",
+    "![confusion matrix](confusion_matrix.png)",
+    "",
+    "## Known limitations",
+    "",
+    "- Acted speech: emotions in the training corpora are portrayed by actors, stronger and cleaner than in real "
+    "calls; expect lower accuracy on spontaneous speech, telephone bandwidth, noise and overlapping talk.",
+    "- Language and culture: trained on the languages and speakers listed above (RAVDESS is North-American "
+    "English; EmoDB German); expression of emotion differs across languages and cultures.",
+    "- Few speakers: a handful of speakers per gender; per-group numbers above have wide uncertainty.",
+    "- Fixed label set: anything else (e.g. boredom, contempt) is forced into one of the classes.",
+    "",
+    "## Ethical considerations",
+    "",
+    "- Emotion is personal data in many jurisdictions (GDPR special-category risk when linked to health). Tell "
+    "people, get consent, keep audio only as long as needed (the service stores none by default).",
+    "- Check the per-group gaps on your own population before deployment and monitor them in production.",
+    "- Show probabilities and uncertainty to people, not only a label; let people contest outcomes.",
+    "",
+    "## How to use",
+    "",
+    "```bash",
+    "ser predict clip.wav --model path/to/this/folder",
+    "ser serve --model path/to/this/folder   # POST /v1/predict",
+    "```",
+    "",
+]
 
 
 def _architecture(model: dict[str, Any]) -> str:

@@ -427,7 +427,7 @@ STAGES: list[Stage] = [
         lambda c: {**c.evaluate.model_dump(), "group": c.register_.group},
     ),
     Stage("export", export_stage, ("split", "features", "train", "evaluate"), lambda c: {"name": c.name}),
-    Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="2"),  # 2: per-class table
+    Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="3"),  # 3: EU AI Act scope
     Stage(
         "register",
         register_stage,
