@@ -124,7 +124,7 @@ def test_codec_errors(monkeypatch):
         d.codec_roundtrip(speechlike(0.1), SR, "aac")
     with pytest.raises(ConfigError, match="compression level"):
         d.codec_roundtrip(speechlike(0.1), SR, "mp3", 1.0)
-    monkeypatch.setattr(d.sf, "available_subtypes", lambda fmt=None: {})
+    monkeypatch.setattr(sf, "available_subtypes", lambda fmt=None: {})
     with pytest.raises(ConfigError, match="not supported by the installed libsndfile"):
         d.codec_roundtrip(speechlike(0.1), SR, "opus")
 
