@@ -167,6 +167,37 @@ def read_record(folder: Path) -> dict[str, Any] | None:
         return None  # unreadable: run the stage again
 
 
+def _run_stage(s: Stage, key: str, ctx: StageContext, log: JsonLog) -> StageResult:
+    """Run one stage into ``ctx.out`` and write its record; a :class:`~ser.errors.SerError` becomes a failed
+    result (logged), any other exception is a bug and propagates."""
+    log("stage_start", stage=s.name, key=key)
+    t0 = time.perf_counter()
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    try:
+        out = s.fn(ctx) or {}
+    except SerError as exc:
+        secs = time.perf_counter() - t0
+        msg = str(exc) or type(exc).__name__
+        log("stage_failed", stage=s.name, key=key, seconds=round(secs, 2), error=msg)
+        return StageResult(s.name, key, "failed", secs, error=msg)
+    except Exception as exc:
+        log("stage_failed", stage=s.name, key=key, seconds=round(time.perf_counter() - t0, 2), error=str(exc))
+        raise
+    secs = time.perf_counter() - t0
+    rec = {
+        "stage": s.name,
+        "key": key,
+        "seconds": round(secs, 3),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "outputs": {},
+        "metric": "",
+        **out,
+    }
+    write_json(ctx.out / RECORD, rec)
+    log("stage_end", stage=s.name, key=key, seconds=round(secs, 2), metric=rec.get("metric", ""))
+    return StageResult(s.name, key, "ran", secs, rec.get("metric", ""), rec)
+
+
 def run_pipeline(
     stages: list[Stage],
     cfg: PipelineConfig,
@@ -216,9 +247,6 @@ def run_pipeline(
             continue
         if on_stage:
             on_stage(s.name, "start")
-        log("stage_start", stage=s.name, key=keys[s.name])
-        t0 = time.perf_counter()
-        folder.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(
             cfg,
             workdir,
@@ -228,33 +256,14 @@ def run_pipeline(
             lambda event, _s=s.name, **kw: log(event, stage=_s, **kw),
         )
         try:
-            out = s.fn(ctx) or {}
-        except Exception as exc:
-            secs = time.perf_counter() - t0
-            msg = str(exc) or type(exc).__name__
-            log("stage_failed", stage=s.name, key=keys[s.name], seconds=round(secs, 2), error=msg)
-            results.append(StageResult(s.name, keys[s.name], "failed", secs, error=msg))
+            result = _run_stage(s, keys[s.name], ctx, log)
+        finally:
             if on_stage:
                 on_stage(s.name, "end")
-            if not isinstance(exc, SerError):
-                raise
+        results.append(result)
+        if result.status == "failed":
             break
-        secs = time.perf_counter() - t0
-        rec = {
-            "stage": s.name,
-            "key": keys[s.name],
-            "seconds": round(secs, 3),
-            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "outputs": {},
-            "metric": "",
-            **out,
-        }
-        write_json(folder / RECORD, rec)
-        records[s.name] = rec
-        log("stage_end", stage=s.name, key=keys[s.name], seconds=round(secs, 2), metric=rec.get("metric", ""))
-        results.append(StageResult(s.name, keys[s.name], "ran", secs, rec.get("metric", ""), rec))
-        if on_stage:
-            on_stage(s.name, "end")
+        records[s.name] = result.record
     summary = RunSummary(workdir, results, started.isoformat(timespec="seconds"), time.perf_counter() - t_run)
     log("run_end", ok=summary.ok, seconds=round(summary.seconds, 2))
     write_json(workdir / "logs" / f"run-{started.strftime('%Y%m%dT%H%M%S%f')}.json", summary.to_dict())
