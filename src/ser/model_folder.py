@@ -63,9 +63,9 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise SerError(f"{path}: not valid JSON ({exc.msg})") from None
-    version = READABLE_FORMATS.get(meta.get("format")) if isinstance(meta, dict) else None
+    found = meta.get("format") if isinstance(meta, dict) else None
+    version = READABLE_FORMATS.get(found) if isinstance(found, str) else None
     if version is None:
-        found = meta.get("format") if isinstance(meta, dict) else None
         raise SerError(f"{path}: format {found!r}, expected one of {', '.join(READABLE_FORMATS)}")
     if not meta.get("labels"):
         raise SerError(f"{path}: no labels")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ class ValidationConfig(BaseModel):
 
 
 def load_config(path: str | Path | None, **overrides) -> ValidationConfig:
-    data = {}
+    data: dict[str, Any] = {}
     if path is not None:
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -120,13 +121,16 @@ def validate(
     m = schema.conform(manifest)
     with ThreadPoolExecutor(max_workers=workers or 4) as pool:
         measured = list(track(pool.map(_measure_file, m["path"]), "validate", len(m), progress))
-    quarantine, keep, extra = [], [], []
+    quarantine: list[dict[str, str]] = []
+    keep: list[bool] = []
+    extra: list[dict[str, Any]] = []
     for (facts, err), row in zip(measured, m.itertuples(index=False), strict=True):
         if err is not None:
             quarantine.append({"path": row.path, "stage": "validate", "reason": err})
             keep.append(False)
             extra.append({})
             continue
+        assert facts is not None  # _measure_file gives facts exactly when it gives no error
         duration = facts["frames"] / facts["native_sr"]
         reasons = problems(facts, duration, int(row.sample_rate), cfg)
         if reasons:

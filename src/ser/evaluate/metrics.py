@@ -351,6 +351,7 @@ def bootstrap_ci(
     k = len(cls)
     rng = np.random.default_rng(seed)
     cell = t * k + p
+    draws: np.ndarray  # bootstrap confusion-cell counts, (n_boot, k * k): integer draws or weighted float sums
     if speakers is None:
         method = "utterance"
         counts = np.bincount(cell, minlength=k * k).astype(np.float64)

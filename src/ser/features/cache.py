@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -84,7 +85,8 @@ class FeatureCache:
             raise SerError(f"refusing to cache an invalid {kind!r} entry")
         path = self.path(kind, kind_hash, sha)
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file handle: np.savez would append ".npz"
-            np.savez_compressed(fh, **arrays)
+            # numpy's stub types **kwds so that an "allow_pickle" key could land on that bool keyword; ours are arrays
+            np.savez_compressed(fh, **cast("dict[str, Any]", arrays))
         return path
 
 

@@ -28,6 +28,7 @@ Units:
 from __future__ import annotations
 
 import warnings
+from typing import TypedDict
 
 import librosa
 import numpy as np
@@ -38,6 +39,15 @@ from ser.features import FRAME_KINDS, FeatureConfig
 
 _PITCH_CLASSES = ("C", "Cs", "D", "Ds", "E", "F", "Fs", "G", "Gs", "A", "As", "B")
 _SPECTRAL = ("logmel", "mfcc", "chroma", "centroid", "contrast")
+
+
+class _StftArgs(TypedDict):
+    """The STFT keywords shared by :func:`spectrogram` and the spectral kinds."""
+
+    n_fft: int
+    win_length: int
+    hop_length: int
+    window: str
 
 
 def n_frames(n_samples: int, hop_length: int = 160) -> int:
@@ -266,7 +276,7 @@ def compute(y: np.ndarray, cfg: FeatureConfig | None = None, kinds: tuple[str, .
         if k not in FRAME_KINDS:
             raise ConfigError(f"unknown frame kind {k!r}; choose from {', '.join(FRAME_KINDS)}")
     y = check_signal(y, min_samples=cfg.win_length)
-    stft = dict(n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, window=cfg.window)
+    stft = _StftArgs(n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, window=cfg.window)
     S = spectrogram(y, **stft) if any(k in _SPECTRAL for k in kinds) else None
     out: dict[str, np.ndarray] = {}
     lm = None
@@ -274,6 +284,7 @@ def compute(y: np.ndarray, cfg: FeatureConfig | None = None, kinds: tuple[str, .
         lm = logmel(sr=cfg.sr, S=S, **stft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, amin=cfg.amin)
     for kind in kinds:
         if kind == "logmel":
+            assert lm is not None  # computed above whenever "logmel" is among the kinds
             out[kind] = lm
         elif kind == "mfcc":
             out[kind] = mfcc(logmel_db=lm, n_mfcc=cfg.n_mfcc, delta_width=cfg.delta_width)

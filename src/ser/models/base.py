@@ -24,6 +24,8 @@ class SerModel(nn.Module):
     name: ClassVar[str] = ""
     input_kind: ClassVar[Literal["frames", "waveform"]] = "frames"
     """``frames``: ``(B, F, T)`` 10 ms frames; ``waveform``: ``(B, N)`` samples at 16 kHz."""
+    head: nn.Module
+    """The classifier on the embedding; every subclass builds it in its constructor."""
 
     def __init__(self, n_classes: int, n_features: int, hparams: dict[str, Any]):
         super().__init__()

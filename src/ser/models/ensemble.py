@@ -12,7 +12,7 @@ members'.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,8 @@ class Ensemble(SerModel):
     them, every member on the same ``n_features`` input)."""
 
     name = "ensemble"
+    weights: Tensor
+    """The members' weights, normalised to sum 1 (a non-persistent buffer)."""
 
     def __init__(
         self,
@@ -68,9 +70,10 @@ class Ensemble(SerModel):
             build_model(m["name"], n_classes, hi - lo, **m["params"])
             for m, (lo, hi) in zip(members, self.spans, strict=True)
         ]
-        if any(not isinstance(m, SerModel) or m.input_kind != "frames" for m in built):
+        frame_models = [m for m in built if isinstance(m, SerModel) and m.input_kind == "frames"]
+        if len(frame_models) != len(built):
             raise ConfigError("ensemble: members must be torch frame models (cnn, tdnn, rnn, crnn)")
-        self.members = nn.ModuleList(built)
+        self.members = nn.ModuleList(frame_models)
         self.register_buffer("weights", torch.tensor(w, dtype=torch.float32) / sum(w), persistent=False)
 
     @classmethod
@@ -108,18 +111,26 @@ class Ensemble(SerModel):
             dst.load_state_dict(src.state_dict())
         return ens.eval()
 
+    def _models(self) -> list[SerModel]:
+        """The members as the frame models the constructor checked them to be (``ModuleList`` forgets the type)."""
+        return [cast(SerModel, m) for m in self.members]
+
     def _inputs(self, x: Tensor) -> list[Tensor]:
         return [x if (lo, hi) == (0, self.n_features) else x[:, lo:hi] for lo, hi in self.spans]
 
     def embed(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """The members' utterance embeddings side by side ``(B, sum of member dims)``."""
         self._check_input(x, lengths)
-        return torch.cat([m.embed(xi, lengths) for m, xi in zip(self.members, self._inputs(x), strict=True)], dim=1)
+        return torch.cat([m.embed(xi, lengths) for m, xi in zip(self._models(), self._inputs(x), strict=True)], dim=1)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         self._check_input(x, lengths)
-        probs = sum(
-            self.weights[i] * torch.softmax(m(xi, lengths).float(), dim=1)
-            for i, (m, xi) in enumerate(zip(self.members, self._inputs(x), strict=True))
+        # a sum of at least two member tensors: never the int start value 0 that sum()'s type allows
+        probs = cast(
+            Tensor,
+            sum(
+                self.weights[i] * torch.softmax(m(xi, lengths).float(), dim=1)
+                for i, (m, xi) in enumerate(zip(self.members, self._inputs(x), strict=True))
+            ),
         )
         return torch.log(probs.clamp_min(1e-12))

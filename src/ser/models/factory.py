@@ -26,7 +26,7 @@ from ser.models.ensemble import Ensemble
 from ser.models.rnn import RNN
 from ser.models.ssl import SSLClassifier
 
-MODELS: dict[str, type] = {
+MODELS: dict[str, type[SerModel] | type[ClassicalModel]] = {
     "cnn": CNN,
     "tdnn": TDNN,
     "rnn": RNN,
@@ -58,7 +58,7 @@ def model_params(name: str) -> dict[str, Any]:
     }
 
 
-def _model_class(name: str) -> type:
+def _model_class(name: str) -> type[SerModel] | type[ClassicalModel]:
     try:
         return MODELS[name]
     except KeyError:
@@ -134,6 +134,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise SerError(f"not a ser model file: {path}")
     spec = blob["spec"]
     model = build_model(spec["name"], spec["n_classes"], spec["n_features"], **spec["params"])
+    if not isinstance(model, SerModel):  # save_model writes torch models only
+        raise SerError(f"not a ser model file: {path} (its spec names {spec['name']!r}, not a torch model)")
     model.load_state_dict(blob["state_dict"])
     model.to(map_location).eval()
     return model, blob.get("extra", {})

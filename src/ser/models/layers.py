@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,7 @@ class InputNorm(nn.Module):
         m = mask[:, None, :].to(x.dtype)
         x = x * m
         if self.kind == "batch":
+            assert self.bn is not None  # built exactly when kind == "batch"
             x = self.bn(x)
         elif self.kind == "utterance":
             mean, std = masked_mean_std(x, mask)
@@ -124,7 +126,11 @@ class AttentivePool(nn.Module):
         return torch.cat([mean, var.clamp_min(1e-5).sqrt()], dim=1)
 
 
-def make_pool(kind: str, channels: int) -> nn.Module:
+Pool: TypeAlias = MeanPool | StatsPool | AttentivePool
+"""A pooling layer from :func:`make_pool`: ``(B, C, T)`` with its mask → ``(B, out_dim)``."""
+
+
+def make_pool(kind: str, channels: int) -> Pool:
     """``mean`` | ``stats`` (mean + std) | ``attention`` (attentive mean) | ``attentive_stats`` (ECAPA-style)."""
     if kind == "mean":
         return MeanPool(channels)

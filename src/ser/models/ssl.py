@@ -20,6 +20,7 @@ Needs the optional ``transformers`` package (imported only when the model is bui
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,11 @@ from ser.errors import ConfigError
 from ser.models.base import SerModel
 from ser.models.layers import length_mask, make_head, make_pool, masked_mean_std
 
+if TYPE_CHECKING:  # transformers is optional and imported only when a backbone is loaded
+    from transformers import PreTrainedModel
 
-def load_backbone(path: str | Path) -> nn.Module:
+
+def load_backbone(path: str | Path | None) -> PreTrainedModel:
     """``AutoModel.from_pretrained(path, local_files_only=True)``, with a one-line ConfigError on any failure."""
     if path is None or str(path) == "":
         raise ConfigError("ssl: 'path' (a local folder with a transformers speech model) is required")
@@ -71,6 +75,7 @@ class SSLClassifier(SerModel):
 
     name = "ssl"
     input_kind = "waveform"
+    backbone: PreTrainedModel
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -22,6 +22,10 @@ from ser.jobs.evaluate import CVReportJob, load_folds
 from ser.jobs.train import CrossValidateJob, FeatureSource, ShipJob, feature_kinds, member_specs
 from ser.pipeline.config import PipelineConfig, config_hash
 from ser.pipeline.runner import Stage, StageContext
+
+if TYPE_CHECKING:
+    from ser.features import FeatureConfig
+    from ser.train.spec import EnsembleSpec, ModelSpec
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
@@ -47,16 +51,17 @@ def corpus_fingerprint(cfg: PipelineConfig) -> str | None:
     return h.hexdigest()[:16]
 
 
-def recipe(cfg: PipelineConfig, extra: dict[str, Any] | None = None):
+def recipe(cfg: PipelineConfig, extra: dict[str, Any] | None = None) -> ModelSpec | EnsembleSpec:
     from ser.train.recipes import get_recipe
 
+    assert cfg.train.model is not None  # PipelineConfig fills in the default recipe
     overrides = dict(cfg.train.overrides)
     for key, value in (extra or {}).items():
         overrides[key] = {**overrides.get(key, {}), **value} if isinstance(value, dict) else value
     return get_recipe(cfg.train.model, overrides)
 
 
-def _feature_config(cfg: PipelineConfig):
+def _feature_config(cfg: PipelineConfig) -> FeatureConfig:
     from ser.features import make_config
 
     return make_config(cfg.features)
@@ -92,9 +97,11 @@ def ingest_stage(ctx: StageContext) -> dict[str, Any]:
     else:
         from ser.uri import local_copy
 
+        assert d.path is not None  # DataConfig requires a path for every corpus but the synthetic one
         root = local_copy(d.path, ctx.workdir / "cache" / "remote")
         corpus = d.corpus
-    job = IngestJob(corpus, root, ctx.out, demographics=d.demographics, workers=ctx.cfg.workers, progress=ctx.progress)
+    demographics = Path(d.demographics) if d.demographics else None
+    job = IngestJob(corpus, root, ctx.out, demographics=demographics, workers=ctx.cfg.workers, progress=ctx.progress)
     res = job.run()
     s = res.summary
     return {

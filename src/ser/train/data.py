@@ -163,14 +163,14 @@ def training_batches(
             if crop is not None:
                 a = random_crop(a, crop, rng)
             if augment and ds.transform is not None:
-                a = _checked_transform(ds, a, rng)
+                a = _checked_transform(ds.transform, a, rng)
             arrays.append(a)
             labels.append(label)
         yield pad_collate(arrays, labels)
 
 
-def _checked_transform(ds: ArrayDataset, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    out = np.asarray(ds.transform(a, rng), dtype=np.float32)
+def _checked_transform(transform: Transform, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = np.asarray(transform(a, rng), dtype=np.float32)
     if out.ndim != a.ndim or out.shape[:-1] != a.shape[:-1] or out.shape[-1] == 0:
         raise SerError(f"transform changed the array shape from {a.shape} to {out.shape} (only time may change)")
     return out

@@ -42,9 +42,14 @@ CNN_PARAMS: dict[str, Any] = {
     "input_norm": "utterance",
 }
 
-RECIPES: dict[str, ModelSpec | EnsembleSpec] = {
-    s.name: s
-    for s in [
+
+def _by_name(specs: list[ModelSpec | EnsembleSpec]) -> dict[str, ModelSpec | EnsembleSpec]:
+    """``{name: spec}`` (a typed list, so a mix of model and ensemble specs is not widened to ``BaseModel``)."""
+    return {s.name: s for s in specs}
+
+
+RECIPES: dict[str, ModelSpec | EnsembleSpec] = _by_name(
+    [
         ModelSpec(name="classical", model="classical", features="functionals", params={"kind": "svm", "C": 10.0}),
         *[
             ModelSpec(
@@ -94,7 +99,7 @@ RECIPES: dict[str, ModelSpec | EnsembleSpec] = {
         EnsembleSpec(name="cnn+crnn+rnn", members=["cnn", "crnn", "rnn"]),
         EnsembleSpec(name="cnn-x3+crnn", members=["cnn", "cnn-s1", "cnn-s2", "crnn"]),
     ]
-}
+)
 
 
 def get_recipe(name: str, overrides: dict[str, Any] | None = None) -> ModelSpec | EnsembleSpec:
@@ -135,5 +140,7 @@ def members(specs: list[ModelSpec | EnsembleSpec]) -> list[ModelSpec]:
             if name not in given:
                 if not isinstance(RECIPES.get(name), ModelSpec):
                     raise ConfigError(f"ensemble {ens.name}: member {name!r} is not a model recipe")
-                given[name] = get_recipe(name, ens.overrides)
+                recipe = get_recipe(name, ens.overrides)
+                assert isinstance(recipe, ModelSpec)  # overrides keep a model recipe's type
+                given[name] = recipe
     return list(given.values())

@@ -218,7 +218,8 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: in
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on weight matrices / kernels, none on biases, norms and scalars."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -369,7 +370,7 @@ def _fit(
     run = _setup(train_ds, val_ds, cfg, out, device)
     st = _new_state()
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
-        _resume(run, st)
+        _resume(run, run.ckpt_path, st)
     console = _console() if progress else None
     epoch = st["epoch"]
     while not st["done"] and epoch < cfg.epochs:
@@ -379,7 +380,7 @@ def _fit(
         improved = _validate(run, val_ds, record, st)
         _end_epoch(run, st, record, improved, t0)
         if out is not None:
-            _save_epoch(run, st, improved)
+            _save_epoch(run, out, st, improved)
         if console is not None:
             _print_epoch(console, cfg, record, st)
         if on_epoch is not None:
@@ -463,9 +464,10 @@ def _new_state() -> dict[str, Any]:
     )
 
 
-def _resume(run: _Run, st: dict[str, Any]) -> None:
-    """Load ``last.pt`` into the run and ``st``: weights, optimiser, schedule, scaler, every RNG, the state."""
-    ck = load_checkpoint(run.ckpt_path, run.cfg, run.device)
+def _resume(run: _Run, ckpt_path: Path, st: dict[str, Any]) -> None:
+    """Load ``last.pt`` (``ckpt_path``) into the run and ``st``: weights, optimiser, schedule, scaler, every RNG,
+    the state."""
+    ck = load_checkpoint(ckpt_path, run.cfg, run.device)
     run.model.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["optimizer"])
     run.sched.load_state_dict(ck["scheduler"])
@@ -544,12 +546,13 @@ def _end_epoch(run: _Run, st: dict[str, Any], record: dict[str, Any], improved: 
     st["done"] = st["stopped_early"] or epoch >= run.cfg.epochs
 
 
-def _save_epoch(run: _Run, st: dict[str, Any], improved: bool) -> None:
-    """Write ``last.pt`` (everything to resume), ``best.pt`` when the epoch improved, and ``history.json``."""
-    save_checkpoint(run.ckpt_path, run.cfg, run.model, run.opt, run.sched, run.scaler, run.data_rng, st)
+def _save_epoch(run: _Run, out: Path, st: dict[str, Any], improved: bool) -> None:
+    """Write ``last.pt`` (everything to resume), ``best.pt`` when the epoch improved, and ``history.json`` into
+    the run's folder ``out``."""
+    save_checkpoint(out / CHECKPOINT, run.cfg, run.model, run.opt, run.sched, run.scaler, run.data_rng, st)
     if improved:
-        save_model(run.out / BEST_MODEL, run.model, extra=_best_extra(run.cfg, st))
-    write_json(run.out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
+        save_model(out / BEST_MODEL, run.model, extra=_best_extra(run.cfg, st))
+    write_json(out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
 
 
 def _result(run: _Run, st: dict[str, Any]) -> TrainResult:

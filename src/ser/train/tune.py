@@ -141,7 +141,7 @@ def _open_study(storage: str | Path | None, study_name: str, pruner: Any):
     try:  # optuna >= 4.9
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-        retry = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        retry: dict[str, Any] = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
     except ImportError:  # pragma: no cover - older optuna
         from optuna.storages import RetryFailedTrialCallback
 

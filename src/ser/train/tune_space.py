@@ -72,12 +72,18 @@ class Param:
                 return raw
         return value
 
+    def _bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a float / int range (:func:`parse_space` sets both for every such parameter)."""
+        assert self.low is not None and self.high is not None, f"{self.key}: a {self.type} parameter without a range"
+        return self.low, self.high
+
     def suggest(self, trial: Any) -> Any:
         """Draw this parameter in an optuna ``trial``; returns the decoded recipe value."""
         if self.type == "float":
             return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
         if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+            low, high = self._bounds()
+            return trial.suggest_int(self.key, int(low), int(high), log=self.log, step=int(self.step or 1))
         return self.decode(trial.suggest_categorical(self.key, self.encoded_choices()))
 
     def grid_values(self) -> list[Any]:
@@ -85,7 +91,8 @@ class Param:
         if self.type == "categorical":
             return self.encoded_choices()
         if self.type == "int":
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+            low, high = self._bounds()
+            return list(range(int(low), int(high) + 1, int(self.step or 1)))
         raise ConfigError(
             f"grid search needs a finite set of values, but {self.key} is a float range; "
             "give it as type: categorical with choices"
@@ -147,11 +154,10 @@ def _parse_param(key: str, value: Any, spec: ModelSpec) -> Param:
         if len(set(map(repr, enc))) != len(enc):
             raise ConfigError(f"space {key}: choices repeat")
         return param
-    low, high, log, step = value.get("low"), value.get("high"), value.get("log", False), value.get("step")
-    number = int if kind == "int" else (int, float)
-    for name, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
-        if isinstance(v, bool) or not isinstance(v, number) or not math.isfinite(v):
-            raise ConfigError(f"space {key}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+    low = _number(key, "low", value.get("low"), kind)
+    high = _number(key, "high", value.get("high"), kind)
+    step = None if value.get("step") is None else _number(key, "step", value.get("step"), kind)
+    log = value.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"space {key}: log must be true or false")
     if not low < high:
@@ -163,6 +169,18 @@ def _parse_param(key: str, value: Any, spec: ModelSpec) -> Param:
     if log and low <= 0:
         raise ConfigError(f"space {key}: a log range needs low > 0")
     return Param(key, kind, low=low, high=high, log=log, step=step)
+
+
+def _number(key: str, name: str, v: object, kind: str) -> float:
+    """``v`` checked to be a finite number (an integer for an ``int`` range; never a bool)."""
+    if (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and (isinstance(v, int) or kind != "int")
+        and math.isfinite(v)
+    ):
+        return v
+    raise ConfigError(f"space {key}: {name} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
 
 
 def _check_key(key: str, spec: ModelSpec) -> None:
@@ -179,7 +197,7 @@ def _check_key(key: str, spec: ModelSpec) -> None:
     if section == "params":
         from ser.models.factory import model_params
 
-        known = model_params(spec.model)
+        known = list(model_params(spec.model))
         if name not in known:
             raise ConfigError(f"space {key}: {spec.model} has no parameter {name!r}; known: {', '.join(known)}")
         return

@@ -107,7 +107,9 @@ def file_from_record(record: dict[str, Any], filename: str) -> RemoteFile:
             raise SerError(f"records API lists {filename} without a checksum")
         algo, digest = parse_checksum(raw)
         size = entry.get("size", entry.get("filesize"))
-        links = entry.get("links") if isinstance(entry.get("links"), dict) else {}
+        links = entry.get("links")
+        if not isinstance(links, dict):
+            links = {}
         link = links.get("content") or links.get("self") or links.get("download")
         return RemoteFile(format_checksum(algo, digest), int(size) if size is not None else None, link)
     keys = [str(e.get("key") or e.get("filename")) for e in files if isinstance(e, dict)]
