@@ -9,16 +9,8 @@ Optuna (search space: :mod:`ser.train.tune_space`, objective: :mod:`ser.train.tu
 """
 
 from ser.train.data import ArrayDataset, fixed_windows, pad_collate, random_crop
-from ser.train.trainer import (
-    TrainConfig,
-    TrainResult,
-    class_weights,
-    evaluate,
-    fit,
-    predict_logits,
-    predict_proba,
-    resolve_device,
-)
+from ser.train.predict import evaluate, predict_logits, predict_proba
+from ser.train.trainer import TrainConfig, TrainResult, class_weights, fit, resolve_device
 
 __all__ = [
     "ArrayDataset",

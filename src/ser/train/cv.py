@@ -158,7 +158,7 @@ def fit_spec(
 
 def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
     from ser.train.data import ArrayDataset
-    from ser.train.trainer import predict_proba
+    from ser.train.predict import predict_proba
 
     result, cfg = fit_spec(spec, x, y, n_classes, seed, out_dir, progress=progress)
     test_ds = ArrayDataset(x["test"], y["test"], n_classes=n_classes)

@@ -2,7 +2,8 @@
 validation UAR, atomic per-epoch checkpoints with exact resume, CUDA mixed precision when available.
 
 ``fit(train_ds, val_ds, cfg, out_dir)`` trains ``cfg.model`` on :class:`~ser.train.data.ArrayDataset` s and returns
-a :class:`TrainResult`; ``predict_proba(model, ds)`` gives class probabilities ``(N, n_classes)``.
+a :class:`TrainResult`; ``predict_proba(model, ds)`` (:mod:`ser.train.predict`) gives class probabilities
+``(N, n_classes)``.
 
 Files written to ``out_dir`` (all atomically):
 ``last.pt`` — full training state after every epoch (model, optimiser, scheduler, grad scaler, epoch, best metric,
@@ -28,15 +29,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ser import TARGET_SR
 from ser.errors import ConfigError, SerError
 from ser.io import write_json
 from ser.models.base import SerModel
 from ser.models.factory import build_model, model_spec, save_model
 from ser.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_states
-from ser.train.data import ArrayDataset, eval_batches, training_batches
+from ser.train.data import ArrayDataset, training_batches
+from ser.train.predict import check_compatible, evaluate, time_scale
 
-FRAME_HOP = TARGET_SR // 100
 """Samples per 10 ms frame: crop and window lengths are given in frames and multiplied by this for waveforms."""
 CHECKPOINT = "last.pt"
 BEST_MODEL = "best.pt"
@@ -226,89 +226,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _time_scale(model: SerModel) -> int:
-    return FRAME_HOP if model.input_kind == "waveform" else 1
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# prediction
-
-
-def predict_logits(
-    model: SerModel,
-    ds: ArrayDataset,
-    *,
-    batch_size: int = 64,
-    eval_mode: Literal["full", "windows"] = "full",
-    window: int | None = None,
-    hop: int | None = None,
-    device: torch.device | str | None = None,
-    amp: bool = False,
-) -> np.ndarray:
-    """Logits ``(N, n_classes)`` in dataset order, model in eval mode, no augmentation.
-
-    ``eval_mode="full"``: each whole clip; ``"windows"``: the mean of logits over fixed windows of ``window``
-    frames (default 300) every ``hop`` frames (default half a window).
-    """
-    _check_compatible(model, ds)
-    if eval_mode not in ("full", "windows"):
-        raise ConfigError(f"eval_mode must be full or windows, got {eval_mode!r}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    scale = _time_scale(model)
-    win = hop_s = None
-    if eval_mode == "windows":
-        win = (window or 300) * scale
-        hop_s = (hop or max(1, (window or 300) // 2)) * scale
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(len(ds), model.n_classes, dtype=torch.float64)
-    counts = torch.zeros(len(ds), dtype=torch.float64)
-    use_amp = amp and device.type == "cuda"
-    try:
-        with torch.inference_mode():
-            for x, lengths, owner in eval_batches(ds, batch_size, win, hop_s):
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                    logits = model(x.to(device), lengths.to(device))
-                idx = torch.from_numpy(owner)
-                sums.index_add_(0, idx, logits.float().cpu().double())
-                counts.index_add_(0, idx, torch.ones(len(owner), dtype=torch.float64))
-    finally:
-        model.train(was_training)
-    return (sums / counts[:, None]).numpy()
-
-
-def predict_proba(model: SerModel, ds: ArrayDataset, **kwargs: Any) -> np.ndarray:
-    """Class probabilities ``(N, n_classes)`` (softmax of :func:`predict_logits`; same keyword arguments)."""
-    logits = predict_logits(model, ds, **kwargs)
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def evaluate(model: SerModel, ds: ArrayDataset, **kwargs: Any) -> dict[str, float]:
-    """``loss`` (plain cross-entropy), ``uar`` (:func:`ser.evaluate.metrics.uar_score`) and ``accuracy`` of ``model``
-    on ``ds``."""
-    from ser.evaluate.metrics import uar_score
-
-    logits = predict_logits(model, ds, **kwargs)
-    y = ds.labels
-    loss = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y)).item()
-    pred = logits.argmax(axis=1)
-    return {"loss": float(loss), "uar": uar_score(y, pred), "accuracy": float((pred == y).mean())}
-
-
-def _check_compatible(model: SerModel, ds: ArrayDataset) -> None:
-    if model.input_kind == "waveform" and not ds.is_waveform:
-        raise SerError(f"model {model.name!r} takes waveforms (N,) but the dataset holds (F, T) features")
-    if model.input_kind == "frames":
-        if ds.is_waveform:
-            raise SerError(f"model {model.name!r} takes (F, T) frame features but the dataset holds waveforms")
-        if ds.n_features != model.n_features:
-            raise SerError(f"model expects {model.n_features} feature rows, the dataset has {ds.n_features}")
-    if ds.n_classes > model.n_classes:
-        raise SerError(f"dataset has {ds.n_classes} classes, the model {model.n_classes}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # training
 
@@ -420,9 +337,9 @@ def _setup(
     model = build_model(cfg.model, train_ds.n_classes, train_ds.n_features, seed=cfg.seed, **cfg.model_params)
     if not isinstance(model, SerModel):
         raise ConfigError(f"model {cfg.model!r} is not a torch model; fit it with its own fit()")
-    _check_compatible(model, train_ds)
+    check_compatible(model, train_ds)
     if val_ds is not None:
-        _check_compatible(model, val_ds)
+        check_compatible(model, val_ds)
     model.to(device)
 
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -436,7 +353,7 @@ def _setup(
         label_smoothing=cfg.label_smoothing,
     )
     data_rng = np.random.default_rng(cfg.seed)
-    scale = _time_scale(model)
+    scale = time_scale(model)
     crop = cfg.crop_frames * scale if cfg.crop_frames else None
     eval_kw: dict[str, Any] = dict(
         batch_size=cfg.eval_batch_size,
