@@ -308,44 +308,8 @@ def extract_manifest(
     cache_root = str(cache.root) if cache.root is not None else None
     args = (cfg, kinds, hashes, cache_root, cache_frames)
 
-    outcomes: dict[str, tuple[OneResult | None, str | None]] = {}
-    if workers == 1 or len(rows) <= 1:
-        for u, p, s in _progress(rows, progress):
-            _, res, err = _job(u, p, s, *args)
-            outcomes[u] = (res, err)
-    else:
-        # joblib's loky workers are started once and reused across calls, and (unlike multiprocessing's spawn and
-        # forkserver) do not re-run the caller's __main__, so scripts without a main guard work too.
-        from joblib import Parallel, delayed
-
-        parallel = Parallel(n_jobs=min(workers, len(rows)), backend="loky", return_as="generator_unordered")
-        try:
-            results = parallel(delayed(_job)(u, p, s, *args) for u, p, s in rows)
-            for u, res, err in _progress(results, progress, total=len(rows)):
-                outcomes[u] = (res, err)
-        except Exception as exc:  # a worker process died (killed for memory, crashed in native code)
-            detail = (str(exc).strip().splitlines() or [""])[0]
-            reason = f"worker process failed: {type(exc).__name__}: {detail}"
-            for u, _, _ in rows:
-                outcomes.setdefault(u, (None, reason))
-
-    features: dict[str, dict[str, np.ndarray]] = {}
-    failures: list[dict[str, str]] = []
-    hits: Counter = Counter()
-    misses: Counter = Counter()
-    corrupt: Counter = Counter()
-    names: dict[str, list[str]] = {}
-    for u, p, _ in rows:
-        res, err = outcomes[u]
-        if res is None:
-            failures.append({"utt_id": u, "path": p, "reason": err or "unknown error"})
-            continue
-        features[u] = res.data
-        hits.update(res.hits)
-        misses.update(res.misses)
-        corrupt.update(res.corrupt)
-        for k, n in res.names.items():
-            names.setdefault(k, n)
+    outcomes = _run_jobs(rows, args, workers, progress)
+    features, failures, counts, names = _collect(rows, outcomes)
     tables = {}
     for kind in (k for k in kinds if k in TABLE_KINDS):
         cols = names.get(kind) or (feature_names(cfg) if kind == "functionals" else [])
@@ -358,13 +322,65 @@ def extract_manifest(
         features=features,
         tables=tables,
         failures=failures,
-        hits=dict(hits),
-        misses=dict(misses),
-        corrupt=dict(corrupt),
+        hits=dict(counts["hits"]),
+        misses=dict(counts["misses"]),
+        corrupt=dict(counts["corrupt"]),
         seconds=time.perf_counter() - start,
         n_utterances=len(rows),
         kind_hashes=hashes,
     )
+
+
+Rows = list[tuple[str, str, str]]
+"""``(utt_id, path, sha256)`` per utterance."""
+Outcomes = dict[str, tuple["OneResult | None", "str | None"]]
+
+
+def _run_jobs(rows: Rows, args: tuple, workers: int, progress: bool) -> Outcomes:
+    """Extract every row, in this process or a loky pool; a dead worker fails the rows it left undone."""
+    outcomes: Outcomes = {}
+    if workers == 1 or len(rows) <= 1:
+        for u, p, s in _progress(rows, progress):
+            _, res, err = _job(u, p, s, *args)
+            outcomes[u] = (res, err)
+        return outcomes
+    # joblib's loky workers are started once and reused across calls, and (unlike multiprocessing's spawn and
+    # forkserver) do not re-run the caller's __main__, so scripts without a main guard work too.
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=min(workers, len(rows)), backend="loky", return_as="generator_unordered")
+    try:
+        results = parallel(delayed(_job)(u, p, s, *args) for u, p, s in rows)
+        for u, res, err in _progress(results, progress, total=len(rows)):
+            outcomes[u] = (res, err)
+    except Exception as exc:  # a worker process died (killed for memory, crashed in native code)
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        reason = f"worker process failed: {type(exc).__name__}: {detail}"
+        for u, _, _ in rows:
+            outcomes.setdefault(u, (None, reason))
+    return outcomes
+
+
+def _collect(
+    rows: Rows, outcomes: Outcomes
+) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, str]], dict[str, Counter], dict[str, list[str]]]:
+    """Features by utterance, failures, cache counters (hits, misses, corrupt) and feature names, in row order."""
+    features: dict[str, dict[str, np.ndarray]] = {}
+    failures: list[dict[str, str]] = []
+    counts: dict[str, Counter] = {"hits": Counter(), "misses": Counter(), "corrupt": Counter()}
+    names: dict[str, list[str]] = {}
+    for u, p, _ in rows:
+        res, err = outcomes[u]
+        if res is None:
+            failures.append({"utt_id": u, "path": p, "reason": err or "unknown error"})
+            continue
+        features[u] = res.data
+        counts["hits"].update(res.hits)
+        counts["misses"].update(res.misses)
+        counts["corrupt"].update(res.corrupt)
+        for k, n in res.names.items():
+            names.setdefault(k, n)
+    return features, failures, counts, names
 
 
 def _progress(items: Iterable, enabled: bool, total: int | None = None) -> Iterable:
