@@ -147,6 +147,26 @@ def test_save_and_load_roundtrip(tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
+def test_torch_model_files_have_their_own_format_and_older_files_still_load(tmp_path):
+    from ser.model_folder import FORMAT as FOLDER_FORMAT
+    from ser.models.factory import MODEL_FORMAT
+
+    model = _build("cnn").eval()
+    path = save_model(tmp_path / "m.pt", model)
+    blob = torch.load(path, weights_only=False)
+    assert blob["format"] == MODEL_FORMAT == "ser-torch/1" != FOLDER_FORMAT
+    blob["format"] = "ser-model/1"  # how model.pt files were tagged before the two formats were told apart
+    torch.save(blob, tmp_path / "old.pt")
+    old, _ = load_model(tmp_path / "old.pt")
+    x = torch.randn(1, F, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), model(x))
+    blob["format"] = "ser-train/1"
+    torch.save(blob, tmp_path / "other.pt")
+    with pytest.raises(SerError, match="not a ser model file"):
+        load_model(tmp_path / "other.pt")
+
+
 def test_default_models_are_cheap_and_benchmark_reports():
     for name, feats in [("cnn", 64), ("tdnn", 64), ("rnn", 60), ("crnn", 64)]:
         model = build_model(name, 7, feats, seed=0)

@@ -40,7 +40,10 @@ MODELS: dict[str, type[SerModel] | type[ClassicalModel]] = {
 FRAMES_PER_SECOND = 100
 """Frame rate of the frame features (hop 160 samples at 16 kHz = 10 ms)."""
 
-MODEL_FORMAT = "ser-model/1"
+MODEL_FORMAT = "ser-torch/1"
+"""Format of a saved torch model (``model.pt``); distinct from the exported model folder's ``ser-model/N``."""
+READABLE_MODEL_FORMATS = (MODEL_FORMAT, "ser-model/1")
+"""Formats :func:`load_model` reads: files saved before 2026-12 carry the folder's old ``ser-model/1`` string."""
 
 
 def available_models() -> list[str]:
@@ -130,7 +133,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         blob = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise SerError(f"not a readable model file: {path} ({type(exc).__name__})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") not in READABLE_MODEL_FORMATS:
         raise SerError(f"not a ser model file: {path}")
     spec = blob["spec"]
     model = build_model(spec["name"], spec["n_classes"], spec["n_features"], **spec["params"])
