@@ -2,7 +2,7 @@
 replaced by ``<version>``), compared by ``tests/serve/test_openapi.py`` so that any change of a route, a parameter or
 a response shape is deliberate. After such a change, refresh it and commit it with the change:
 
-    python -m tests.serve.update_openapi          # or: SER_UPDATE_OPENAPI=1 python -m pytest tests/serve/test_openapi.py
+    python -m tests.serve.update_openapi    # or: SER_UPDATE_OPENAPI=1 python -m pytest tests/serve/test_openapi.py
 """
 
 from __future__ import annotations
