@@ -3,6 +3,7 @@ response has (:func:`install_error_handlers` maps validation errors, HTTP errors
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,7 +30,7 @@ def error_response(
     code: str,
     message: str,
     details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorOut(error=ErrorBody(code=code, message=message, details=details))
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
