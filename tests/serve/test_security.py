@@ -404,6 +404,16 @@ def test_ws_origin_check(make_client):
     assert not connects(cors, "https://evil.example") and not connects(cors, "https://ui.example.evil.example")
     assert connects(make_client(cors_origins=["*"]), "https://anything.example")
     assert origin_allowed("https://h:8000", "h:8000", []) and not origin_allowed("https://h:8000", "h:9000", [])
+    assert origin_allowed("https://public.example", ["ser:8000", "public.example"], [])  # X-Forwarded-Host
+    assert not origin_allowed("https://evil.example", ["ser:8000", None], []) and not origin_allowed(
+        "https://x", None, []
+    )
+    proxied = make_client()
+    with proxied.websocket_connect(
+        "/v1/stream", headers={"origin": "https://public.example", "x-forwarded-host": "public.example"}
+    ) as ws:
+        ws.send_text(START)
+        assert ws.receive_json()["type"] == "ready"
 
 
 # ------------------------------------------------------------------------------------------------ headers

@@ -192,17 +192,21 @@ def ws_subprotocol_key(offered: list[str]) -> str | None:
     return None
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+def origin_allowed(origin: str | None, hosts: str | list[str | None] | None, allowed: list[str]) -> bool:
     """May a WebSocket from a page of ``origin`` connect? Yes without an ``Origin`` (not a browser), from the same
-    host (the ``Host`` the client connected to; scheme not compared, for TLS ended at a proxy), and from an origin in
+    host (``hosts``: the ``Host`` the client connected to, and a proxy's ``X-Forwarded-Host``, which no page can set
+    on a browser's WebSocket; the scheme is not compared, for TLS ended at a proxy), and from an origin in
     ``allowed`` (the CORS origins; ``*`` allows any)."""
     if not origin:
         return True
     if "*" in allowed or origin.rstrip("/") in (a.rstrip("/") for a in allowed):
         return True
-    if origin == "null" or not host:
+    if origin == "null":
         return False
-    return urlsplit(origin).netloc.lower() == host.lower()
+    netloc = urlsplit(origin).netloc.lower()
+    candidates = [hosts] if isinstance(hosts, str) or hosts is None else hosts
+    names = {h.split(",")[0].strip().lower() for h in candidates if h}
+    return bool(netloc) and netloc in names
 
 
 # ---------------------------------------------------------------------------------------------------- answers

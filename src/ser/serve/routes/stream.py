@@ -2,10 +2,11 @@
 :mod:`ser.serve.stream`; this route only admits the connection (API key, stream capacity), moves messages between
 the socket and a :class:`~ser.serve.stream.StreamSession`, and counts them in the metrics.
 
-Admission: a browser page's ``Origin`` must be this server's own host or one of the CORS origins (else the
-handshake is refused, 403); the key comes in the ``X-API-Key`` (or ``Authorization: Bearer``) header or, from a
-browser, as the subprotocol ``key.<base64url(KEY)>`` offered beside ``ser.v1`` (the server answers ``ser.v1``, never
-the key); a key in the URL (``?api_key=``) is refused.
+Admission: a browser page's ``Origin`` must be this server's own host (``Host``, or a proxy's
+``X-Forwarded-Host``) or one of the CORS origins (else the handshake is refused, 403); the key comes in the
+``X-API-Key`` (or ``Authorization: Bearer``) header or, from a browser, as the subprotocol ``key.<base64url(KEY)>``
+offered beside ``ser.v1`` (the server answers ``ser.v1``, never the key); a key in the URL (``?api_key=``) is
+refused.
 
 Unlike the other route modules this one has no router: :func:`ser.serve.app.create_app` adds :func:`stream` to the
 app itself (see there why)."""
@@ -75,7 +76,7 @@ class StreamConnection:
     def origin_ok(self) -> bool:
         """Is the handshake's ``Origin`` (if any) this server's own host or one of the CORS origins?"""
         h = self.ws.headers
-        return origin_allowed(h.get("origin"), h.get("host"), self.settings.cors_origins)
+        return origin_allowed(h.get("origin"), [h.get("host"), h.get("x-forwarded-host")], self.settings.cors_origins)
 
     async def admit(self) -> bool:
         """Check the API key (``X-API-Key`` / ``Authorization: Bearer`` header, or the ``key.<base64url>``
