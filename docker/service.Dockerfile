@@ -9,6 +9,9 @@
 #   docker run -p 8000:8000 -v $PWD/m:/models/m:ro -e SER_MODEL_DIR=/models/m ser-service
 #   docker run -p 8000:8000 -v $PWD/runs:/runs:ro -e SER_WORKDIR=/runs ser-service --reload-poll 10
 # Extra arguments go to `ser serve` (e.g. --api-key, --workers, --reload-poll); SER_* variables work as well.
+#
+# Dependencies come from docker/service.requirements.txt, locked with hashes (scripts/lock_service.sh regenerates
+# it): pip installs exactly those files (--require-hashes) and then ser itself without resolving anything.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -18,10 +21,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY docker/service.requirements.txt ./
+RUN pip install --require-hashes --no-deps -r service.requirements.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install --upgrade pip \
-    && pip install ".[serve]" \
+RUN pip install --no-deps --no-build-isolation ".[serve]" \
+    && pip check \
     && ! pip show torch >/dev/null 2>&1
 
 # ---------------------------------------------------------------------------------------------------- runtime stage

@@ -32,6 +32,7 @@ from tests.conftest import export_tiny_model, tone
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DOCKERFILE = ROOT / "docker" / "service.Dockerfile"
+SERVICE_LOCK = ROOT / "docker" / "service.requirements.txt"
 PIPELINE_DOCKERFILE = ROOT / "docker" / "pipeline.Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "service-entrypoint.sh"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -154,6 +155,61 @@ def test_service_dockerfile():
     assert any("docker/service-entrypoint.sh" in c and entry[0] in c for c in _args(final, "COPY"))
     assert any("${MODEL_DIR}" in c and "/opt/ser/model" in c for c in _args(final, "COPY"))
     assert "SER_BAKED_MODEL_DIR=/opt/ser/model" in " ".join(_args(final, "ENV"))
+
+
+def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """``{name: (pinned requirement, [hashes])}`` of a pip-compile / uv lock file (continuations joined)."""
+    from packaging.utils import canonicalize_name
+
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for block in re.sub(r"\\\n\s*", " ", path.read_text()).splitlines():
+        line = block.split("#", 1)[0].strip() if not block.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        req, *options = line.split(" --")
+        hashes = [o.split("=", 1)[1].strip() for o in options if o.startswith("hash=")]
+        name = canonicalize_name(re.split(r"[=<>!~\[; ]", req, maxsplit=1)[0])
+        assert name not in entries, f"{path.name}: {name} twice"
+        entries[name] = (req.strip(), hashes)
+    return entries
+
+
+def test_service_lock():
+    """The service image installs a lock: every package pinned with ``==`` and sha256 hashes, every dependency of the
+    base and ``serve`` extra in it at a version its specifier allows, no torch, and the Dockerfile installs it with
+    ``--require-hashes`` before ser itself (``--no-deps``)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    entries = _lock_entries(SERVICE_LOCK)
+    assert len(entries) > 20
+    for name, (req, hashes) in entries.items():
+        assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.+!-]+", req), f"{name}: not pinned with ==: {req!r}"
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), f"{name}: no sha256 hash"
+    assert not {n for n in entries if TORCH_LIKE.match(n)}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for dep in project["dependencies"] + project["optional-dependencies"]["serve"]:
+        r = Requirement(dep)
+        name = canonicalize_name(r.name)
+        assert name in entries, f"{dep!r} is not in {SERVICE_LOCK.name}: run scripts/lock_service.sh"
+        version = entries[name][0].split("==", 1)[1]
+        assert r.specifier.contains(version, prereleases=True), (
+            f"{dep!r}: locked {version}; run scripts/lock_service.sh"
+        )
+    for extra_dep in ("uvloop", "httptools", "websockets", "setuptools", "wheel"):  # uvicorn[standard], build backend
+        assert extra_dep in entries, extra_dep
+
+    stages = parse_dockerfile(SERVICE_DOCKERFILE)
+    installs = [c for stage in stages for c in _pip_installs(stage)]
+    locked = [i for i, c in enumerate(installs) if "--require-hashes" in c and SERVICE_LOCK.name in c]
+    project_install = [i for i, c in enumerate(installs) if re.search(r"""["']?\.\[serve\]["']?""", c)]
+    assert locked and project_install and locked[0] < project_install[0], installs
+    assert "--no-deps" in installs[locked[0]] and "--no-deps" in installs[project_install[0]], installs
+    assert all("--require-hashes" in c or "--no-deps" in c for c in installs), (
+        "every pip install of the service image is locked or resolves nothing"
+    )
+    copies = " ".join(_args(stages[1], "COPY"))
+    assert f"docker/{SERVICE_LOCK.name}" in copies
 
 
 def test_pipeline_dockerfile():
@@ -376,8 +432,10 @@ def test_prometheus_config(compose):
     jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
     ser = jobs["ser"]
     assert ser.get("metrics_path", "/metrics") == "/metrics"
-    assert [t for sc in ser["static_configs"] for t in sc["targets"]] == ["ser:8000"]
-    assert "ser" in compose["services"]
+    # /metrics on its own port (no key there, not published): SER_METRICS_PORT of the ser service
+    metrics_port = compose["services"]["ser"]["environment"]["SER_METRICS_PORT"]
+    assert [t for sc in ser["static_configs"] for t in sc["targets"]] == [f"ser:{metrics_port}"]
+    assert not any(str(p).endswith(f":{metrics_port}") for p in compose["services"]["ser"]["ports"])
     promtool = require_tool("promtool")
     out = subprocess.run([promtool, "check", "config", str(PROMETHEUS_YML)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -188,13 +188,16 @@ def test_microphone_stream_and_file_timeline(make_browser, holder, clip_wav):
 
 
 def test_secured_server_needs_the_key_in_the_page(make_browser, holder, clip_wav):
+    """The page is open but shows nothing without the key (model information needs it too); typed in, the key goes
+    as X-API-Key on fetch and as the WebSocket's key subprotocol, never in a URL."""
     from selenium.webdriver.common.by import By
 
     app = create_app(Settings(model_dir=holder.model_dir, api_keys=["s3cret"]), holder=holder)
     with running_server(app) as addr:
         d = make_browser()
         d.get(f"http://{addr}/")
-        wait_for(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .bar")) == len(LABELS), "the bars")
+        wait_for(d, lambda d: "API key" in d.find_element(By.ID, "model-info").text, "the request for a key")
+        assert d.find_elements(By.CSS_SELECTOR, "#bars .bar") == []
 
         d.find_element(By.ID, "start").click()  # no key: the server refuses the stream
         wait_for(d, lambda d: data(d, "status", "state") == "error", "the refusal")
@@ -206,9 +209,42 @@ def test_secured_server_needs_the_key_in_the_page(make_browser, holder, clip_wav
 
         d.find_element(By.ID, "api-key").send_keys("s3cret")
         wait_for(d, lambda d: d.find_element(By.ID, "start").is_enabled(), "start enabled again")
-        d.find_element(By.ID, "start").click()
+        d.find_element(By.ID, "start").click()  # also blurs the key field: the model information loads with it
+        wait_for(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#bars .bar")) == len(LABELS), "the bars")
         wait_for(d, lambda d: int(data(d, "partial-count", "voiced")) >= 1, "a voiced partial with the key")
         d.find_element(By.ID, "stop").click()
         wait_for(d, lambda d: data(d, "status", "state") == "done", "done after stop")
         d.find_element(By.ID, "upload").click()
         wait_for(d, lambda d: data(d, "summary", "ready") == "true", "the timeline with the key")
+        assert data(d, "model-info", "version") == "1"
+        urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert urls and not [u for u in urls if "s3cret" in u or "api_key" in u], urls
+        errors = [e for e in severe_console_errors(d) if "status of 401" not in e]  # the keyless tries: expected
+        assert errors == [], errors  # the Content-Security-Policy blocks nothing the page needs
+
+
+def test_docs_page_with_a_key(make_browser, holder):
+    """/docs: Swagger UI from this server (no CDN) under its Content-Security-Policy; on a keyed server it asks for
+    the key, then shows every operation and runs one with the key."""
+    from selenium.webdriver.common.by import By
+
+    app = create_app(Settings(model_dir=holder.model_dir, api_keys=["s3cret"]), holder=holder)
+    with running_server(app) as addr:
+        d = make_browser()
+        d.get(f"http://{addr}/docs")
+        wait_for(d, lambda d: d.find_element(By.ID, "key-form").is_displayed(), "the key form")
+        d.find_element(By.ID, "api-key").send_keys("s3cret")
+        d.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        wait_for(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 8, "the operations")
+        assert not d.find_element(By.ID, "key-form").is_displayed()
+        # "Try it out" on GET /v1/model: the request carries the key (200, not 401)
+        op = d.find_element(By.ID, "operations-model-model_info_v1_model_get")
+        op.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+        wait_for(d, lambda d: op.find_elements(By.CSS_SELECTOR, ".try-out__btn"), "try it out").pop().click()
+        wait_for(d, lambda d: op.find_elements(By.CSS_SELECTOR, ".btn.execute"), "execute").pop().click()
+        status = ".live-responses-table .response .response-col_status"
+        wait_for(d, lambda d: "200" in " ".join(e.text for e in op.find_elements(By.CSS_SELECTOR, status)), "200")
+        urls = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert urls and all(u.startswith(f"http://{addr}/") for u in urls), urls  # nothing from another origin
+        errors = [e for e in severe_console_errors(d) if "status of 401" not in e]  # the keyless try: expected
+        assert errors == [], errors  # nothing blocked by the Content-Security-Policy

@@ -34,6 +34,8 @@ CLIPS = {  # Actor_01, statement 1, repetition 1
     "sad": "03-01-04-01-01-01-01.flac",
 }
 
+ADMIN = {"X-API-Key": "adm"}  # the admin key of the tests that reload (admin routes are off without a key)
+
 pytestmark = pytest.mark.shared_data
 
 
@@ -239,8 +241,11 @@ def test_api_keys(make_client, clips):
     _assert_error(c.post("/v1/timeline", files=f), 401, "unauthorized")
     _assert_error(c.post("/v1/admin/reload"), 401, "unauthorized")
     assert c.post("/v1/admin/reload", headers={"X-API-Key": "k1"}).status_code == 200
-    for path in ("/healthz", "/readyz", "/v1/model", "/metrics"):
+    for path in ("/healthz", "/readyz"):  # probes stay open
         assert c.get(path).status_code == 200
+    for path in ("/v1/model", "/metrics"):  # the rest needs the key (route by route: tests/serve/test_security.py)
+        _assert_error(c.get(path), 401, "unauthorized")
+        assert c.get(path, headers={"X-API-Key": "k2"}).status_code == 200
     open_client = make_client()  # no keys configured: no header needed
     assert open_client.post("/v1/predict", files=f).status_code == 200
 
@@ -382,7 +387,7 @@ def registry(tmp_path, model_dir) -> Path:
 
 
 def test_workdir_without_champion_is_not_ready(tmp_path):
-    app = create_app(Settings(workdir=tmp_path / "empty"))
+    app = create_app(Settings(workdir=tmp_path / "empty", admin_keys=["adm"]))
     with TestClient(app) as c:
         for _ in range(100):  # the background load fails quickly
             if app.state.holder.last_error:
@@ -390,7 +395,7 @@ def test_workdir_without_champion_is_not_ready(tmp_path):
             time.sleep(0.05)
         err = _assert_error(c.get("/readyz"), 503, "not_ready")
         assert "champion" in err["message"]
-        err = _assert_error(c.post("/v1/admin/reload"), 409, "reload_failed")
+        err = _assert_error(c.post("/v1/admin/reload", headers=ADMIN), 409, "reload_failed")
         assert "champion" in err["message"]
 
 
@@ -399,14 +404,14 @@ def test_admin_reload_follows_the_champion(make_client, registry):
 
     h = ModelHolder(workdir=registry)
     assert h.reload().version == "1"
-    c = make_client(holder_=h, model_dir=None, workdir=registry)
+    c = make_client(holder_=h, model_dir=None, workdir=registry, admin_keys=["adm"])
     reg.set_alias(registry, "ser-emotion", "champion", 2, "test")
-    r = c.post("/v1/admin/reload").json()
+    r = c.post("/v1/admin/reload", headers=ADMIN).json()
     assert r["ok"] and r["changed"] and r["version"] == "2" and r["previous_version"] == "1"
     assert c.get("/v1/model").json()["version"] == "2"
     (registry / "registry" / "ser-emotion" / "2" / "model.onnx").write_bytes(b"broken")  # a bad model on disk
     h.reload()  # fingerprint changes, load fails, v2 (already in memory) keeps serving
-    err = _assert_error(c.post("/v1/admin/reload"), 409, "reload_failed")
+    err = _assert_error(c.post("/v1/admin/reload", headers=ADMIN), 409, "reload_failed")
     assert err["details"]["version"] == "2" and "cannot load" in err["details"]["error"]
     assert c.get("/readyz").json()["model_version"] == "2"
     assert (
@@ -449,7 +454,7 @@ def test_hot_reload_under_concurrent_load(registry, clips):
 
     h = ModelHolder(workdir=registry)
     h.reload()
-    app = create_app(Settings(workdir=registry, reload_poll_s=0.1, inference_workers=2), holder=h)
+    app = create_app(Settings(workdir=registry, reload_poll_s=0.1, inference_workers=2, admin_keys=["adm"]), holder=h)
     results: list[tuple[int, str | None]] = []
     stop = threading.Event()
     lock = threading.Lock()
@@ -476,7 +481,7 @@ def test_hot_reload_under_concurrent_load(registry, clips):
             while h.predictor.version != "2" and time.time() < deadline:
                 time.sleep(0.05)
             assert h.predictor.version == "2"
-            assert c.post("/v1/admin/reload").status_code == 200  # an explicit reload in the middle of the load
+            assert c.post("/v1/admin/reload", headers=ADMIN).status_code == 200  # an explicit reload mid-load
             broken = reg.add_version(registry, registry / "registry" / "ser-emotion" / "2")
             (broken / "model.onnx").write_bytes(b"not onnx")
             reg.set_alias(registry, "ser-emotion", "champion", 3, "bad promotion")

@@ -525,18 +525,21 @@ def test_ws_malformed_input_keeps_the_connection(make_client, clip):
         assert ws.receive_json()["type"] == "partial"
 
 
-def test_ws_api_key_header_or_query(make_client, holder):
+def test_ws_api_key_header_or_subprotocol(make_client, holder):
+    """The key in a header or the key subprotocol; never in the URL (more in tests/serve/test_security.py)."""
+    from ser.serve.security import ws_key_protocol
+
     c = make_client(api_keys=["s3cret"])
     with c.websocket_connect("/v1/stream") as ws:
         m = ws.receive_json()
         assert m["type"] == "error" and m["code"] == "unauthorized"
         assert_closed(ws, 1008)
-    with c.websocket_connect("/v1/stream?api_key=wrong") as ws:
-        assert ws.receive_json()["code"] == "unauthorized"
-        assert_closed(ws, 1008)
-    for kw in ({"headers": {"X-API-Key": "s3cret"}}, {}):
-        url = "/v1/stream" if kw else "/v1/stream?api_key=s3cret"
-        with c.websocket_connect(url, **kw) as ws:
+    for url in ("/v1/stream?api_key=wrong", "/v1/stream?api_key=s3cret"):
+        with c.websocket_connect(url) as ws:
+            assert ws.receive_json()["code"] == "unauthorized"
+            assert_closed(ws, 1008)
+    for kw in ({"headers": {"X-API-Key": "s3cret"}}, {"subprotocols": ["ser.v1", ws_key_protocol("s3cret")]}):
+        with c.websocket_connect("/v1/stream", **kw) as ws:
             ws.send_text('{"type": "start", "sample_rate": 16000}')
             assert ws.receive_json()["type"] == "ready"
 
@@ -683,7 +686,8 @@ def watch_logs(caplog, *names: str) -> Iterator[None]:
 def test_abrupt_tcp_disconnect_on_a_real_server(holder, clip, caplog):
     from websockets.sync.client import connect
 
-    app = create_app(Settings(model_dir=holder.model_dir), holder=holder)
+    # auth none: an explicit choice, so the start-up has no "open server" warning to confuse with a problem
+    app = create_app(Settings(model_dir=holder.model_dir, auth="none"), holder=holder)
     with running_server(app) as addr, watch_logs(caplog, "uvicorn", "ser"):
         ws = connect(f"ws://{addr}/v1/stream")
         ws.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm16"}))

@@ -21,7 +21,16 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port"),
     api_key: list[str] | None = typer.Option(
-        None, "--api-key", help="accepted X-API-Key (repeatable; or $SER_API_KEYS)"
+        None, "--api-key", help="accepted API key, NAME:KEY or KEY (repeatable; or $SER_API_KEYS)"
+    ),
+    admin_key: list[str] | None = typer.Option(
+        None, "--admin-key", help="key of /v1/admin/* (repeatable; or $SER_ADMIN_KEYS; default: the API keys)"
+    ),
+    auth: str | None = typer.Option(
+        None, "--auth", help="key: require API keys; none: no key check (a platform in front authenticates)"
+    ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="serve /metrics on this port only, without a key (or $SER_METRICS_PORT)"
     ),
     reload_poll: float | None = typer.Option(None, "--reload-poll", help="poll the model source every N s; 0: off"),
     max_upload_mb: float | None = typer.Option(None, "--max-upload-mb", help="largest upload, MiB (default 20)"),
@@ -36,9 +45,10 @@ def serve(
     Routes: /v1/predict, /v1/predict/batch, /v1/timeline, /v1/model, /v1/admin/reload, /healthz, /readyz, /metrics.
 
     Options left out are read from SER_* environment variables (SER_MODEL_DIR, SER_WORKDIR, SER_API_KEYS, ...).
-    With --reload-poll the registry's champion (or the model folder) is watched and hot-reloaded.
+    With --reload-poll the registry's champion (or the model folder) is watched and hot-reloaded. Without keys and
+    without --auth none the server is open (for local use; a warning says so).
 
-    Example: ser serve --workdir runs --port 8000 --api-key s3cret --reload-poll 10
+    Example: ser serve --workdir runs --port 8000 --api-key alice:s3cret --reload-poll 10
     """
     import uvicorn
 
@@ -49,24 +59,51 @@ def serve(
         raise ConfigError("give --model or --workdir/--ref, not both")
     if model is not None:
         model_dir_of(model, None, None)  # fail now on a bad folder, not in the background
-    settings = Settings.from_env(
-        model_dir=model,
-        workdir=workdir,
-        model_ref=ref,
-        api_keys=api_key or None,
-        reload_poll_s=reload_poll,
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb is not None else None,
-        max_audio_s=max_audio_s,
-        request_timeout_s=timeout,
-        cors_origins=cors or None,
-        inference_workers=workers,
-    )
-    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API key (open)"
-    console.print(f"serving on http://{host}:{port} ({auth}); docs at /docs", highlight=False)
+    try:
+        settings = Settings.from_env(
+            model_dir=model,
+            workdir=workdir,
+            model_ref=ref,
+            api_keys=api_key or None,
+            reload_poll_s=reload_poll,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb is not None else None,
+            max_audio_s=max_audio_s,
+            request_timeout_s=timeout,
+            cors_origins=cors or None,
+            inference_workers=workers,
+            admin_keys=admin_key or None,
+            auth=auth,
+            metrics_port=metrics_port,
+        )
+    except ValueError as exc:  # pydantic's ValidationError too: one line per bad field, never a key
+        raise ConfigError(_one_line(exc)) from None
+    if settings.metrics_port == port:
+        raise ConfigError(f"--metrics-port {port} is the API port: give another one")
     from ser.serve.app import one_blas_thread_per_request
+    from ser.serve.security import Auth
 
+    metrics_at = f"http://{host}:{settings.metrics_port}/metrics" if settings.metrics_port else "/metrics"
+    console.print(f"serving on http://{host}:{port}; metrics at {metrics_at}", highlight=False)
+    console.print(Auth.from_settings(settings).describe(), highlight=False)
     one_blas_thread_per_request()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, workers=1)
+    app_ = create_app(settings)
+    # No `server: uvicorn` banner; access-log lines lose their query strings (ser.serve.security).
+    options: dict[str, Any] = {"log_level": log_level, "workers": 1, "server_header": False}
+    if settings.metrics_port is None:
+        uvicorn.run(app_, host=host, port=port, **options)
+        return
+    # The metrics port: one server, two listening sockets; the app tells them apart (security.MetricsPortGate).
+    config = uvicorn.Config(app_, host=host, port=port, **options)
+    metrics_config = uvicorn.Config(app_, host=host, port=settings.metrics_port, **options)
+    uvicorn.Server(config).run(sockets=[config.bind_socket(), metrics_config.bind_socket()])
+
+
+def _one_line(exc: ValueError) -> str:
+    """A settings error on one line (pydantic's: each field and message; the values, keys maybe, are left out)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in errors())
+    return str(exc)
 
 
 def _prediction_rows(files: list[Path], predictor) -> list[dict[str, Any]]:

@@ -1,19 +1,22 @@
 """The HTTP API: FastAPI app factory :func:`create_app` over a hot-reloadable exported model.
 
-Routes (``X-API-Key`` required on the ``/v1`` POST routes when keys are configured):
+Routes (who may call which, and how keys, the auth-off mode, the metrics port and the headers work:
+:mod:`ser.serve.security` and the README's security section; ``/healthz`` and ``/readyz`` are always open):
 
 =========================== =====================================================================================
 ``POST /v1/predict``        one clip: multipart field ``file``, or the raw body with an ``audio/*`` or
                             ``application/octet-stream`` content type → label, probabilities, timing, version
 ``POST /v1/predict/batch``  several multipart ``files`` → one result or one error per file
 ``POST /v1/timeline``       a long recording → voiced segments, smoothed emotion timeline, summary
-``GET /v1/model``           name, version, labels, metrics of the served model
-``POST /v1/admin/reload``   reload the model from its source (a failed load keeps the old one: 409)
+``GET /v1/model``           name, version, labels, metrics of the served model (no path, no code revision)
+``POST /v1/admin/reload``   reload the model from its source (a failed load keeps the old one: 409); admin key
 ``GET /healthz``            the process answers; ``GET /readyz``: 503 until a model is loaded
-``GET /metrics``            Prometheus text format (a registry per app)
+``GET /metrics``            Prometheus text format (a registry per app); on ``metrics_port`` only when that is set
 ``WS /v1/stream``           real-time stream: audio frames in, partial and per-utterance emotions out (protocol in
-                            :mod:`ser.serve.stream`; the key as ``X-API-Key`` header or ``?api_key=``)
+                            :mod:`ser.serve.stream`; the key as ``X-API-Key`` header or ``key.<base64url>``
+                            subprotocol beside ``ser.v1``, never in the URL)
 ``GET /``                   the browser demo (microphone streaming, file timeline; files under ``static/``)
+``GET /docs``               Swagger UI from local assets; ``GET /openapi.json`` the OpenAPI document
 =========================== =====================================================================================
 
 Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a 4xx status for a bad request: empty
@@ -32,6 +35,7 @@ by concern :mod:`ser.serve.routes`.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,8 +47,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from ser.serve.engine import ModelHolder
 from ser.serve.errors import install_error_handlers
 from ser.serve.metrics import Metrics, MetricsMiddleware
-from ser.serve.routes import admin, demo, ops, predict, stream, timeline
+from ser.serve.routes import admin, demo, docs, ops, predict, stream, timeline
+from ser.serve.security import Auth, MetricsPortGate, SecurityHeadersMiddleware, install_log_filters
 from ser.serve.settings import Settings
+
+log = logging.getLogger("ser.serve")
 
 # Settings is re-exported: tests/conftest.py and benchmarks/serve.py import it from here.
 __all__ = ["Settings", "app_from_env", "create_app", "one_blas_thread_per_request"]
@@ -56,6 +63,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     the source poll; shutdown: stop polling."""
     settings: Settings = app.state.settings
     holder: ModelHolder = app.state.holder
+    auth: Auth = app.state.auth
+    install_log_filters()  # again: the server may have configured its logging after create_app
+    (log.warning if auth.mode == "open" else log.info)("%s", auth.describe())
     app.state.limiter = anyio.CapacityLimiter(settings.inference_workers)
     if not holder.ready:
         threading.Thread(target=holder.reload, name="ser-model-load", daemon=True).start()
@@ -89,9 +99,14 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
         version=_package_version(),
         description=__doc__.split("\n\n")[0],
         lifespan=lifespan,
+        docs_url=None,  # /docs and /openapi.json are routes.docs (local assets, behind the key)
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings, app.state.holder, app.state.metrics = settings, holder, metrics
+    app.state.auth = Auth.from_settings(settings)
     app.state.streams_open = 0
+    install_log_filters()
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origins:
@@ -99,21 +114,25 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["X-API-Key", "Content-Type", "X-Filename"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Filename"],
         )
+    if settings.metrics_port is not None:
+        app.add_middleware(MetricsPortGate, metrics_port=settings.metrics_port)
+    app.add_middleware(SecurityHeadersMiddleware)  # last added, outermost: on every answer
     # The WebSocket route goes on the app itself, not through an included router, and first: FastAPI >= 0.137 keeps
     # an included router's routes out of `app.routes` (where benchmarks/serve.py and tests/deploy/test_ops.py look
     # for it) and builds them on an app's first request, which a stream's connection then need not wait for.
     app.add_api_websocket_route(stream.PATH, stream.stream)
-    for routes in (ops, predict, timeline, admin, demo):
+    for routes in (ops, predict, timeline, admin, demo, docs):
         app.include_router(routes.router)
     return app
 
 
 def _package_version() -> str:
+    """The package's public version (a local ``+git...`` part, a code revision, is not shown)."""
     import ser
 
-    return ser.__version__
+    return ser.__version__.split("+", 1)[0]
 
 
 def one_blas_thread_per_request() -> None:

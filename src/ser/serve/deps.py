@@ -1,11 +1,10 @@
 """What the routes share, read from ``app.state`` (set by :func:`ser.serve.app.create_app`), so routers need no
-closures: the settings, the model holder and its current predictor, the metrics, the API-key check and the
-thread-pool runner."""
+closures: the settings, the model holder and its current predictor, the metrics, the key checks (API, admin,
+metrics; :mod:`ser.serve.security`) and the thread-pool runner."""
 
 from __future__ import annotations
 
 import functools
-import hmac
 from typing import Any
 
 import anyio
@@ -16,9 +15,12 @@ from starlette.requests import HTTPConnection
 from ser.serve.engine import ModelHolder, ModelNotReady
 from ser.serve.errors import ApiError
 from ser.serve.metrics import Metrics
+from ser.serve.security import KEY_HEADER, Auth, KeyRing, key_in_url, presented_key
 from ser.serve.settings import Settings
 
-key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="required when keys are configured")
+key_header = APIKeyHeader(
+    name=KEY_HEADER, auto_error=False, description="an API key (also as Authorization: Bearer); when keys are set"
+)
 
 
 def settings_of(conn: HTTPConnection) -> Settings:
@@ -41,23 +43,57 @@ def predictor(conn: HTTPConnection) -> Any:
         raise ApiError(503, "not_ready", str(exc)) from None
 
 
-def key_ok(settings: Settings, key: str | None) -> bool:
-    """Is ``key`` one of the configured API keys (constant-time compare)? Always true when none are configured."""
-    if not settings.api_keys:
-        return True
-    if not key:
-        return False
-    return any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys)
+def auth_of(conn: HTTPConnection) -> Auth:
+    return conn.app.state.auth
+
+
+def check_key(conn: HTTPConnection, ring: KeyRing, what: str = "API", key: str | None = None) -> str:
+    """The name of the valid key ``conn`` carries (``key``, else its ``X-API-Key`` or ``Authorization: Bearer``
+    header); :class:`ApiError` 401 ``unauthorized`` without one, or with a key in the URL. Counted in the metrics by
+    key name and result."""
+    metrics = metrics_of(conn)
+    if key_in_url(conn.query_params):
+        metrics.auth.labels("", "key_in_url").inc()
+        raise ApiError(
+            401, "unauthorized", f"{what} keys are accepted in the {KEY_HEADER} header only, never in the URL"
+        )
+    key = key or presented_key(conn.headers)
+    name = ring.match(key)
+    if name is None:
+        metrics.auth.labels("", "missing" if not key else "invalid").inc()
+        raise ApiError(401, "unauthorized", f"missing or invalid {KEY_HEADER} ({what} key)")
+    metrics.auth.labels(name, "ok").inc()
+    conn.scope.setdefault("state", {})["key_name"] = name
+    return name
 
 
 async def require_key(request: Request, key: str | None = Depends(key_header)) -> None:
-    """Dependency of the guarded routes: 401 ``unauthorized`` without a valid ``X-API-Key``."""
-    if not key_ok(settings_of(request), key):
-        raise ApiError(401, "unauthorized", "missing or invalid X-API-Key")
+    """Dependency of the guarded routes: 401 ``unauthorized`` without a valid API key when keys are required
+    (``key`` is for the OpenAPI document; the check reads the headers itself)."""
+    if auth_of(request).mode == "key":
+        check_key(request, auth_of(request).api)
+
+
+async def require_admin(request: Request, key: str | None = Depends(key_header)) -> None:
+    """Dependency of the admin routes: a valid admin key (the API keys when no admin keys are set); 404 when
+    neither is configured (admin off: nothing to forge a request against)."""
+    ring = auth_of(request).admin_ring
+    if ring is None:
+        raise ApiError(404, "not_found", "Not Found")
+    check_key(request, ring, "admin")
+
+
+async def require_metrics(request: Request, key: str | None = Depends(key_header)) -> None:
+    """Dependency of ``/metrics``: open on the metrics port (``metrics_port``), else as the guarded routes."""
+    if request.scope.get("ser.metrics_port"):
+        return
+    await require_key(request, key)
 
 
 GUARDED = [Depends(require_key)]
 """``dependencies=`` of the routes that need the API key."""
+ADMIN = [Depends(require_admin)]
+"""``dependencies=`` of the admin routes."""
 
 
 def limiter_of(app: Any) -> anyio.CapacityLimiter:

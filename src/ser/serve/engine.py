@@ -13,6 +13,7 @@ No PyTorch here: only onnxruntime, numpy and the registry's files.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from typing import Any
 from ser.errors import ConfigError, SerError
 from ser.inference import Predictor
 from ser.model_folder import METADATA_FILE, MODEL_FILE
+from ser.serve.security import redact_paths
+
+log = logging.getLogger("ser.serve")
 
 
 class ModelNotReady(SerError):
@@ -111,8 +115,13 @@ class ModelHolder:
         """The predictor to use for one whole request; raises :class:`ModelNotReady` when none is loaded."""
         p = self._predictor
         if p is None:
-            raise ModelNotReady(f"no model loaded ({self.last_error or 'loading'})")
+            raise ModelNotReady(f"no model loaded ({self.redact(self.last_error) if self.last_error else 'loading'})")
         return p
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error) fit for an answer: the source folder as ``<model>`` / ``<workdir>``, no absolute path
+        (the full text goes to the log)."""
+        return redact_paths(text, {"<model>": self.model_dir, "<workdir>": self.workdir})
 
     def describe_source(self) -> str:
         if self.model_dir is not None:
@@ -170,6 +179,7 @@ class ModelHolder:
                 new = self._loader(path, self.threads)
             except Exception as exc:  # any failure to load must leave the served model in place
                 self.last_error = str(exc) or type(exc).__name__
+                log.warning("model load failed (%s): %s", self.describe_source(), self.last_error)
                 self.reloads_failed += 1
                 self._failed_fp = fp
                 result = ReloadResult(

@@ -55,6 +55,9 @@ class Metrics:
         self.model_info = Gauge("ser_model_info", "The served model (value 1)", ["name", "version"], registry=r)
         self.model_loaded = Gauge("ser_model_loaded", "1 when a model is loaded", registry=r)
         self.reloads = Counter("ser_model_reloads", "Model (re)loads by result", ["result"], registry=r)
+        self.auth = Counter(
+            "ser_auth", "Key checks by key name (never the key) and result", ["key", "result"], registry=r
+        )
         self.streams_active = Gauge("ser_stream_active", "Open WebSocket streams on /v1/stream", registry=r)
         self.streams = Counter("ser_streams", "WebSocket streams by how they ended", ["end"], registry=r)
         self.stream_messages = Counter(

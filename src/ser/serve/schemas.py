@@ -92,6 +92,8 @@ class TimelineOut(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """The served model, for clients: no file-system path, no code revision (those stay in the server's logs)."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     name: str
@@ -103,9 +105,7 @@ class ModelInfo(BaseModel):
     model: dict[str, Any] | None = Field(None, description="architecture and parameter count")
     created: str | None = None
     registered: str | None = None
-    code_version: str | None = None
     loaded_at: str | None = None
-    source: str
 
 
 class HealthOut(BaseModel):
@@ -123,7 +123,6 @@ class ReloadOut(BaseModel):
     changed: bool
     version: str | None
     previous_version: str | None
-    source: str | None
     seconds: float
 
 

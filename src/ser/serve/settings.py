@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
@@ -27,8 +27,24 @@ class Settings(BaseSettings):
     workdir: Path | None = Field(None, description="a workdir with a registry (default $SER_WORKDIR or ./runs)")
     model_ref: str | None = Field(None, description="registry reference NAME[@ALIAS|/VERSION]; default champion")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="accepted X-API-Key values; empty: no auth"
+        default_factory=list,
+        repr=False,
+        description="accepted API keys, NAME:KEY or KEY (auto-named key1, key2, ...); empty: see auth",
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        repr=False,
+        description="keys of /v1/admin/* (NAME:KEY or KEY); empty: the API keys, and admin off without them",
+    )
+    auth: Literal["key", "none"] | None = Field(
+        None,
+        description="key: API keys required (start-up fails without one); none: no key check (a platform in front "
+        "authenticates); unset: keys if configured, else open (a warning)",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port only (no key there), not on the API port"
+    )
+    docs: bool = Field(True, description="serve /docs (Swagger UI, local assets) and /openapi.json")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest upload (one file), bytes")
     max_batch_bytes: int = Field(64 * 1024 * 1024, gt=0, description="largest batch request body, bytes")
     max_batch_files: int = Field(16, ge=1)
@@ -69,7 +85,7 @@ class Settings(BaseSettings):
         values.update(overrides)
         return cls(**values)
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_commas(value)
@@ -78,6 +94,14 @@ class Settings(BaseSettings):
     def _one_source(self) -> Settings:
         if self.model_dir is not None and (self.workdir is not None or self.model_ref is not None):
             raise ValueError("give model_dir or workdir (+ model_ref), not both")
+        from ser.serve.security import parse_keys  # the key lists' form (NAME:KEY or KEY, no duplicates)
+
+        parse_keys(self.api_keys, "API")
+        parse_keys(self.admin_keys, "admin")
+        if self.auth == "none" and self.api_keys:
+            raise ValueError("auth none (no key check) contradicts the API keys given: drop one")
+        if self.auth == "key" and not self.api_keys:
+            raise ValueError("auth key needs at least one API key (api_keys / SER_API_KEYS)")
         return self
 
 

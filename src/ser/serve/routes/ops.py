@@ -1,12 +1,13 @@
-"""Operations: liveness, readiness, the served model and the Prometheus metrics."""
+"""Operations: liveness and readiness (open: probes), the served model (API key) and the Prometheus metrics (API key,
+or open on the separate ``metrics_port`` only)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ser.serve.deps import holder_of, metrics_of, predictor
+from ser.serve.deps import GUARDED, holder_of, metrics_of, predictor, require_metrics
 from ser.serve.errors import ERROR_RESPONSES
 from ser.serve.schemas import HealthOut, ModelInfo, ReadyOut
 
@@ -30,9 +31,16 @@ async def readyz(request: Request) -> ReadyOut:
     return ReadyOut(model_name=p.name, model_version=p.version)
 
 
-@router.get("/v1/model", response_model=ModelInfo, tags=["model"], responses={503: ERROR_RESPONSES[503]})
+@router.get(
+    "/v1/model",
+    response_model=ModelInfo,
+    tags=["model"],
+    dependencies=GUARDED,
+    responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]},
+)
 async def model_info(request: Request) -> ModelInfo:
-    """The served model: name, version, labels (class order), evaluation metrics from its metadata."""
+    """The served model: name, version, labels (class order), evaluation metrics from its metadata (no path, no
+    code revision)."""
     p = predictor(request)
     holder = holder_of(request)
     meta = p.metadata
@@ -46,9 +54,7 @@ async def model_info(request: Request) -> ModelInfo:
         model=meta.get("model"),
         created=meta.get("created"),
         registered=meta.get("registered"),
-        code_version=meta.get("code_version"),
         loaded_at=holder.loaded_at,
-        source=holder.describe_source(),
     )
 
 
@@ -57,7 +63,8 @@ async def model_info(request: Request) -> ModelInfo:
     tags=["ops"],
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "text format"}},
+    dependencies=[Depends(require_metrics)],
+    responses={200: {"content": {"text/plain": {}}, "description": "text format"}, 401: ERROR_RESPONSES[401]},
 )
 async def prometheus(request: Request) -> Response:
     metrics = metrics_of(request)

@@ -2,6 +2,12 @@
 :mod:`ser.serve.stream`; this route only admits the connection (API key, stream capacity), moves messages between
 the socket and a :class:`~ser.serve.stream.StreamSession`, and counts them in the metrics.
 
+Admission: a browser page's ``Origin`` must be this server's own host (``Host``, or a proxy's
+``X-Forwarded-Host``) or one of the CORS origins (else the handshake is refused, 403); the key comes in the
+``X-API-Key`` (or ``Authorization: Bearer``) header or, from a browser, as the subprotocol ``key.<base64url(KEY)>``
+offered beside ``ser.v1`` (the server answers ``ser.v1``, never the key); a key in the URL (``?api_key=``) is
+refused.
+
 Unlike the other route modules this one has no router: :func:`ser.serve.app.create_app` adds :func:`stream` to the
 app itself (see there why)."""
 
@@ -15,7 +21,9 @@ from typing import Any
 import anyio
 from fastapi import WebSocket, WebSocketDisconnect
 
-from ser.serve.deps import holder_of, key_ok, limiter_of, metrics_of, settings_of
+from ser.serve.deps import auth_of, check_key, holder_of, limiter_of, metrics_of, settings_of
+from ser.serve.errors import ApiError
+from ser.serve.security import WS_PROTOCOL, origin_allowed, presented_key, ws_offered, ws_subprotocol_key
 from ser.serve.stream import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, StreamLimits, StreamSession
 
 log = logging.getLogger("ser.serve")
@@ -26,8 +34,13 @@ PATH = "/v1/stream"
 async def stream(websocket: WebSocket) -> None:
     """Real-time emotion of a live audio stream (protocol: :mod:`ser.serve.stream`). Each message is handled in
     the inference thread pool, one at a time per stream; a client that disconnects at any point just ends it."""
-    await websocket.accept()
     conn = StreamConnection(websocket)
+    if not conn.origin_ok():  # a page of another site: refuse the handshake itself (HTTP 403)
+        conn.metrics.streams.labels("forbidden_origin").inc()
+        log.info("stream refused: Origin %r is neither this host nor a CORS origin", websocket.headers.get("origin"))
+        await websocket.close(CLOSE_POLICY)
+        return
+    await websocket.accept(subprotocol=WS_PROTOCOL if WS_PROTOCOL in ws_offered(websocket.scope) else None)
     try:
         if not await conn.admit():
             return
@@ -60,16 +73,24 @@ class StreamConnection:
         await self.send_all([{"type": "error", "code": code, "message": message}])
         await self.ws.close(close_code, code)
 
+    def origin_ok(self) -> bool:
+        """Is the handshake's ``Origin`` (if any) this server's own host or one of the CORS origins?"""
+        h = self.ws.headers
+        return origin_allowed(h.get("origin"), [h.get("host"), h.get("x-forwarded-host")], self.settings.cors_origins)
+
     async def admit(self) -> bool:
-        """Check the API key (``X-API-Key`` header or ``?api_key=``) and the number of open streams; refuse (and
-        count) the stream when either fails."""
-        key = self.ws.headers.get("x-api-key") or self.ws.query_params.get("api_key")
-        if not key_ok(self.settings, key):
-            self.metrics.streams.labels("unauthorized").inc()
-            await self.refuse(
-                "unauthorized", "missing or invalid API key (X-API-Key header or ?api_key=)", CLOSE_POLICY
-            )
-            return False
+        """Check the API key (``X-API-Key`` / ``Authorization: Bearer`` header, or the ``key.<base64url>``
+        subprotocol; never the URL) and the number of open streams; refuse (and count) the stream when either
+        fails."""
+        auth = auth_of(self.ws)
+        if auth.mode == "key":
+            key = presented_key(self.ws.headers) or ws_subprotocol_key(ws_offered(self.ws.scope))
+            try:
+                check_key(self.ws, auth.api, key=key)
+            except ApiError as exc:
+                self.metrics.streams.labels("unauthorized").inc()
+                await self.refuse("unauthorized", exc.message, CLOSE_POLICY)
+                return False
         state = self.ws.app.state
         if state.streams_open >= self.settings.max_streams:
             self.metrics.streams.labels("too_many_streams").inc()

@@ -1,5 +1,7 @@
 // ser browser demo: microphone → WebSocket /v1/stream (PCM16 at the audio context's rate) → live bars and a
 // scrolling timeline; a file upload → POST /v1/timeline → the recording's timeline. No build step, no CDN.
+// The API key typed in goes in headers only: X-API-Key on fetch, and on the WebSocket (where a browser cannot set
+// headers) the subprotocol "key.<base64url(key)>" offered beside "ser.v1". Never in a URL, never stored.
 "use strict";
 
 (() => {
@@ -13,16 +15,7 @@
   const SEND_EVERY_S = 0.02; // 20 ms frames
   const MAX_BUFFERED = 1 << 20; // bytes queued in the socket before frames are dropped
 
-  // The capture worklet: copies each 128-sample block of the first input channel to the main thread.
-  const WORKLET = `
-    class SerTap extends AudioWorkletProcessor {
-      process(inputs) {
-        const ch = inputs[0] && inputs[0][0];
-        if (ch && ch.length) this.port.postMessage(ch.slice(0));
-        return true;
-      }
-    }
-    registerProcessor("ser-tap", SerTap);`;
+  const WORKLET_URL = "static/worklet.js"; // the capture worklet (a file: the page's CSP allows scripts from here only)
 
   const state = {
     labels: [],
@@ -65,6 +58,17 @@
   function authHeaders() {
     const k = apiKey();
     return k ? { "X-API-Key": k } : {};
+  }
+
+  function base64url(text) {
+    let bin = "";
+    for (const b of new TextEncoder().encode(text)) bin += String.fromCharCode(b);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function streamProtocols() {
+    const k = apiKey();
+    return k ? ["ser.v1", "key." + base64url(k)] : ["ser.v1"];
   }
 
   function swatch(label) {
@@ -253,9 +257,7 @@
     const source = ctx.createMediaStreamSource(media);
     let node;
     if (ctx.audioWorklet && typeof AudioWorkletNode !== "undefined") {
-      const url = URL.createObjectURL(new Blob([WORKLET], { type: "application/javascript" }));
-      await ctx.audioWorklet.addModule(url);
-      URL.revokeObjectURL(url);
+      await ctx.audioWorklet.addModule(WORKLET_URL);
       node = new AudioWorkletNode(ctx, "ser-tap", { numberOfInputs: 1, numberOfOutputs: 1, channelCount: 1 });
       node.port.onmessage = (e) => pushSamples(e.data);
     } else {
@@ -295,7 +297,6 @@
   function streamUrl() {
     const url = new URL("v1/stream", window.location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    if (apiKey()) url.searchParams.set("api_key", apiKey());
     return url.toString();
   }
 
@@ -320,7 +321,7 @@
     $("finals").replaceChildren();
     $("finals").dataset.count = "0";
     setStatus("connecting…", "connecting");
-    const ws = new WebSocket(streamUrl());
+    const ws = new WebSocket(streamUrl(), streamProtocols());
     ws.binaryType = "arraybuffer";
     state.ws = ws;
     ws.onopen = () => {
@@ -453,7 +454,11 @@
 
   async function loadModel() {
     try {
-      const r = await fetch("v1/model");
+      const r = await fetch("v1/model", { headers: authHeaders() });
+      if (r.status === 401) {
+        $("model-info").textContent = "enter the API key";
+        return;
+      }
       if (!r.ok) {
         $("model-info").textContent = "no model loaded yet";
         return;
@@ -471,6 +476,7 @@
   $("start").addEventListener("click", start);
   $("stop").addEventListener("click", stop);
   $("upload-form").addEventListener("submit", upload);
+  $("api-key").addEventListener("change", loadModel);
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     $("start").disabled = true;
     setStatus("no microphone access here (the page needs https or localhost)", "error");
