@@ -33,10 +33,12 @@ from typing import Any, Literal
 import numpy as np
 
 from ser import TARGET_SR
-from ser.errors import AudioError, ConfigError
+from ser.errors import AudioError, Cancelled, ConfigError
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 """Sample rates webrtcvad accepts."""
+VAD_CHUNK_SAMPLES = 1 << 20
+"""Samples :func:`vad_flags` converts at a time (so a long recording never has a float64 copy made whole)."""
 
 Smoothing = Literal["ema", "median", "none"]
 
@@ -111,10 +113,13 @@ def frame_levels_db(audio: np.ndarray, frame_len: int) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1e-6))
 
 
-def vad_flags(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.ndarray:
+def vad_flags(
+    audio: np.ndarray, sr: int, cfg: VadConfig | None = None, should_stop: Callable[[], bool] | None = None
+) -> np.ndarray:
     """Voice flag of each ``cfg.frame_ms`` frame: bool ``(n_samples // frame_len,)``.
 
-    Audio at a rate webrtcvad does not take is resampled to 16 kHz first (frame times are unchanged).
+    Audio at a rate webrtcvad does not take is resampled to 16 kHz first (frame times are unchanged). Runs in
+    chunks of :data:`VAD_CHUNK_SAMPLES`; ``should_stop()`` true before a chunk raises :class:`Cancelled`.
     """
     import webrtcvad
 
@@ -130,13 +135,17 @@ def vad_flags(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.nd
         audio, sr = resample(audio, sr, TARGET_SR), TARGET_SR
     frame_len = sr * cfg.frame_ms // 1000
     n = audio.size // frame_len
-    pcm = to_pcm16(audio[: n * frame_len])
     vad = webrtcvad.Vad(cfg.aggressiveness)
-    flags = np.fromiter(
-        (vad.is_speech(pcm[i * frame_len : (i + 1) * frame_len].tobytes(), sr) for i in range(n)), dtype=bool, count=n
-    )
-    if cfg.min_level_db is not None:
-        flags &= frame_levels_db(audio, frame_len) >= cfg.min_level_db
+    flags = np.zeros(n, dtype=bool)
+    step = max(1, VAD_CHUNK_SAMPLES // frame_len)  # frames per chunk: the float64 / int16 copies stay small
+    for c0 in range(0, n, step):
+        _check_stop(should_stop)
+        c1 = min(n, c0 + step)
+        chunk = audio[c0 * frame_len : c1 * frame_len]
+        pcm = to_pcm16(chunk)
+        flags[c0:c1] = [vad.is_speech(pcm[i * frame_len : (i + 1) * frame_len].tobytes(), sr) for i in range(c1 - c0)]
+        if cfg.min_level_db is not None:
+            flags[c0:c1] &= frame_levels_db(chunk, frame_len) >= cfg.min_level_db
     return flags
 
 
@@ -179,10 +188,12 @@ def split_long(segments: np.ndarray, max_len_s: float) -> np.ndarray:
     return np.array(out, dtype=np.float64).reshape(-1, 2)
 
 
-def segment(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.ndarray:
+def segment(
+    audio: np.ndarray, sr: int, cfg: VadConfig | None = None, should_stop: Callable[[], bool] | None = None
+) -> np.ndarray:
     """Voiced segments ``(n, 2)`` (seconds) of ``audio`` ``(n_samples,)`` at ``sr``: VAD, merge, drop, split."""
     cfg = cfg or VadConfig()
-    segs = flags_to_segments(vad_flags(audio, sr, cfg), cfg.frame_ms / 1000.0)
+    segs = flags_to_segments(vad_flags(audio, sr, cfg, should_stop), cfg.frame_ms / 1000.0)
     segs = drop_short(merge_gaps(segs, cfg.merge_gap_s), cfg.min_segment_s)
     return split_long(segs, cfg.max_segment_s)
 
@@ -238,10 +249,18 @@ def grid_probabilities(
         return times, P
     lo, hi = times - step_s / 2, times + step_s / 2
     segs = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
-    overlap = np.clip(np.minimum(segs[:, 1:2], hi[None]) - np.maximum(segs[:, 0:1], lo[None]), 0.0, None)  # (n, K)
-    weight = overlap.sum(axis=0)
+    probs = np.asarray(probs, dtype=np.float64)
+    weight = np.zeros(times.size)
+    acc = np.zeros((times.size, n_classes))
+    # Each segment only touches the bins it overlaps (memory O(K + n), not a dense (n, K) overlap matrix).
+    first = np.clip(np.searchsorted(hi, segs[:, 0], side="right"), 0, times.size)
+    last = np.clip(np.searchsorted(lo, segs[:, 1], side="left"), 0, times.size)
+    for (start, end), a, b, p in zip(segs, first, last, probs, strict=True):
+        overlap = np.clip(np.minimum(end, hi[a:b]) - np.maximum(start, lo[a:b]), 0.0, None)
+        weight[a:b] += overlap
+        acc[a:b] += overlap[:, None] * p[None, :]
     voiced = (weight > 1e-9) & (weight >= min_coverage * step_s - 1e-9)
-    P[voiced] = (overlap[:, voiced].T @ np.asarray(probs, dtype=np.float64)) / weight[voiced, None]
+    P[voiced] = acc[voiced] / weight[voiced, None]
     return times, P
 
 
@@ -425,14 +444,22 @@ def analyze(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     labels: Sequence[str],
     cfg: TimelineConfig | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Timeline:
     """Segment ``audio`` ``(n_samples,)`` at ``sr`` Hz, classify each segment with ``predict_proba`` and build the
-    smoothed timeline and its summary."""
+    smoothed timeline and its summary. ``should_stop()``, checked before each VAD chunk and each model call, stops
+    the analysis (:class:`ser.errors.Cancelled`) when it turns true."""
     cfg = cfg or TimelineConfig()
     labels = list(labels)
     audio = np.asarray(audio, dtype=np.float32)
     duration = audio.size / sr
-    segs, probs = segment_probabilities(audio, sr, segment(audio, sr, cfg.vad), predict_proba)
+
+    def model(x: np.ndarray) -> np.ndarray:
+        _check_stop(should_stop)
+        return predict_proba(x)
+
+    segs, probs = segment_probabilities(audio, sr, segment(audio, sr, cfg.vad, should_stop), model)
     if probs.size == 0:
         probs = np.zeros((0, len(labels)))
     times, raw = grid_probabilities(segs, probs, duration, cfg.step_s, len(labels), cfg.min_coverage)
@@ -449,6 +476,11 @@ def analyze(
         peak_threshold=cfg.peak_threshold,
     )
     return Timeline(labels, duration, segs, probs, times, raw, smoothed, summary, cfg)
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled("analysis stopped: the request was cancelled")
 
 
 # ----------------------------------------------------------------------------------------------------------------
