@@ -163,6 +163,11 @@ class ServerProc:
         return self.proc.pid
 
     def start(self, timeout_s: float = 120.0) -> ServerProc:
+        """Launch the server and wait until it is ready."""
+        return self.launch().wait_ready(timeout_s)
+
+    def launch(self) -> ServerProc:
+        """Launch the server (not waiting for it: :meth:`wait_ready`)."""
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SER_")}
         env.update(self.env, PYTHONPATH=str(self.src), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -172,6 +177,10 @@ class ServerProc:
         cmd += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
         with self.log_path.open("w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.src.parent)
+        return self
+
+    def wait_ready(self, timeout_s: float = 120.0) -> ServerProc:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -262,14 +262,23 @@ def decode(
             frames += len(block)
             check_length(frames, info.sample_rate, info.channels, limits)
             clipped += full_scale_count(block)
-            mono = to_mono(block)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN / Inf are refused just below
+                mono = to_mono(block)
             if not allow_nonfinite and not np.all(np.isfinite(mono)):
                 raise AudioError("non-finite samples (NaN or Inf)")
-            out.append(rs(mono))
+            out.append(_finite(rs(mono), allow_nonfinite))
     if frames == 0:
         raise AudioError("no audio samples (empty stream)")
-    out.append(rs.flush())
+    out.append(_finite(rs.flush(), allow_nonfinite))
     return Decoded(out.result(), sr, info, frames, clipped / (frames * info.channels))
+
+
+def _finite(y: np.ndarray, allow_nonfinite: bool) -> np.ndarray:
+    """``y``, refused when it holds NaN / Inf: finite samples far outside [-1, 1] (float files hold any value)
+    can overflow float32 when resampled."""
+    if not allow_nonfinite and not np.all(np.isfinite(y)):
+        raise AudioError("non-finite samples after resampling (sample values far outside [-1, 1])")
+    return y
 
 
 def _max_frames(info: AudioInfo, limits: DecodeLimits) -> int:
