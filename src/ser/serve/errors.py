@@ -72,8 +72,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorOut, "description": d}
     for s, d in {
         400: "empty upload or malformed multipart body",
-        408: "the request body did not arrive within the body timeout",
         401: "missing or wrong X-API-Key",
+        408: "the request body did not arrive within the body timeout",
         413: "upload larger than allowed",
         415: "content type neither multipart/form-data nor audio",
         422: "missing file, several files on /v1/predict, undecodable / invalid / too long / too large audio "
