@@ -19,3 +19,7 @@ class LeakageError(SerError):
 
 class ConfigError(SerError):
     """A configuration value is invalid."""
+
+
+class Cancelled(SerError):
+    """Work stopped because its caller asked (e.g. a request that timed out)."""

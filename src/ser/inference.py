@@ -89,6 +89,11 @@ class Predictor:
     def sample_rate(self) -> int:
         return self.pre.sample_rate
 
+    @property
+    def min_samples(self) -> int:
+        """Shortest audio the model takes (one analysis window), samples at :attr:`sample_rate`."""
+        return int(self.pre.feature_config.get("win_length", 400))
+
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits ``(n_classes,)`` of one ``(n_features, T)`` input, whole clip or window mean as in training."""
         x = np.asarray(features, dtype=np.float32)
@@ -109,7 +114,7 @@ class Predictor:
             raise AudioError(f"audio must be mono (n_samples,), got shape {audio.shape}")
         if not np.all(np.isfinite(audio)):
             raise AudioError("non-finite samples (NaN or Inf)")
-        if audio.size < int(self.pre.feature_config.get("win_length", 400)):
+        if audio.size < self.min_samples:
             raise AudioError(f"audio too short: {audio.size} samples")
         return softmax(self.logits(self.pre.features(audio)))
 

@@ -7,15 +7,18 @@ the prediction log and of the training reference). Pure functions of arrays: ``a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ser import TARGET_SR
-from ser.errors import AudioError, ConfigError
+from ser.errors import AudioError, Cancelled, ConfigError
 
 VAD_RATES = (8000, 16000, 32000, 48000)
 """Sample rates webrtcvad accepts."""
+VAD_CHUNK_SAMPLES = 1 << 20
+"""Samples :func:`vad_flags` converts at a time (so a long recording never has a float64 copy made whole)."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,13 @@ def frame_levels_db(audio: np.ndarray, frame_len: int) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1e-6))
 
 
-def vad_flags(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.ndarray:
+def vad_flags(
+    audio: np.ndarray, sr: int, cfg: VadConfig | None = None, should_stop: Callable[[], bool] | None = None
+) -> np.ndarray:
     """Voice flag of each ``cfg.frame_ms`` frame: bool ``(n_samples // frame_len,)``.
 
-    Audio at a rate webrtcvad does not take is resampled to 16 kHz first (frame times are unchanged).
+    Audio at a rate webrtcvad does not take is resampled to 16 kHz first (frame times are unchanged). Runs in
+    chunks of :data:`VAD_CHUNK_SAMPLES`; ``should_stop()`` true before a chunk raises :class:`~ser.errors.Cancelled`.
     """
     import webrtcvad
 
@@ -72,11 +78,21 @@ def vad_flags(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.nd
         audio, sr = resample(audio, sr, TARGET_SR), TARGET_SR
     frame_len = sr * cfg.frame_ms // 1000
     n = audio.size // frame_len
-    pcm = to_pcm16(audio[: n * frame_len])
     vad = webrtcvad.Vad(cfg.aggressiveness)
-    flags = np.fromiter(
-        (vad.is_speech(pcm[i * frame_len : (i + 1) * frame_len].tobytes(), sr) for i in range(n)), dtype=bool, count=n
-    )
-    if cfg.min_level_db is not None:
-        flags &= frame_levels_db(audio, frame_len) >= cfg.min_level_db
+    flags = np.zeros(n, dtype=bool)
+    step = max(1, VAD_CHUNK_SAMPLES // frame_len)  # frames per chunk: the float64 / int16 copies stay small
+    for c0 in range(0, n, step):
+        check_stop(should_stop)
+        c1 = min(n, c0 + step)
+        chunk = audio[c0 * frame_len : c1 * frame_len]
+        pcm = to_pcm16(chunk)
+        flags[c0:c1] = [vad.is_speech(pcm[i * frame_len : (i + 1) * frame_len].tobytes(), sr) for i in range(c1 - c0)]
+        if cfg.min_level_db is not None:
+            flags[c0:c1] &= frame_levels_db(chunk, frame_len) >= cfg.min_level_db
     return flags
+
+
+def check_stop(should_stop: Callable[[], bool] | None) -> None:
+    """Raise :class:`~ser.errors.Cancelled` when ``should_stop()`` says the work is no longer wanted."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("analysis stopped: the request was cancelled")

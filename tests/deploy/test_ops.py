@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import export_tiny_model, tone
+from tests.serve.test_timeline import voice
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DOCKERFILE = ROOT / "docker" / "service.Dockerfile"
@@ -545,7 +546,7 @@ def test_dashboard_metrics_exist_in_the_app(model_dir):
             if c.get("/readyz").status_code == 200:
                 break
             time.sleep(0.05)
-        clip = _wav(tone(3.0))
+        clip = _wav(voice(3.0))  # speech-like: a steady tone is answered without an emotion (speech: false)
         assert c.post("/v1/predict", content=clip, headers={"content-type": "audio/wav"}).status_code == 200
         assert c.post("/v1/predict/batch", files=[("files", ("a.wav", clip)), ("files", ("b.wav", b""))]).is_success
         assert c.post("/v1/timeline", files={"file": ("a.wav", _wav(tone(6.0)))}).status_code == 200

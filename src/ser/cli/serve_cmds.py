@@ -87,8 +87,16 @@ def serve(
     console.print(Auth.from_settings(settings).describe(), highlight=False)
     one_blas_thread_per_request()
     app_ = create_app(settings)
-    # No `server: uvicorn` banner; access-log lines lose their query strings (ser.serve.security).
-    options: dict[str, Any] = {"log_level": log_level, "workers": 1, "server_header": False}
+    # No `server: uvicorn` banner; access-log lines lose their query strings (ser.serve.security). h11 (not
+    # httptools) so that the request line + headers are bounded: a larger head is refused (400) and its connection
+    # closed before it is buffered whole (httptools has no such limit).
+    options: dict[str, Any] = {
+        "log_level": log_level,
+        "workers": 1,
+        "server_header": False,
+        "http": "h11",
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+    }
     if settings.metrics_port is None:
         uvicorn.run(app_, host=host, port=port, **options)
         return
@@ -107,11 +115,19 @@ def _one_line(exc: ValueError) -> str:
 
 
 def _prediction_rows(files: list[Path], predictor) -> list[dict[str, Any]]:
+    """One row per file: the service's answer (label, probabilities, ``speech`` and ``reason``: no label when the
+    file holds no speech or is mostly clipping) or the error."""
+    import time
+
+    from ser.audio import UNBOUNDED, decode
+    from ser.serve.speech import predict_gated
+
     rows = []
     for f in files:
         try:
-            require_file(f, "audio file")
-            rows.append({"file": str(f), "ok": True, **predictor.predict_file(f).to_dict()})
+            t0 = time.perf_counter()
+            decoded = decode(require_file(f, "audio file"), predictor.sample_rate, UNBOUNDED)
+            rows.append({"file": str(f), "ok": True, **predict_gated(predictor, decoded.audio, decoded.clipped, t0)})
         except SerError as exc:
             rows.append({"file": str(f), "ok": False, "error": str(exc)})
     return rows
@@ -128,7 +144,8 @@ def predict(
 ) -> None:
     """Predict the emotion of audio files with an exported model (onnxruntime, no PyTorch).
 
-    A file that cannot be read is reported on its own line; the exit code is 1 if any file failed.
+    A file that cannot be read is reported on its own line; the exit code is 1 if any file failed. A file without
+    speech (or mostly clipping) gets no emotion: "speech": false and a "reason" (no_speech, clipped) in --json.
 
     Example: ser predict clip1.wav clip2.flac --workdir runs --json
     """
@@ -143,6 +160,10 @@ def predict(
         for r in rows:
             if not r["ok"]:
                 table.add_row(r["file"], "[red]error[/red]", "", r["error"], "", "")
+                continue
+            if not r["speech"]:
+                why = "no speech" if r["reason"] == "no_speech" else "clipped"
+                table.add_row(r["file"], f"[yellow]({why})[/yellow]", "", "", f"{r['duration_s']:.2f}", "")
                 continue
             ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])
             second = f"{ranked[1][0]} {ranked[1][1]:.2f}" if len(ranked) > 1 else ""

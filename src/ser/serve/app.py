@@ -24,8 +24,14 @@ upload 400 ``empty_audio``; not decodable (corrupt, text, unsupported codec) 422
 too-short audio 422 ``invalid_audio``; longer than allowed 422 ``audio_too_long``; more bytes than allowed 413
 ``too_large``; a content type that is neither multipart nor audio 415 ``unsupported_media_type``; no file 422
 ``missing_file``; bad key 401 ``unauthorized``; inference slower than the timeout 504 ``timeout``; no model 503
-``not_ready``. Decoding and inference run in a thread pool (bounded by ``inference_workers``). Uploads are held in
-memory only (the multipart body is parsed in memory, never spooled to disk) and never stored or logged.
+``not_ready``. Resource bounds (:mod:`ser.serve.uploads`): a body not received within ``body_timeout_s`` 408
+``body_timeout``; a header over the sample-rate, channel or decoded-size bounds 422 ``audio_too_large`` (checked
+before decoding; decoding then runs in blocks); two files on ``/v1/predict`` 422 ``too_many_files``; a timeline
+step under ``min_timeline_step_s`` 422 ``step_too_small`` or over ``max_timeline_points`` points 422
+``too_many_points``; a client gone mid-upload is counted as status 499. A clip without speech is a 200 with
+``speech: false`` and no label (:mod:`ser.serve.speech`). Decoding and inference run in a thread pool (bounded by
+``inference_workers``; a timed-out request keeps its slot until its work has stopped). Uploads are held in memory
+only (the multipart body is parsed in memory, never spooled to disk) and never stored or logged.
 
 Layout: settings :mod:`ser.serve.settings`; response models :mod:`ser.serve.schemas`; errors and their handlers
 :mod:`ser.serve.errors`; uploads, decoding and inference helpers :mod:`ser.serve.uploads`; Prometheus metrics

@@ -5,6 +5,7 @@ metrics; :mod:`ser.serve.security`) and the thread-pool runner."""
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import anyio
@@ -12,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from starlette.requests import HTTPConnection
 
+from ser.errors import Cancelled
 from ser.serve.engine import ModelHolder, ModelNotReady
 from ser.serve.errors import ApiError
 from ser.serve.metrics import Metrics
@@ -105,13 +107,29 @@ def limiter_of(app: Any) -> anyio.CapacityLimiter:
 
 
 async def in_thread(request: Request, fn: Any, *args: Any) -> Any:
-    """``fn(*args)`` in the inference thread pool, within ``request_timeout_s`` (else :class:`ApiError` 504)."""
+    """``fn(*args, should_stop=...)`` in the inference thread pool, within ``request_timeout_s`` (else
+    :class:`ApiError` 504).
+
+    At the deadline ``should_stop()`` turns true: the decoder checks it before each block and the model calls
+    before each inference, so timed-out work stops within one block or one model call (raising
+    :class:`ser.errors.Cancelled`). The request keeps its slot of the thread limiter until its thread has
+    returned (the thread is waited for, never abandoned), so work that is still running is always counted by the
+    admission limit (``inference_workers``)."""
     settings = settings_of(request)
     limiter = limiter_of(request.app)
+    deadline = time.monotonic() + settings.request_timeout_s
+
+    def should_stop() -> bool:
+        return time.monotonic() >= deadline
+
+    timeout = ApiError(504, "timeout", f"decoding + inference took longer than {settings.request_timeout_s:g} s")
     try:
-        with anyio.fail_after(settings.request_timeout_s):
-            return await anyio.to_thread.run_sync(functools.partial(fn, *args), abandon_on_cancel=True, limiter=limiter)
-    except TimeoutError:
-        raise ApiError(
-            504, "timeout", f"decoding + inference took longer than {settings.request_timeout_s:g} s"
-        ) from None
+        with anyio.fail_after(settings.request_timeout_s):  # while waiting for a slot of the limiter
+            result = await anyio.to_thread.run_sync(
+                functools.partial(fn, *args, should_stop=should_stop), abandon_on_cancel=False, limiter=limiter
+            )
+    except (TimeoutError, Cancelled):
+        raise timeout from None
+    if should_stop():  # finished, but after the deadline (a model call that ran past it)
+        raise timeout
+    return result

@@ -3,13 +3,15 @@ response has (:func:`install_error_handlers` maps validation errors, HTTP errors
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ser.serve.schemas import ErrorBody, ErrorOut
 
@@ -36,6 +38,12 @@ def error_response(
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+log = logging.getLogger("ser.serve")
+
+CLIENT_CLOSED = 499
+"""Status recorded (``ser_http_requests_total{status="499"}``, nginx's convention) for a request whose client went
+away before it was read; no client ever sees it."""
+
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -58,6 +66,11 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _HTTP_CODES.get(exc.status_code, "http_error")  # its headers kept: a 405 says what is Allowed
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect) -> Response:  # not an error of ours: one line
+        log.warning("client disconnected before its request was read: %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
+
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:  # a bug, never a bad input
         return error_response(500, "internal", f"internal error ({type(exc).__name__})")
@@ -68,9 +81,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for s, d in {
         400: "empty upload or malformed multipart body",
         401: "missing or wrong X-API-Key",
+        408: "the request body did not arrive within the body timeout",
         413: "upload larger than allowed",
         415: "content type neither multipart/form-data nor audio",
-        422: "missing file, undecodable / invalid / too long audio, bad parameters",
+        422: "missing file, several files on /v1/predict, undecodable / invalid / too long / too large audio "
+        "(sample rate, channels, decoded size), bad parameters, too many timeline points",
         503: "no model loaded",
         504: "inference timed out",
     }.items()

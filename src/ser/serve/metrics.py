@@ -52,6 +52,12 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.no_speech = Counter(
+            "ser_no_speech",
+            "Clips answered without an emotion, by reason (no_speech, clipped)",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.model_info = Gauge("ser_model_info", "The served model (value 1)", ["name", "version"], registry=r)
         self.model_loaded = Gauge("ser_model_loaded", "1 when a model is loaded", registry=r)
         self.reloads = Counter("ser_model_reloads", "Model (re)loads by result", ["result"], registry=r)

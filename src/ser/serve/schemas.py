@@ -19,9 +19,21 @@ class ErrorOut(BaseModel):
 
 
 class PredictionOut(BaseModel):
-    label: str = Field(description="the most probable emotion")
-    confidence: float = Field(description="its probability")
-    probabilities: dict[str, float] = Field(description="emotion → probability, summing to 1")
+    label: str | None = Field(description="the most probable emotion; null when there is no speech to classify")
+    confidence: float | None = Field(description="its probability; null without speech")
+    probabilities: dict[str, float] | None = Field(
+        description="emotion → probability, summing to 1; null without speech"
+    )
+    speech: bool = Field(
+        True,
+        description="false when the clip holds no speech to classify (then label, confidence and probabilities are "
+        "null and `reason` says why); voice is found by the timeline's VAD (webrtcvad + a -60 dBFS energy gate)",
+    )
+    reason: Literal["no_speech", "clipped"] | None = Field(
+        None,
+        description="why there is no label: `no_speech` (less than 0.25 s of voice) or `clipped` (more than half "
+        "of the samples at full scale); null when `speech` is true",
+    )
     duration_s: float = Field(description="clip duration, seconds")
     processing_ms: float = Field(description="decoding + inference time, milliseconds")
     model_name: str

@@ -58,6 +58,21 @@ class Settings(BaseSettings):
     max_streams: int = Field(64, ge=1, description="concurrent WebSocket streams; more are refused (close 1013)")
     max_stream_s: float = Field(3600.0, gt=0, description="longest stream (audio seconds) on /v1/stream")
     stream_idle_timeout_s: float = Field(60.0, gt=0, description="close a stream silent for this long, seconds")
+    # resource bounds (issue 15): what one request may make the server decode, wait for, read and answer
+    max_sample_rate: int = Field(192_000, ge=8000, description="highest sample rate an upload may declare, Hz")
+    max_channels: int = Field(8, ge=1, description="most channels an upload may declare")
+    max_decode_samples_per_s: int = Field(
+        192_000,
+        ge=16_000,
+        description="decoded samples (frames × channels) allowed per second of the duration limit; default: the "
+        "longest allowed clip at 96 kHz stereo, 48 kHz × 4 channels or 192 kHz mono",
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="the whole request body must arrive within this (408)")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="largest request line + headers (ser serve: uvicorn's h11 limit)"
+    )
+    min_timeline_step_s: float = Field(0.1, gt=0, description="smallest step_s on /v1/timeline, seconds")
+    max_timeline_points: int = Field(20_000, ge=1, description="most grid points a /v1/timeline answer may hold")
 
     @classmethod
     def settings_customise_sources(

@@ -12,7 +12,7 @@ Units and shapes used throughout:
 - the grid: ``K = ceil(duration_s / step_s)`` bins ``[k * step_s, (k + 1) * step_s)``, ``times`` are bin centres
   (seconds, ``(K,)``) and grid probabilities ``(K, n_classes)`` are NaN rows where a bin holds no voice.
 
-Steps (:func:`analyze`): :func:`ser.vad.vad_flags` (webrtcvad on 16-bit PCM, 10/20/30 ms frames, plus an energy gate: a
+Steps (:func:`analyze`): :func:`vad_flags` (webrtcvad on 16-bit PCM, 10/20/30 ms frames, plus an energy gate: a
 frame quieter than ``min_level_db`` dBFS is never voice, as webrtcvad flags low steady noise as speech) →
 :func:`flags_to_segments` → :func:`merge_gaps` (pauses shorter than ``merge_gap_s``) → :func:`drop_short`
 (segments shorter than ``min_segment_s``) → :func:`split_long` (segments longer than ``max_segment_s`` cut into
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ser.errors import AudioError, ConfigError
-from ser.vad import VadConfig, vad_flags
+from ser.vad import VadConfig, check_stop, vad_flags
 
 Smoothing = Literal["ema", "median", "none"]
 
@@ -112,10 +112,12 @@ def split_long(segments: np.ndarray, max_len_s: float) -> np.ndarray:
     return np.array(out, dtype=np.float64).reshape(-1, 2)
 
 
-def segment(audio: np.ndarray, sr: int, cfg: VadConfig | None = None) -> np.ndarray:
+def segment(
+    audio: np.ndarray, sr: int, cfg: VadConfig | None = None, should_stop: Callable[[], bool] | None = None
+) -> np.ndarray:
     """Voiced segments ``(n, 2)`` (seconds) of ``audio`` ``(n_samples,)`` at ``sr``: VAD, merge, drop, split."""
     cfg = cfg or VadConfig()
-    segs = flags_to_segments(vad_flags(audio, sr, cfg), cfg.frame_ms / 1000.0)
+    segs = flags_to_segments(vad_flags(audio, sr, cfg, should_stop), cfg.frame_ms / 1000.0)
     segs = drop_short(merge_gaps(segs, cfg.merge_gap_s), cfg.min_segment_s)
     return split_long(segs, cfg.max_segment_s)
 
@@ -171,10 +173,18 @@ def grid_probabilities(
         return times, P
     lo, hi = times - step_s / 2, times + step_s / 2
     segs = np.asarray(segments, dtype=np.float64).reshape(-1, 2)
-    overlap = np.clip(np.minimum(segs[:, 1:2], hi[None]) - np.maximum(segs[:, 0:1], lo[None]), 0.0, None)  # (n, K)
-    weight = overlap.sum(axis=0)
+    probs = np.asarray(probs, dtype=np.float64)
+    weight = np.zeros(times.size)
+    acc = np.zeros((times.size, n_classes))
+    # Each segment only touches the bins it overlaps (memory O(K + n), not a dense (n, K) overlap matrix).
+    first = np.clip(np.searchsorted(hi, segs[:, 0], side="right"), 0, times.size)
+    last = np.clip(np.searchsorted(lo, segs[:, 1], side="left"), 0, times.size)
+    for (start, end), a, b, p in zip(segs, first, last, probs, strict=True):
+        overlap = np.clip(np.minimum(end, hi[a:b]) - np.maximum(start, lo[a:b]), 0.0, None)
+        weight[a:b] += overlap
+        acc[a:b] += overlap[:, None] * p[None, :]
     voiced = (weight > 1e-9) & (weight >= min_coverage * step_s - 1e-9)
-    P[voiced] = (overlap[:, voiced].T @ np.asarray(probs, dtype=np.float64)) / weight[voiced, None]
+    P[voiced] = acc[voiced] / weight[voiced, None]
     return times, P
 
 
@@ -358,14 +368,22 @@ def analyze(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     labels: Sequence[str],
     cfg: TimelineConfig | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Timeline:
     """Segment ``audio`` ``(n_samples,)`` at ``sr`` Hz, classify each segment with ``predict_proba`` and build the
-    smoothed timeline and its summary."""
+    smoothed timeline and its summary. ``should_stop()``, checked before each VAD chunk and each model call, stops
+    the analysis (:class:`ser.errors.Cancelled`) when it turns true."""
     cfg = cfg or TimelineConfig()
     labels = list(labels)
     audio = np.asarray(audio, dtype=np.float32)
     duration = audio.size / sr
-    segs, probs = segment_probabilities(audio, sr, segment(audio, sr, cfg.vad), predict_proba)
+
+    def model(x: np.ndarray) -> np.ndarray:
+        check_stop(should_stop)
+        return predict_proba(x)
+
+    segs, probs = segment_probabilities(audio, sr, segment(audio, sr, cfg.vad, should_stop), model)
     if probs.size == 0:
         probs = np.zeros((0, len(labels)))
     times, raw = grid_probabilities(segs, probs, duration, cfg.step_s, len(labels), cfg.min_coverage)

@@ -1,19 +1,28 @@
-"""Uploads, held in memory only: multipart parsing (never spooled to disk), body reading with size limits, and the
-decoding + inference helpers the upload routes run in worker threads. Every bad input is an :class:`ApiError`."""
+"""Uploads, held in memory only: multipart parsing (never spooled to disk), body reading with size and time limits,
+and the decoding + inference helpers the upload routes run in worker threads. Every bad input is an
+:class:`ApiError`.
+
+The worker-thread helpers take ``should_stop`` (see :func:`ser.serve.deps.in_thread`): once it is true, decoding
+stops before its next block and inference before its next model call (:class:`ser.errors.Cancelled`)."""
 
 from __future__ import annotations
 
 import io
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+import anyio
 from fastapi import Request
 
+from ser.audio import UNKNOWN_FRAMES, AudioInfo, AudioLimitError, Decoded, DecodeLimits
 from ser.errors import AudioError
 from ser.serve.errors import ApiError
 from ser.serve.settings import Settings
+
+StopFlag = Callable[[], bool] | None
 
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may hold beyond its files (boundaries, part headers)."""
@@ -93,16 +102,23 @@ def is_audio_type(mime: str) -> bool:
     return mime.startswith("audio/") or mime == "application/octet-stream"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (or declares more)."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (or declares more), and with 408
+    ``body_timeout`` when it has not all arrived within ``timeout_s`` seconds (a stalled or trickling client)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "too_large", f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+    try:
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) > limit:
+                    raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"request body not received within {timeout_s:g} s ({len(buf)} bytes arrived)"
+        ) from None
     return bytes(buf)
 
 
@@ -115,24 +131,31 @@ async def read_uploads(request: Request, settings: Settings, *, batch: bool) -> 
     """The uploaded file(s) of a request: multipart ``file`` (one) / ``files`` (batch; ``file`` also taken), or for
     a single upload the raw body with an audio content type."""
     mime = media_type(request)
+    timeout = settings.body_timeout_s
     if mime == "multipart/form-data":
         limit = settings.max_batch_bytes if batch else settings.max_upload_bytes + MULTIPART_SLACK
-        parts = parse_multipart(await read_body(request, limit), request.headers["content-type"])
+        parts = parse_multipart(await read_body(request, limit, timeout), request.headers["content-type"])
         names = ("files", "file") if batch else ("file",)
         files = [p for p in parts if p.name in names]
         if not files:
             found = ", ".join(sorted({p.name for p in parts})) or "none"
             raise ApiError(422, "missing_file", f"multipart field {names[0]!r} is missing (fields: {found})")
         if not batch:
+            if len(files) > 1:
+                raise ApiError(
+                    422,
+                    "too_many_files",
+                    f"{len(files)} 'file' parts: /v1/predict takes one (several: /v1/predict/batch)",
+                )
             check_size(files[0].data, settings.max_upload_bytes)
-        return files if batch else files[:1]
+        return files
     if batch:
         raise ApiError(415, "unsupported_media_type", f"batch takes multipart/form-data, got {mime or 'no type'}")
     if is_audio_type(mime):
-        data = await read_body(request, settings.max_upload_bytes)
+        data = await read_body(request, settings.max_upload_bytes, timeout)
         return [Part("file", request.headers.get("x-filename"), mime, data)]
     if not mime:
-        body = await read_body(request, settings.max_upload_bytes)
+        body = await read_body(request, settings.max_upload_bytes, timeout)
         if not body:
             raise ApiError(422, "missing_file", "no file: send multipart field 'file' or an audio/* body")
     raise ApiError(
@@ -144,60 +167,119 @@ async def read_uploads(request: Request, settings: Settings, *, batch: bool) -> 
 # decoding and inference (run in worker threads)
 
 
-def decode_audio(data: bytes, sr: int, max_s: float) -> np.ndarray:
-    """Upload bytes → mono float32 ``(n_samples,)`` at ``sr``; :class:`ApiError` for every bad input. The header's
-    duration is checked before the samples are decoded."""
-    from ser.audio import decode_bytes, probe
+def decode_limits(settings: Settings, max_s: float) -> DecodeLimits:
+    """The decoding bounds of one upload whose duration limit is ``max_s`` seconds."""
+    return DecodeLimits(
+        max_s=max_s,
+        max_sample_rate=settings.max_sample_rate,
+        max_channels=settings.max_channels,
+        max_samples=int(max_s * settings.max_decode_samples_per_s),
+    )
+
+
+def decode_audio(
+    data: bytes,
+    sr: int,
+    limits: DecodeLimits,
+    should_stop: StopFlag = None,
+    check: Callable[[AudioInfo], None] | None = None,
+) -> Decoded:
+    """Upload bytes → :class:`ser.audio.Decoded` (mono float32 at ``sr``); :class:`ApiError` for every bad input.
+    The header is checked against ``limits`` (and ``check``) before a sample is decoded; decoding runs in blocks,
+    so memory follows the 16 kHz mono result, not what the file declares."""
+    from ser.audio import decode
 
     if not data:
         raise ApiError(400, "empty_audio", "empty file (0 bytes)")
     try:
-        info = probe(io.BytesIO(data))
-    except AudioError as exc:
-        raise ApiError(422, "undecodable_audio", str(exc)) from None
-    if info.duration_s > max_s:
-        raise ApiError(422, "audio_too_long", f"audio of {info.duration_s:.1f} s exceeds the limit of {max_s:g} s")
-    try:
-        audio = decode_bytes(data, sr)
+        return decode(io.BytesIO(data), sr, limits, should_stop=should_stop, check=check)
+    except AudioLimitError as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
     except AudioError as exc:
         code = "undecodable_audio" if str(exc).startswith("undecodable") else "invalid_audio"
         raise ApiError(422, code, str(exc)) from None
-    if audio.size / sr > max_s + 1e-3:
-        raise ApiError(422, "audio_too_long", f"audio of {audio.size / sr:.1f} s exceeds the limit of {max_s:g} s")
-    return audio
 
 
-def predict_bytes(predictor: Any, data: bytes, max_s: float) -> Any:
-    """Decode and classify one upload → :class:`ser.inference.Prediction` (processing_ms covers both)."""
+def predict_bytes(predictor: Any, data: bytes, limits: DecodeLimits, should_stop: StopFlag = None) -> dict[str, Any]:
+    """Decode and classify one upload → the fields of :class:`ser.serve.schemas.PredictionOut` but ``model_name``
+    and ``filename`` (:func:`ser.serve.speech.predict_gated`: no label when there is no speech; processing_ms
+    covers decoding and inference)."""
+    from ser.serve.speech import predict_gated
+
     t0 = time.perf_counter()
-    audio = decode_audio(data, predictor.sample_rate, max_s)
+    decoded = decode_audio(data, predictor.sample_rate, limits, should_stop)
     try:
-        proba = predictor.predict_proba(audio)
+        return predict_gated(predictor, decoded.audio, decoded.clipped, t0, should_stop)
     except AudioError as exc:
         raise ApiError(422, "invalid_audio", str(exc)) from None
-    return predictor.make_prediction(proba, audio.size / predictor.sample_rate, (time.perf_counter() - t0) * 1e3)
 
 
-def predict_many(predictor: Any, parts: list[Part], max_bytes: int, max_s: float) -> list[tuple[Part, Any]]:
-    """Each part's prediction or its :class:`ApiError` (one bad file does not fail the batch)."""
+def predict_many(
+    predictor: Any, parts: list[Part], max_bytes: int, limits: DecodeLimits, should_stop: StopFlag = None
+) -> list[tuple[Part, Any]]:
+    """Each part's result (as :func:`predict_bytes`) or its :class:`ApiError` (one bad file does not fail the
+    batch); :class:`ser.errors.Cancelled` stops the whole batch."""
     out: list[tuple[Part, Any]] = []
     for part in parts:
         try:
             check_size(part.data, max_bytes)
-            out.append((part, predict_bytes(predictor, part.data, max_s)))
+            out.append((part, predict_bytes(predictor, part.data, limits, should_stop)))
         except ApiError as exc:
             out.append((part, exc))
     return out
 
 
-def timeline_bytes(predictor: Any, data: bytes, max_s: float, cfg: Any) -> tuple[Any, float]:
-    """Decode one upload and run :func:`ser.serve.timeline.analyze` → ``(Timeline, processing_ms)``."""
+@dataclass(frozen=True)
+class TimelineAnswer:
+    """What :func:`timeline_bytes` returns: the response ``body`` (JSON bytes, serialised in the worker thread),
+    the :class:`ser.serve.timeline.Timeline` (for the metrics) and ``processing_ms`` (decoding + analysis)."""
+
+    body: bytes
+    timeline: Any
+    processing_ms: float
+
+
+def check_points(duration_s: float, step_s: float, max_points: int) -> None:
+    """422 ``too_many_points`` when a timeline of ``duration_s`` at ``step_s`` would hold more than ``max_points``
+    grid points."""
+    points = math.ceil(duration_s / step_s - 1e-9)
+    if points > max_points:
+        raise ApiError(
+            422,
+            "too_many_points",
+            f"step_s={step_s:g} on {duration_s:.1f} s of audio gives {points} timeline points (at most {max_points}):"
+            f" use step_s >= {math.ceil(duration_s / max_points * 1000) / 1000:g}",
+        )
+
+
+def timeline_bytes(
+    predictor: Any,
+    data: bytes,
+    limits: DecodeLimits,
+    cfg: Any,
+    max_points: int,
+    should_stop: StopFlag = None,
+) -> TimelineAnswer:
+    """Decode one upload, run :func:`ser.serve.timeline.analyze` and serialise the answer (here, off the event
+    loop). The number of grid points is checked on the header, before decoding."""
+    from ser.serve.schemas import TimelineOut
     from ser.serve.timeline import analyze
 
+    def header_points(info: AudioInfo) -> None:
+        if info.frames < UNKNOWN_FRAMES:
+            check_points(info.duration_s, cfg.step_s, max_points)
+
     t0 = time.perf_counter()
-    audio = decode_audio(data, predictor.sample_rate, max_s)
+    audio = decode_audio(data, predictor.sample_rate, limits, should_stop, header_points).audio
+    check_points(audio.size / predictor.sample_rate, cfg.step_s, max_points)
     try:
-        tl = analyze(audio, predictor.sample_rate, predictor.predict_proba, predictor.labels, cfg)
+        tl = analyze(
+            audio, predictor.sample_rate, predictor.predict_proba, predictor.labels, cfg, should_stop=should_stop
+        )
     except AudioError as exc:
         raise ApiError(422, "invalid_audio", str(exc)) from None
-    return tl, (time.perf_counter() - t0) * 1e3
+    ms = (time.perf_counter() - t0) * 1e3
+    out = TimelineOut(
+        model_name=predictor.name, model_version=predictor.version, processing_ms=round(ms, 3), **tl.to_dict()
+    )
+    return TimelineAnswer(out.model_dump_json().encode(), tl, ms)

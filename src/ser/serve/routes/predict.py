@@ -9,15 +9,23 @@ from fastapi import APIRouter, Request
 
 from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
 from ser.serve.errors import ERROR_RESPONSES, ApiError
+from ser.serve.metrics import Metrics
 from ser.serve.schemas import BATCH_BODY, UPLOAD_BODY, BatchItem, BatchOut, PredictionOut
-from ser.serve.uploads import predict_bytes, predict_many, read_uploads
+from ser.serve.uploads import decode_limits, predict_bytes, predict_many, read_uploads
 
 router = APIRouter()
 
 
-def _prediction_out(pred: Any, predictor: Any, filename: str | None) -> PredictionOut:
-    d = pred.to_dict()
-    return PredictionOut(**d, confidence=d["probabilities"][d["label"]], model_name=predictor.name, filename=filename)
+def _prediction_out(fields: dict[str, Any], predictor: Any, filename: str | None) -> PredictionOut:
+    return PredictionOut(**fields, model_name=predictor.name, filename=filename)
+
+
+def _observe(metrics: Metrics, endpoint: str, out: PredictionOut) -> None:
+    if out.label is not None and out.confidence is not None:
+        metrics.observe_prediction(endpoint, out.label, out.confidence)
+    else:
+        metrics.no_speech.labels(endpoint, out.reason or "no_speech").inc()
+    metrics.audio_duration.labels(endpoint).observe(out.duration_s)
 
 
 @router.post(
@@ -33,10 +41,9 @@ async def predict(request: Request) -> PredictionOut:
     settings, metrics = settings_of(request), metrics_of(request)
     p = predictor(request)
     part = (await read_uploads(request, settings, batch=False))[0]
-    pred = await in_thread(request, predict_bytes, p, part.data, settings.max_audio_s)
-    out = _prediction_out(pred, p, part.filename)
-    metrics.observe_prediction("predict", out.label, out.confidence)
-    metrics.audio_duration.labels("predict").observe(out.duration_s)
+    fields = await in_thread(request, predict_bytes, p, part.data, decode_limits(settings, settings.max_audio_s))
+    out = _prediction_out(fields, p, part.filename)
+    _observe(metrics, "predict", out)
     metrics.inference.labels("predict").observe(out.processing_ms / 1e3)
     return out
 
@@ -57,7 +64,8 @@ async def predict_batch(request: Request) -> BatchOut:
     if len(parts) > settings.max_batch_files:
         raise ApiError(422, "too_many_files", f"{len(parts)} files; at most {settings.max_batch_files} per batch")
     t0 = time.perf_counter()
-    done = await in_thread(request, predict_many, p, parts, settings.max_upload_bytes, settings.max_audio_s)
+    limits = decode_limits(settings, settings.max_audio_s)
+    done = await in_thread(request, predict_many, p, parts, settings.max_upload_bytes, limits)
     metrics.inference.labels("batch").observe(time.perf_counter() - t0)
     items = []
     for part, res in done:
@@ -65,8 +73,7 @@ async def predict_batch(request: Request) -> BatchOut:
             items.append(BatchItem(filename=part.filename, ok=False, error=res.body(), status=res.status))
             continue
         out = _prediction_out(res, p, part.filename)
-        metrics.observe_prediction("batch", out.label, out.confidence)
-        metrics.audio_duration.labels("batch").observe(out.duration_s)
+        _observe(metrics, "batch", out)
         items.append(BatchItem(filename=part.filename, ok=True, result=out))
     n_ok = sum(i.ok for i in items)
     return BatchOut(model_version=p.version, n_ok=n_ok, n_failed=len(items) - n_ok, results=items)

@@ -6,12 +6,13 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 
 from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
-from ser.serve.errors import ERROR_RESPONSES
+from ser.serve.errors import ERROR_RESPONSES, ApiError
 from ser.serve.schemas import UPLOAD_BODY, TimelineOut
 from ser.serve.timeline import TimelineConfig
-from ser.serve.uploads import read_uploads, timeline_bytes
+from ser.serve.uploads import decode_limits, read_uploads, timeline_bytes
 from ser.vad import VadConfig
 
 router = APIRouter()
@@ -27,16 +28,20 @@ router = APIRouter()
 )
 async def timeline(
     request: Request,
-    step_s: float = Query(0.5, gt=0, le=60, description="grid step, seconds"),
+    step_s: float = Query(0.5, gt=0, le=60, description="grid step, seconds (at least SER_MIN_TIMELINE_STEP_S, 0.1)"),
     smoothing: Literal["ema", "median", "none"] = Query("ema"),
     tau_s: float = Query(1.0, gt=0, le=600, description="EMA time constant, seconds"),
     aggressiveness: int = Query(2, ge=0, le=3, description="webrtcvad mode"),
     max_segment_s: float = Query(4.0, gt=0.25, le=30, description="longer voiced stretches are split"),
     peak_label: str = Query("angry", max_length=64),
     peak_threshold: float = Query(0.5, ge=0, le=1),
-) -> TimelineOut:
+) -> Response:
     """Emotion timeline of a long recording: voice-activity segments, each classified; probabilities on a
-    smoothed grid; share of voiced time per emotion, dominant emotion and peaks of ``peak_label``."""
+    smoothed grid; share of voiced time per emotion, dominant emotion and peaks of ``peak_label``. The grid holds
+    at most ``SER_MAX_TIMELINE_POINTS`` points (422 ``too_many_points`` otherwise; checked before decoding)."""
+    settings, metrics = settings_of(request), metrics_of(request)
+    if step_s < settings.min_timeline_step_s:
+        raise ApiError(422, "step_too_small", f"step_s={step_s:g} s; at least {settings.min_timeline_step_s:g} s")
     cfg = TimelineConfig(
         vad=VadConfig(aggressiveness=aggressiveness, max_segment_s=max_segment_s),
         step_s=step_s,
@@ -45,13 +50,15 @@ async def timeline(
         peak_label=peak_label,
         peak_threshold=peak_threshold,
     )
-    settings, metrics = settings_of(request), metrics_of(request)
     p = predictor(request)
     part = (await read_uploads(request, settings, batch=False))[0]
-    tl, ms = await in_thread(request, timeline_bytes, p, part.data, settings.max_timeline_audio_s, cfg)
+    limits = decode_limits(settings, settings.max_timeline_audio_s)
+    answer = await in_thread(request, timeline_bytes, p, part.data, limits, cfg, settings.max_timeline_points)
+    tl, ms = answer.timeline, answer.processing_ms
     for seg_p in tl.probs:
         k = int(np.argmax(seg_p))
         metrics.observe_prediction("timeline", tl.labels[k], float(seg_p[k]))
     metrics.audio_duration.labels("timeline").observe(tl.duration_s)
     metrics.inference.labels("timeline").observe(ms / 1e3)
-    return TimelineOut(model_name=p.name, model_version=p.version, processing_ms=round(ms, 3), **tl.to_dict())
+    # serialised in the worker thread: a large answer does not hold the event loop
+    return Response(answer.body, media_type="application/json")

@@ -79,9 +79,25 @@ def error_message(code: str, message: str) -> dict[str, Any]:
 
 def _number(msg: dict[str, Any], key: str, default: float | None) -> float:
     v = msg.get(key, default)
-    if v is None or isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise StreamError("bad_start", f"{key} must be a number, got {v!r}")
-    return float(v)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        try:  # an integer too large for a float (JSON has no limit on digits) is an OverflowError, not a bug
+            x = float(v)
+        except OverflowError:
+            msg_ = f"{key} must be a finite number, got an integer of {int(v).bit_length()} bits"
+            raise StreamError("bad_start", msg_) from None
+        if math.isfinite(x):
+            return x
+    raise StreamError("bad_start", f"{key} must be a finite number, got {_show(v)}")
+
+
+def _show(v: Any, width: int = 80) -> str:
+    """``repr(v)`` cut to ``width`` characters, for an error message (an integer too long to print is described)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+        return f"an integer of {v.bit_length()} bits"
+    try:
+        return repr(v)[:width]
+    except ValueError:  # e.g. a list holding an integer of more digits than int -> str allows
+        return f"a {type(v).__name__}"
 
 
 def parse_start(msg: dict[str, Any], limits: StreamLimits | None = None) -> StreamConfig:
@@ -93,7 +109,7 @@ def parse_start(msg: dict[str, Any], limits: StreamLimits | None = None) -> Stre
         raise StreamError("bad_start", f"sample_rate must be an integer in {MIN_RATE}..{MAX_RATE} Hz, got {sr:g}")
     encoding = msg.get("encoding", "pcm16")
     if encoding not in ENCODINGS:
-        raise StreamError("bad_start", f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+        raise StreamError("bad_start", f"encoding must be one of {', '.join(ENCODINGS)}, got {_show(encoding)}")
     hop = _number(msg, "hop_s", DEFAULT_HOP_S)
     if not lim.min_hop_s <= hop <= lim.max_hop_s:
         raise StreamError("bad_start", f"hop_s must be in {lim.min_hop_s:g}..{lim.max_hop_s:g} s, got {hop:g}")
