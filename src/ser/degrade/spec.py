@@ -110,11 +110,11 @@ def degradation_from_dict(data: Mapping[str, Any]) -> Degradation:
     try:
         spec: Degradation = _ADAPTER.validate_python(dict(data))
     except ValidationError as exc:
-        raise ConfigError(f"degradation {dict(data)!r}: {_first_error(exc)}") from None
+        raise ConfigError(f"degradation {dict(data)!r}: {first_error(exc)}") from None
     return spec
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
     return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
@@ -159,7 +159,7 @@ def _parse_step(step: str) -> Degradation:
         try:
             spec: Degradation = _ADAPTER.validate_python(data)
         except ValidationError as exc:
-            raise ConfigError(f"degradation step {step!r}: {_first_error(exc)}") from None
+            raise ConfigError(f"degradation step {step!r}: {first_error(exc)}") from None
         return spec
     raise ConfigError(
         f"unknown degradation step {step!r}: expected telephone[:mulaw|alaw|none], codec:mp3|opus|vorbis[@LEVEL], "

@@ -21,7 +21,7 @@ from ser.degrade.spec import (
     Noise,
     Reverb,
     Telephone,
-    _first_error,
+    first_error,
     parse,
 )
 from ser.errors import ConfigError, LeakageError
@@ -77,7 +77,7 @@ def make_training_config(data: Mapping[str, Any] | None = None) -> TrainingDegra
     try:
         return TrainingDegradationConfig(**dict(data or {}))
     except ValidationError as exc:
-        raise ConfigError(f"training degradation config: {_first_error(exc)}") from None
+        raise ConfigError(f"training degradation config: {first_error(exc)}") from None
 
 
 def check_training_noises(noises: Iterable[str], *, allow_held_out: bool = False) -> tuple[str, ...]:
