@@ -52,6 +52,18 @@ def test_streamed_ks_is_scipys(seed):
     )
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.3])
+def test_ks_on_a_quantile_grid_is_within_one_grid_step(shift):
+    rng = np.random.default_rng(2)
+    ref, live = rng.normal(size=2000), rng.normal(shift, 1.0, size=30_000)
+    exact = ks_2samp(ref, live).statistic
+    acc = ContinuousDrift("band", ref, CFG, grid=200)
+    acc.update(live)
+    d = acc.result()["ks"]
+    assert exact - 1 / 200 - 1e-12 <= d <= exact + 1e-12
+    assert acc.u.size <= 201 + CFG.bins
+
+
 def test_small_samples_use_scipys_exact_p():
     rng = np.random.default_rng(1)
     ref, live = rng.normal(size=200), rng.normal(size=150)

@@ -21,7 +21,7 @@ LOG = typer.Option(..., "--log", help="log root: a folder or an fsspec URI (hold
 def report_cmd(
     log: str = LOG,
     model: str = typer.Option(
-        ..., "--model", help="model folder, or registry reference NAME[@ALIAS|/VERSION] in --workdir"
+        ..., "--model", help="model folder, or registry reference (ser-emotion@champion, ser-emotion/3) in --workdir"
     ),
     out: Path = typer.Option(..., "--out", help="output folder (report.json, report.html)"),
     workdir: Path | None = typer.Option(None, "--workdir", help="workdir whose registry --model names [$SER_WORKDIR]"),

@@ -256,8 +256,13 @@ class PredictionLog:
     """The service's handle on the prediction log under ``root`` (a folder or an fsspec URI).
 
     ``flush_s``: seconds between writes (what a crash can lose); ``max_queue``: records held in memory before new
-    ones are dropped (:attr:`dropped`); ``recent``: how many issued ids :attr:`recent` remembers for feedback
-    look-ups before they are on disk; ``merge``: merge each past hour's small files into one.
+    ones are dropped (:attr:`dropped`); ``batch_rows``: a write starts early when this many records wait;
+    ``recent``: how many issued ids :attr:`recent` remembers for feedback look-ups before they are on disk;
+    ``merge``: merge each past hour's small files into one.
+
+    Create one per worker process, after any fork (in the service's lifespan): its thread and its file names
+    belong to the process that made it. Call :meth:`close` at shutdown; records still queued when the
+    interpreter exits without it are lost (the thread is a daemon, so it never holds up an exit).
 
     >>> log = PredictionLog("/var/lib/ser/log")            # doctest: +SKIP
     >>> log.log(build_record(route="/v1/predict", ...))     # doctest: +SKIP
@@ -270,6 +275,7 @@ class PredictionLog:
         *,
         flush_s: float = 2.0,
         max_queue: int = 10_000,
+        batch_rows: int = 5_000,
         recent: int = 100_000,
         merge: bool = True,
     ):
@@ -281,6 +287,7 @@ class PredictionLog:
             _to_row,
             flush_s=flush_s,
             max_queue=max_queue,
+            batch_rows=batch_rows,
             merge=merge,
             name="ser-prediction-log",
         )

@@ -161,7 +161,8 @@ def default_logmel(audio: np.ndarray, sr: int = TARGET_SR) -> np.ndarray:
     from ser.features import FeatureConfig
     from ser.features.frames import compute
 
-    return compute(np.asarray(audio, dtype=np.float32), FeatureConfig(sr=sr), ("logmel",))["logmel"]
+    cfg = FeatureConfig(sr=sr, fmax=min(8000.0, sr / 2))
+    return compute(np.asarray(audio, dtype=np.float32), cfg, ("logmel",))["logmel"]
 
 
 def input_stats(
