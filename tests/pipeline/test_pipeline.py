@@ -175,9 +175,14 @@ def test_pipeline_registers_a_champion_with_card_and_working_onnx(first_run, rav
     res = summary.to_dict()["result"]
     assert res["version"] == 1 and res["alias"] == "champion"
     folder = registry.resolve(wd, "ser-emotion@champion")
-    assert {"model.onnx", "metadata.json", "MODEL_CARD.md", "confusion_matrix.png"} <= {
+    assert {"model.onnx", "metadata.json", "MODEL_CARD.md", "confusion_matrix.png", "reference.parquet"} <= {
         p.name for p in folder.iterdir()
     }
+    from ser.monitor.reference import load_reference
+
+    ref = load_reference(folder)  # the monitoring reference: every corpus clip, with its out-of-fold answer
+    assert ref is not None and ref.n == summary.record("export")["reference"]["clips"] > 0
+    assert ref.meta["with_prediction"] == ref.n and ref.n_mels == 64
     card = (folder / "MODEL_CARD.md").read_text()
     sections = ["## Intended use", "## Out-of-scope uses", "## Training data", "## Evaluation", "### Per class"]
     sections += ["Per group", "## Known limitations", "## Ethical considerations", "SYNTHETIC", "95 % CI"]

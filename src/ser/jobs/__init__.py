@@ -13,5 +13,6 @@ module                    jobs
 :mod:`ser.jobs.tune`      an Optuna study on one training fold's validation speakers
 :mod:`ser.jobs.evaluate`  fold predictions → the cross-validation report
 :mod:`ser.jobs.release`   ONNX export with parity check, model card, registry with the promotion gate
+:mod:`ser.jobs.monitor`   the reference profile at export; monitoring report, retention, deletion, feedback import
 ========================  ==========================================================================
 """
