@@ -11,7 +11,9 @@ on nothing of each other. A *model folder* holds:
   ``logmel+mfcc``, the full :class:`~ser.features.FeatureConfig` as ``feature_config``, ``trim_db``,
   ``min_frames``), ``eval`` (``mode`` full / windows, ``window`` and ``hop`` in frames), plus provenance:
   ``name``, ``version``, ``model``, ``training``, ``metrics``, ``code_version``, ``created``;
-- ``MODEL_CARD.md`` (:data:`CARD_FILE`).
+- ``MODEL_CARD.md`` (:data:`CARD_FILE`);
+- optional (format 2): ``reference.parquet`` (:data:`REFERENCE_FILE`), the training reference profile the
+  monitoring report compares live inputs and answers with (:mod:`ser.monitor.reference`).
 
 Format versions (``metadata.json["format"]``): ``ser-model/1`` (to 2026-12), ``ser-model/2`` (adds
 ``format_version``; the folder may hold further files that later stages add, each optional to a reader).
@@ -47,6 +49,7 @@ READABLE_FORMATS = {f"{FORMAT_NAME}/{v}": v for v in range(1, FORMAT_VERSION + 1
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "MODEL_CARD.md"
+REFERENCE_FILE = "reference.parquet"
 INPUT_NAME = "features"
 OUTPUT_NAME = "logits"
 

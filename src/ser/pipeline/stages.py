@@ -312,11 +312,26 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
             "label_profile": ctx.cfg.data.profile,
         },
     ).run()
+    ref = _reference(ctx, out, manifest)
     return {
         "outputs": {"model_dir": str(out)},
         "parity_max_abs_diff": diff,
-        "metric": f"ONNX parity {diff:.1e} on {n} corpus clips",
+        "reference": ref.to_dict(),
+        "metric": f"ONNX parity {diff:.1e} on {n} corpus clips; reference of {ref.clips} clips",
     }
+
+
+def _reference(ctx: StageContext, model_dir: Path, manifest: pd.DataFrame):
+    """The training reference profile in the model folder: input statistics of (a sample of) the corpus with the
+    evaluate stage's out-of-fold predictions (:class:`ser.jobs.monitor.ReferenceJob`)."""
+    from ser.data.split import n_folds
+    from ser.jobs.monitor import ReferenceJob, oof_predictions
+
+    name = ctx.inputs["train"]["recipe"]["name"]
+    folds = ctx.cfg.split.folds or list(range(n_folds(read_parquet(ctx.path("split", "splits")))))
+    outputs = load_folds(ctx.path("train", "cv"), name, folds)
+    oof = oof_predictions(outputs, ctx.inputs["split"]["classes"])
+    return ReferenceJob(model_dir, manifest, oof, seed=ctx.cfg.train.seed, workers=ctx.cfg.workers).run()
 
 
 def _training_facts(manifest: pd.DataFrame, cfg: PipelineConfig, final: dict[str, Any]) -> dict[str, Any]:
@@ -433,7 +448,13 @@ STAGES: list[Stage] = [
         ("split", "train"),
         lambda c: {**c.evaluate.model_dump(), "group": c.register_.group},
     ),
-    Stage("export", export_stage, ("split", "features", "train", "evaluate"), lambda c: {"name": c.name}),
+    Stage(
+        "export",
+        export_stage,
+        ("split", "features", "train", "evaluate"),
+        lambda c: {"name": c.name},
+        version="2",  # 2: reference.parquet (the monitoring reference profile) in the model folder
+    ),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="3"),  # 3: EU AI Act scope
     Stage(
         "register",
