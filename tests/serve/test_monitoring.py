@@ -246,7 +246,10 @@ def test_feedback_errors(clients, ravdess_files):
     pid = c.post("/v1/predict", files={"file": ("a.flac", ravdess_files[0].read_bytes())}).json()["prediction_id"]
     assert_error(c.post("/v1/feedback", json={"prediction_id": new_id(), "label": "sad"}), 404, "unknown_prediction")
     assert_error(c.post("/v1/feedback", json={"prediction_id": pid, "label": "bored"}), 422, "invalid_feedback")
-    assert_error(c.post("/v1/feedback", json={"prediction_id": "nope", "label": "sad"}), 422, "invalid_feedback")
+    assert_error(c.post("/v1/feedback", json={"prediction_id": "nope", "label": "sad"}), 422, "invalid_request")
+    assert_error(c.post("/v1/feedback", json={"prediction_id": pid.upper(), "label": "sad"}), 422, "invalid_request")
+    unknown = {"prediction_id": new_id(), "label": "bored"}  # never issued: 404 whatever the label
+    assert_error(c.post("/v1/feedback", json=unknown), 404, "unknown_prediction")
     assert_error(c.post("/v1/feedback", json={"label": "sad"}), 422, "invalid_request")
     assert_error(c.post("/v1/feedback", json=[1, 2]), 422, "invalid_request")
     assert_error(c.post("/v1/feedback", content=b"{not json", headers={"content-type": "application/json"}), 422,

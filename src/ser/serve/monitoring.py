@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from ser.inference import Predictor
-from ser.monitor.feedback import FeedbackLog, FeedbackRecord, validate_feedback
-from ser.monitor.ids import new_id
+from ser.monitor.feedback import FeedbackLog, FeedbackRecord, UnknownPrediction, check_id, validate_feedback
+from ser.monitor.ids import new_id, ts_ms_of
 from ser.monitor.live import LiveMonitor
-from ser.monitor.log import PredictionLog, RecentIds, build_record
+from ser.monitor.log import PredictionLog, RecentIds, build_record, issued
 from ser.monitor.stats import SCALAR_FIELDS, InputStats, input_stats, seen_logmel
 from ser.serve.engine import ModelHolder, ModelNotReady, ReloadResult
 from ser.serve.metrics import Metrics
@@ -202,7 +202,8 @@ class ServiceMonitor:
         if self.root is not None:
             try:
                 flush = self.settings.prediction_log_flush_s
-                self.log = PredictionLog(self.root, flush_s=flush, recent=self.settings.live_ids)
+                # recent=1: the ids issued are remembered once, in self.recent (also when the log is off)
+                self.log = PredictionLog(self.root, flush_s=flush, recent=1)
                 self.feedback_log = FeedbackLog(self.root, flush_s=flush)
                 log.info("prediction log: %s (written every %g s)", self.root, flush)
             except Exception as exc:
@@ -352,21 +353,27 @@ class ServiceMonitor:
     def feedback(
         self, prediction_id: Any, label: Any, classes: list[str], source: str | None, group: str | None
     ) -> tuple[FeedbackRecord, bool]:
-        """Validate feedback (:func:`ser.monitor.feedback.validate_feedback`: raises its errors), queue it and
+        """Validate feedback (the id's form, then whether it was issued: by this process, else in the log on disk,
+        404; then the label, :func:`ser.monitor.feedback.validate_feedback`, 422), queue it and
         join it to the live accuracy; returns the record and whether it was queued to the feedback log. Reads
         the log on disk for ids not issued by this process: call from a worker thread."""
-        rec = validate_feedback(
-            prediction_id,
-            label,
-            classes,
-            recent=self.recent,
-            root=self.root if self.log is not None else None,
-            source=source,
-            group=group,
-        )
+        pid = check_id(prediction_id)
+        # whether the id was issued first: an id this service never gave is 404 whatever its label
+        root = self.root if self.log is not None else None
+        if pid not in self.recent and not (root is not None and _issued_on_disk(root, pid)):
+            raise UnknownPrediction(f"no prediction {pid} was issued (or it has been purged)")
+        rec = validate_feedback(pid, label, classes, source=source, group=group)
         stored = self.feedback_log.log(rec) if self.feedback_log is not None else False
         self.live.feedback(rec.prediction_id, rec.label)
         return rec, stored
+
+
+def _issued_on_disk(root: str, pid: str) -> bool:
+    """:func:`ser.monitor.log.issued`, for an id from a request: an id whose time lies in the future (a day of
+    clock skew allowed) was never issued, and its time may be beyond what a datetime holds (ts_of would overflow)."""
+    if ts_ms_of(pid) > time.time() * 1000 + 86_400_000:
+        return False
+    return issued(root, pid)
 
 
 def monitor_of(app: Any) -> ServiceMonitor | None:

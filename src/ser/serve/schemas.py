@@ -128,13 +128,18 @@ class ModelInfo(BaseModel):
     loaded_at: str | None = None
 
 
+UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+
+
 class FeedbackIn(BaseModel):
     """The true label of an answer."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prediction_id: str = Field(max_length=64, description="the answer's prediction_id")
-    label: str = Field(max_length=64, description="the true emotion: one of the served model's labels")
+    prediction_id: str = Field(
+        pattern=UUID7_PATTERN, description="the answer's prediction_id (a UUIDv7 in canonical lower-case form)"
+    )
+    label: str = Field(min_length=1, max_length=64, description="the true emotion: one of the served model's labels")
     source: str | None = Field(None, max_length=200, description="who says so: user, annotator, ...")
     group: str | None = Field(
         None, max_length=200, description="a group to break live accuracy down by (channel, region; never a person)"
