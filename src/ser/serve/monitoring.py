@@ -84,10 +84,16 @@ class FeatureTap:
         return np.asarray(proba)
 
     def logmel(self) -> np.ndarray | None:
-        pre = getattr(self.predictor, "pre", None)
-        if self.features is None or pre is None:
-            return None
-        return seen_logmel(self.features, pre.kind, int(pre.feature_config.get("n_mels", 64)))
+        return logmel_of(self.predictor, self.features)
+
+
+def logmel_of(predictor: Any, features: np.ndarray | None) -> np.ndarray | None:
+    """The log-mel rows of a predictor's model input ``features`` (None when there are none or they hold no
+    log-mel: the statistics then compute it)."""
+    pre = getattr(predictor, "pre", None)
+    if features is None or pre is None:
+        return None
+    return seen_logmel(features, pre.kind, int(pre.feature_config.get("n_mels", 64)))
 
 
 class ShadowRunner:

@@ -23,7 +23,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from ser.serve.deps import auth_of, check_key, holder_of, limiter_of, metrics_of, settings_of
 from ser.serve.errors import ApiError
-from ser.serve.monitoring import monitor_of
+from ser.serve.monitoring import logmel_of, monitor_of
 from ser.serve.security import WS_PROTOCOL, origin_allowed, presented_key, ws_offered, ws_subprotocol_key
 from ser.serve.stream import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, StreamLimits, StreamSession
 
@@ -108,8 +108,8 @@ class StreamConnection:
         on_final = None
         if monitor is not None:
 
-            def on_final(predictor: Any, audio: Any, answer: dict[str, Any]) -> str:
-                return monitor.answered(PATH, predictor, audio, answer)
+            def on_final(predictor: Any, audio: Any, answer: dict[str, Any], features: Any) -> str:
+                return monitor.answered(PATH, predictor, audio, answer, logmel=logmel_of(predictor, features))
 
         session = StreamSession(
             holder_of(self.ws).get, StreamLimits(max_stream_s=self.settings.max_stream_s), on_final=on_final

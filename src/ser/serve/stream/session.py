@@ -43,9 +43,10 @@ class PredictorLike(Protocol):
     def predict_proba(self, audio: np.ndarray) -> np.ndarray: ...
 
 
-FinalHook = Callable[[Any, np.ndarray, dict[str, Any]], str]
-"""``on_final(predictor, audio, answer)`` → the final's prediction id: the service logs the utterance's answer
-(``answer``: label, confidence, probabilities, duration_s, processing_ms) and issues its id."""
+FinalHook = Callable[[Any, np.ndarray, dict[str, Any], np.ndarray | None], str]
+"""``on_final(predictor, audio, answer, features)`` → the final's prediction id: the service logs the utterance's
+answer (``answer``: label, confidence, probabilities, duration_s, processing_ms; ``features``: the model input the
+answer was computed from, when the predictor gives it) and issues its id."""
 
 
 class StreamSession:
@@ -297,8 +298,13 @@ class StreamSession:
         a, b = self._sample(seg[0]), self._sample(seg[1])
         clip = self._buf.slice(a, b)
         t0 = time.perf_counter()
+        feats = None
         try:
-            p = np.asarray(self.predictor.predict_proba(clip), dtype=np.float64)
+            if self.on_final is not None and hasattr(type(self.predictor), "proba_and_features"):
+                proba, feats = self.predictor.proba_and_features(clip)  # type: ignore[attr-defined]
+            else:
+                proba = self.predictor.predict_proba(clip)
+            p = np.asarray(proba, dtype=np.float64)
         except AudioError:
             return []
         self.utterances += 1
@@ -314,7 +320,7 @@ class StreamSession:
                 "duration_s": clip.size / self.sr,
                 "processing_ms": (time.perf_counter() - t0) * 1e3,
             }
-            pid = self.on_final(self.predictor, clip, answer)
+            pid = self.on_final(self.predictor, clip, answer, feats)
         return [
             {
                 "type": "final",
