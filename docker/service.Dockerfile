@@ -36,7 +36,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 ser \
     && useradd --system --uid 10001 --gid ser --home-dir /home/ser --create-home --shell /usr/sbin/nologin ser \
-    && mkdir -p /runs && chown ser:ser /runs
+    && mkdir -p /runs /monitor && chown ser:ser /runs /monitor
 COPY --from=build /opt/venv /opt/venv
 
 # A model folder baked in at build time (default: an empty placeholder; mount one or set SER_WORKDIR instead).

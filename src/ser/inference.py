@@ -109,6 +109,11 @@ class Predictor:
 
     def predict_proba(self, audio: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n_classes,)`` of mono float32 ``audio`` at :attr:`sample_rate`."""
+        return self.proba_and_features(audio)[0]
+
+    def proba_and_features(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_proba` and the model input it was computed from ``(n_features, T)`` (the monitoring
+        statistics summarise the model's own log-mel rows without computing them twice)."""
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1:
             raise AudioError(f"audio must be mono (n_samples,), got shape {audio.shape}")
@@ -116,7 +121,8 @@ class Predictor:
             raise AudioError("non-finite samples (NaN or Inf)")
         if audio.size < self.min_samples:
             raise AudioError(f"audio too short: {audio.size} samples")
-        return softmax(self.logits(self.pre.features(audio)))
+        feats = self.pre.features(audio)
+        return softmax(self.logits(feats)), feats
 
     def predict(self, audio: np.ndarray) -> Prediction:
         """:class:`Prediction` of mono float32 ``audio`` at :attr:`sample_rate`."""

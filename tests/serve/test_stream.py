@@ -112,6 +112,10 @@ def run_session(
     return out
 
 
+VARYING = ("latency_ms", "prediction_id")
+"""Message fields that differ between two runs of the same stream (timing; each final's new id)."""
+
+
 def of_type(messages: list[dict], kind: str) -> list[dict]:
     return [m for m in messages if m["type"] == kind]
 
@@ -259,8 +263,8 @@ def test_split_path_gives_the_same_messages_and_calls_the_model_only_when_due():
             out += s.advance()
             calls_when_idle += len(pred.calls) - before
     out += s.handle('{"type": "end"}')
-    strip = [{k: v for k, v in m.items() if k != "latency_ms"} for m in out]
-    assert strip == [{k: v for k, v in m.items() if k != "latency_ms"} for m in reference]
+    strip = [{k: v for k, v in m.items() if k not in VARYING} for m in out]
+    assert strip == [{k: v for k, v in m.items() if k not in VARYING} for m in reference]
     assert calls_when_idle == 0  # advance never ran the model when work_pending said no
     frames = -(-y.size // n)
     assert pending <= len(of_type(out, "partial")) + len(of_type(out, "final")) < frames / 10
@@ -285,7 +289,7 @@ def test_frame_size_does_not_change_the_result():
     y = quantize(np.concatenate([silence(0.7), voice(1.3), silence(0.8), voice(0.9, f0=300), silence(0.3)]))
 
     def strip(msgs):
-        return [{k: v for k, v in m.items() if k != "latency_ms"} for m in msgs]
+        return [{k: v for k, v in m.items() if k not in VARYING} for m in msgs]
 
     reference = strip(run_session(y, frame_s=0.02))
     for frame_s in (0.001, 0.137, 1.0, 4.0):
@@ -299,7 +303,7 @@ def test_pcm16_and_float32_give_the_same_probabilities(holder):
     b = run_session(y, p, encoding="float32")
 
     def strip(msgs):
-        return [{k: v for k, v in m.items() if k != "latency_ms"} for m in msgs]
+        return [{k: v for k, v in m.items() if k not in VARYING} for m in msgs]
 
     assert strip(a) == strip(b)
     assert len(of_type(a, "final")) == 2
@@ -586,7 +590,7 @@ def test_ws_abrupt_disconnect_then_a_normal_stream(make_client, clip):
     assert m["ser_streams_total,end=disconnect"] == 1 and m["ser_streams_total,end=done"] == 1
     assert m["ser_stream_messages_total,code=,type=final"] == 1
     assert m["ser_stream_partial_latency_seconds_count"] >= 8 + 1
-    assert m["ser_predictions_total,emotion={},endpoint=stream".format(out[-2]["label"])] == 1
+    assert m["ser_predictions_total,emotion={},endpoint=stream,model_version=1".format(out[-2]["label"])] == 1
 
 
 def test_ws_too_many_streams_and_idle_timeout(make_client):

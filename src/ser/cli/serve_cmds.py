@@ -38,17 +38,33 @@ def serve(
     timeout: float | None = typer.Option(None, "--timeout", help="per-request inference time limit, s (default 30)"),
     cors: list[str] | None = typer.Option(None, "--cors", help="allowed CORS origin (repeatable)"),
     workers: int | None = typer.Option(None, "--workers", help="concurrent inferences (default: all cores)"),
+    prediction_log: str | None = typer.Option(
+        None,
+        "--prediction-log",
+        help="prediction log folder or URI, or 'off' ($SER_PREDICTION_LOG; default <workdir>/monitor/predictions "
+        "with --workdir, off with --model)",
+    ),
+    shadow: str | None = typer.Option(
+        None, "--shadow", help="second model, logged never returned: registry ref (challenger) or folder"
+    ),
+    shadow_share: float | None = typer.Option(
+        None, "--shadow-share", help="share of /v1/predict answers the shadow model also runs (default 1.0)"
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Serve the model over HTTP (FastAPI + uvicorn), documented at /docs.
 
-    Routes: /v1/predict, /v1/predict/batch, /v1/timeline, /v1/model, /v1/admin/reload, /healthz, /readyz, /metrics.
+    Routes: /v1/predict, /v1/predict/batch, /v1/timeline, /v1/feedback, /v1/model, /v1/admin/reload, /healthz,
+    /readyz, /metrics.
 
     Options left out are read from SER_* environment variables (SER_MODEL_DIR, SER_WORKDIR, SER_API_KEYS, ...).
     With --reload-poll the registry's champion (or the model folder) is watched and hot-reloaded. Without keys and
     without --auth none the server is open (for local use; a warning says so).
 
-    Example: ser serve --workdir runs --port 8000 --api-key alice:s3cret --reload-poll 10
+    Every answer gets a prediction_id and a record in the prediction log (POST /v1/feedback takes its true label);
+    --shadow runs a second model on the same inputs and logs its answers under its own version.
+
+    Example: ser serve --workdir runs --port 8000 --api-key alice:s3cret --reload-poll 10 --shadow challenger
     """
     import uvicorn
 
@@ -74,6 +90,9 @@ def serve(
             admin_keys=admin_key or None,
             auth=auth,
             metrics_port=metrics_port,
+            prediction_log=prediction_log,
+            shadow_ref=shadow,
+            shadow_share=shadow_share,
         )
     except ValueError as exc:  # pydantic's ValidationError too: one line per bad field, never a key
         raise ConfigError(_one_line(exc)) from None

@@ -8,6 +8,7 @@ Routes (who may call which, and how keys, the auth-off mode, the metrics port an
                             ``application/octet-stream`` content type → label, probabilities, timing, version
 ``POST /v1/predict/batch``  several multipart ``files`` → one result or one error per file
 ``POST /v1/timeline``       a long recording → voiced segments, smoothed emotion timeline, summary
+``POST /v1/feedback``       the true label of an answer (its ``prediction_id``) → the feedback log
 ``GET /v1/model``           name, version, labels, metrics of the served model (no path, no code revision)
 ``POST /v1/admin/reload``   reload the model from its source (a failed load keeps the old one: 409); admin key
 ``GET /healthz``            the process answers; ``GET /readyz``: 503 until a model is loaded
@@ -53,7 +54,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from ser.serve.engine import ModelHolder
 from ser.serve.errors import install_error_handlers
 from ser.serve.metrics import Metrics, MetricsMiddleware
-from ser.serve.routes import admin, demo, docs, ops, predict, stream, timeline
+from ser.serve.monitoring import ServiceMonitor
+from ser.serve.routes import admin, demo, docs, feedback, ops, predict, stream, timeline
 from ser.serve.security import Auth, MetricsPortGate, SecurityHeadersMiddleware, install_log_filters
 from ser.serve.settings import Settings
 
@@ -65,14 +67,17 @@ __all__ = ["Settings", "app_from_env", "create_app", "one_blas_thread_per_reques
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start-up: the inference thread limiter, the model load (in a background thread, unless already loaded) and
-    the source poll; shutdown: stop polling."""
+    """Start-up: the inference thread limiter, the monitoring (prediction log, live gauges, shadow model), the
+    model load (in a background thread, unless already loaded) and the source poll; shutdown: stop polling, close
+    the monitoring (the logs are flushed)."""
     settings: Settings = app.state.settings
     holder: ModelHolder = app.state.holder
     auth: Auth = app.state.auth
     install_log_filters()  # again: the server may have configured its logging after create_app
     (log.warning if auth.mode == "open" else log.info)("%s", auth.describe())
     app.state.limiter = anyio.CapacityLimiter(settings.inference_workers)
+    monitor: ServiceMonitor = app.state.monitor
+    monitor.start()  # the prediction log, the live gauges, the second model (before the first load finishes)
     if not holder.ready:
         threading.Thread(target=holder.reload, name="ser-model-load", daemon=True).start()
     if settings.reload_poll_s > 0:
@@ -81,6 +86,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         holder.stop_polling()
+        monitor.close()  # flushes the prediction and feedback logs
 
 
 def create_app(settings: Settings | None = None, *, holder: ModelHolder | None = None) -> FastAPI:
@@ -110,6 +116,7 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
         openapi_url=None,
     )
     app.state.settings, app.state.holder, app.state.metrics = settings, holder, metrics
+    app.state.monitor = ServiceMonitor(settings, holder, metrics)
     app.state.auth = Auth.from_settings(settings)
     app.state.streams_open = 0
     install_log_filters()
@@ -129,7 +136,7 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
     # an included router's routes out of `app.routes` (where benchmarks/serve.py and tests/deploy/test_ops.py look
     # for it) and builds them on an app's first request, which a stream's connection then need not wait for.
     app.add_api_websocket_route(stream.PATH, stream.stream)
-    for routes in (ops, predict, timeline, admin, demo, docs):
+    for routes in (ops, predict, timeline, feedback, admin, demo, docs):
         app.include_router(routes.router)
     return app
 

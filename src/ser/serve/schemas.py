@@ -18,7 +18,14 @@ class ErrorOut(BaseModel):
     error: ErrorBody
 
 
+PREDICTION_ID = (
+    "id of this answer (UUIDv7, sortable by time): send it to POST /v1/feedback with the true label; the "
+    "prediction log holds the answer under it"
+)
+
+
 class PredictionOut(BaseModel):
+    prediction_id: str = Field(description=PREDICTION_ID)
     label: str | None = Field(description="the most probable emotion; null when there is no speech to classify")
     confidence: float | None = Field(description="its probability; null without speech")
     probabilities: dict[str, float] | None = Field(
@@ -57,6 +64,7 @@ class BatchOut(BaseModel):
 
 
 class SegmentOut(BaseModel):
+    prediction_id: str = Field(description=PREDICTION_ID)
     start_s: float
     end_s: float
     label: str
@@ -118,6 +126,35 @@ class ModelInfo(BaseModel):
     created: str | None = None
     registered: str | None = None
     loaded_at: str | None = None
+
+
+UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+
+
+class FeedbackIn(BaseModel):
+    """The true label of an answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(
+        pattern=UUID7_PATTERN, description="the answer's prediction_id (a UUIDv7 in canonical lower-case form)"
+    )
+    label: str = Field(min_length=1, max_length=64, description="the true emotion: one of the served model's labels")
+    source: str | None = Field(None, max_length=200, description="who says so: user, annotator, ...")
+    group: str | None = Field(
+        None, max_length=200, description="a group to break live accuracy down by (channel, region; never a person)"
+    )
+
+
+class FeedbackOut(BaseModel):
+    """The feedback record as accepted (it is written to the feedback log in the background)."""
+
+    prediction_id: str
+    label: str
+    source: str | None
+    group: str | None
+    ts: str = Field(description="when the feedback arrived (UTC, ISO 8601)")
+    stored: bool = Field(description="queued for the feedback log (false when the prediction log is off)")
 
 
 class HealthOut(BaseModel):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "SER_"
@@ -73,6 +73,34 @@ class Settings(BaseSettings):
     )
     min_timeline_step_s: float = Field(0.1, gt=0, description="smallest step_s on /v1/timeline, seconds")
     max_timeline_points: int = Field(20_000, ge=1, description="most grid points a /v1/timeline answer may hold")
+    # monitoring (issue 13): the prediction log, feedback, live drift and the second model
+    prediction_log: str | None = Field(
+        None,
+        description="where the prediction log goes: a folder or fsspec URI ending in /predictions (the predictions "
+        "table; feedback goes beside it), or any other folder / URI taken as the log root; 'off' disables it. "
+        "Default: <workdir>/monitor/predictions when serving a workdir, off when serving a model folder",
+    )
+    prediction_log_flush_s: float = Field(
+        2.0, gt=0, le=300, description="seconds between writes of the prediction log (what a kill -9 can lose)"
+    )
+    prediction_log_salt: str | None = Field(
+        None,
+        repr=False,
+        description="secret salt of the client file-name hash in the log; unset: random per process (names then "
+        "match only within one process)",
+    )
+    drift_window: int = Field(1000, ge=10, le=1_000_000, description="answers in the live drift window (PSI)")
+    drift_interval_s: float = Field(5.0, gt=0, description="recompute the live drift / accuracy gauges this often")
+    live_ids: int = Field(
+        100_000, ge=100, description="recent answers whose predicted label is kept in memory for live accuracy"
+    )
+    shadow_ref: str | None = Field(
+        None,
+        description="the second model: a registry reference (e.g. challenger) in the served workdir, or a model "
+        "folder; its answers are logged, never returned",
+    )
+    shadow_share: float = Field(1.0, ge=0, le=1, description="share of /v1/predict answers the second model also runs")
+    shadow_mode: Literal["shadow"] = Field("shadow", description="what the second model does (shadow: log only)")
 
     @classmethod
     def settings_customise_sources(
@@ -118,6 +146,28 @@ class Settings(BaseSettings):
         if self.auth == "key" and not self.api_keys:
             raise ValueError("auth key needs at least one API key (api_keys / SER_API_KEYS)")
         return self
+
+    @property
+    def log_off(self) -> bool:
+        return (self.prediction_log or "").strip().lower() in {"off", "none", "0", "false", "no"}
+
+    def second_model(self) -> SecondModel | None:
+        """The second model's settings block (None without ``shadow_ref``)."""
+        if not self.shadow_ref:
+            return None
+        return SecondModel(ref=self.shadow_ref, share=self.shadow_share, mode=self.shadow_mode)
+
+
+class SecondModel(BaseModel):
+    """The second model a server runs beside the served one: a registry reference or a model folder (``ref``),
+    the share of answers it also runs on, and its ``mode`` (``shadow``: answers logged under its own version with
+    the same prediction id, never returned). One block, so that a canary mode can share it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ref: str
+    share: float = Field(1.0, ge=0, le=1)
+    mode: Literal["shadow"] = "shadow"
 
 
 def _split_commas(value: Any) -> Any:

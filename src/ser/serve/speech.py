@@ -55,11 +55,14 @@ def assess(
 
 
 def predict_gated(
-    predictor: Any, audio: np.ndarray, clipped: float, t0: float, should_stop: Any = None
+    predictor: Any, audio: np.ndarray, clipped: float, t0: float, should_stop: Any = None, proba: Any = None
 ) -> dict[str, Any]:
     """One clip's answer: ``label``, ``confidence``, ``probabilities``, ``speech``, ``reason``, ``duration_s``,
     ``processing_ms`` (since ``t0``, a ``time.perf_counter()``), ``model_version``. ``speech`` false (with the
     ``reason``) leaves the label, confidence and probabilities None and runs no inference.
+
+    ``proba``: the ``predict_proba`` to call (default the predictor's; the service passes one that keeps the
+    model input for its monitoring statistics, :class:`ser.serve.monitoring.FeatureTap`).
 
     Raises :class:`AudioError` for a clip too short for the model (before the gate, as before it existed) and
     :class:`ser.errors.Cancelled` when ``should_stop()`` is true before inference."""
@@ -73,10 +76,10 @@ def predict_gated(
     if reason is None:
         if should_stop is not None and should_stop():
             raise Cancelled("inference stopped: the request was cancelled")
-        proba = predictor.predict_proba(audio)
-        k = int(np.argmax(proba))
-        out["label"], out["confidence"] = predictor.labels[k], float(proba[k])
-        out["probabilities"] = {lab: float(v) for lab, v in zip(predictor.labels, proba, strict=True)}
+        p = (proba or predictor.predict_proba)(audio)
+        k = int(np.argmax(p))
+        out["label"], out["confidence"] = predictor.labels[k], float(p[k])
+        out["probabilities"] = {lab: float(v) for lab, v in zip(predictor.labels, p, strict=True)}
     out["duration_s"] = round(audio.size / sr, 4)
     out["processing_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
     out["model_version"] = predictor.version

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import Request
 
 from ser.audio import UNKNOWN_FRAMES, AudioInfo, AudioLimitError, Decoded, DecodeLimits
@@ -200,22 +201,56 @@ def decode_audio(
         raise ApiError(422, code, str(exc)) from None
 
 
-def predict_bytes(predictor: Any, data: bytes, limits: DecodeLimits, should_stop: StopFlag = None) -> dict[str, Any]:
+def predict_bytes(
+    predictor: Any,
+    data: bytes,
+    limits: DecodeLimits,
+    should_stop: StopFlag = None,
+    *,
+    monitor: Any = None,
+    route: str = "/v1/predict",
+    client_name: str | None = None,
+) -> dict[str, Any]:
     """Decode and classify one upload → the fields of :class:`ser.serve.schemas.PredictionOut` but ``model_name``
     and ``filename`` (:func:`ser.serve.speech.predict_gated`: no label when there is no speech; processing_ms
-    covers decoding and inference)."""
+    covers decoding and inference), with its ``prediction_id``. ``monitor``: the app's
+    :class:`ser.serve.monitoring.ServiceMonitor`, which logs the answer (under ``route``; ``client_name`` only as
+    a salted hash) and may hand it to the shadow model; without it the id is issued and nothing is logged."""
+    from ser.monitor.ids import new_id
+    from ser.serve.monitoring import FeatureTap
     from ser.serve.speech import predict_gated
 
     t0 = time.perf_counter()
     decoded = decode_audio(data, predictor.sample_rate, limits, should_stop)
+    tap = FeatureTap(predictor) if monitor is not None else None
     try:
-        return predict_gated(predictor, decoded.audio, decoded.clipped, t0, should_stop)
+        out = predict_gated(predictor, decoded.audio, decoded.clipped, t0, should_stop, tap)
     except AudioError as exc:
         raise ApiError(422, "invalid_audio", str(exc)) from None
+    if monitor is None or tap is None:
+        out["prediction_id"] = new_id()
+    else:
+        out["prediction_id"] = monitor.answered(
+            route,
+            predictor,
+            decoded.audio,
+            out,
+            logmel=tap.logmel(),
+            info=decoded.info,
+            client_name=client_name,
+            shadow=True,
+        )
+    return out
 
 
 def predict_many(
-    predictor: Any, parts: list[Part], max_bytes: int, limits: DecodeLimits, should_stop: StopFlag = None
+    predictor: Any,
+    parts: list[Part],
+    max_bytes: int,
+    limits: DecodeLimits,
+    should_stop: StopFlag = None,
+    *,
+    monitor: Any = None,
 ) -> list[tuple[Part, Any]]:
     """Each part's result (as :func:`predict_bytes`) or its :class:`ApiError` (one bad file does not fail the
     batch); :class:`ser.errors.Cancelled` stops the whole batch."""
@@ -223,7 +258,16 @@ def predict_many(
     for part in parts:
         try:
             check_size(part.data, max_bytes)
-            out.append((part, predict_bytes(predictor, part.data, limits, should_stop)))
+            res = predict_bytes(
+                predictor,
+                part.data,
+                limits,
+                should_stop,
+                monitor=monitor,
+                route="/v1/predict/batch",
+                client_name=part.filename,
+            )
+            out.append((part, res))
         except ApiError as exc:
             out.append((part, exc))
     return out
@@ -259,9 +303,15 @@ def timeline_bytes(
     cfg: Any,
     max_points: int,
     should_stop: StopFlag = None,
+    *,
+    monitor: Any = None,
+    client_name: str | None = None,
 ) -> TimelineAnswer:
     """Decode one upload, run :func:`ser.serve.timeline.analyze` and serialise the answer (here, off the event
-    loop). The number of grid points is checked on the header, before decoding."""
+    loop). The number of grid points is checked on the header, before decoding. Each segment's answer gets a
+    ``prediction_id`` (and, with ``monitor``, a record of its own: the segment's audio statistics and output)."""
+    from ser.monitor.ids import new_id
+    from ser.serve.monitoring import FeatureTap
     from ser.serve.schemas import TimelineOut
     from ser.serve.timeline import analyze
 
@@ -270,16 +320,44 @@ def timeline_bytes(
             check_points(info.duration_s, cfg.step_s, max_points)
 
     t0 = time.perf_counter()
-    audio = decode_audio(data, predictor.sample_rate, limits, should_stop, header_points).audio
+    decoded = decode_audio(data, predictor.sample_rate, limits, should_stop, header_points)
+    audio = decoded.audio
     check_points(audio.size / predictor.sample_rate, cfg.step_s, max_points)
-    try:
-        tl = analyze(
-            audio, predictor.sample_rate, predictor.predict_proba, predictor.labels, cfg, should_stop=should_stop
+    ids: list[str] = []
+    sr = int(predictor.sample_rate)
+
+    def classify(clip: np.ndarray) -> np.ndarray:
+        """The model on one segment; with a monitor, the segment's answer is recorded (only segments the model
+        accepted reach the end, so ids stay aligned with the timeline's segments)."""
+        if monitor is None:
+            p = np.asarray(predictor.predict_proba(clip))
+            ids.append(new_id())
+            return p
+        tap = FeatureTap(predictor)
+        s0 = time.perf_counter()
+        p = tap(clip)
+        k = int(np.argmax(p))
+        seg = {
+            "label": predictor.labels[k],
+            "confidence": float(p[k]),
+            "probabilities": {lab: float(v) for lab, v in zip(predictor.labels, p, strict=True)},
+            "duration_s": clip.size / sr,
+            "processing_ms": (time.perf_counter() - s0) * 1e3,
+        }
+        ids.append(
+            monitor.answered(
+                "/v1/timeline", predictor, clip, seg, logmel=tap.logmel(), info=decoded.info, client_name=client_name
+            )
         )
+        return p
+
+    try:
+        tl = analyze(audio, predictor.sample_rate, classify, predictor.labels, cfg, should_stop=should_stop)
     except AudioError as exc:
         raise ApiError(422, "invalid_audio", str(exc)) from None
     ms = (time.perf_counter() - t0) * 1e3
-    out = TimelineOut(
-        model_name=predictor.name, model_version=predictor.version, processing_ms=round(ms, 3), **tl.to_dict()
-    )
+    body = tl.to_dict()
+    for seg_out, pid in zip(body["segments"], ids, strict=True):
+        seg_out["prediction_id"] = pid
+    out = TimelineOut(model_name=predictor.name, model_version=predictor.version, processing_ms=round(ms, 3), **body)
     return TimelineAnswer(out.model_dump_json().encode(), tl, ms)

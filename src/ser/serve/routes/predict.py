@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Request
 from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
 from ser.serve.errors import ERROR_RESPONSES, ApiError
 from ser.serve.metrics import Metrics
+from ser.serve.monitoring import monitor_of
 from ser.serve.schemas import BATCH_BODY, UPLOAD_BODY, BatchItem, BatchOut, PredictionOut
 from ser.serve.uploads import decode_limits, predict_bytes, predict_many, read_uploads
 
@@ -22,7 +24,7 @@ def _prediction_out(fields: dict[str, Any], predictor: Any, filename: str | None
 
 def _observe(metrics: Metrics, endpoint: str, out: PredictionOut) -> None:
     if out.label is not None and out.confidence is not None:
-        metrics.observe_prediction(endpoint, out.label, out.confidence)
+        metrics.observe_prediction(endpoint, out.label, out.confidence, out.model_version)
     else:
         metrics.no_speech.labels(endpoint, out.reason or "no_speech").inc()
     metrics.audio_duration.labels(endpoint).observe(out.duration_s)
@@ -41,7 +43,8 @@ async def predict(request: Request) -> PredictionOut:
     settings, metrics = settings_of(request), metrics_of(request)
     p = predictor(request)
     part = (await read_uploads(request, settings, batch=False))[0]
-    fields = await in_thread(request, predict_bytes, p, part.data, decode_limits(settings, settings.max_audio_s))
+    run = functools.partial(predict_bytes, monitor=monitor_of(request.app), client_name=part.filename)
+    fields = await in_thread(request, run, p, part.data, decode_limits(settings, settings.max_audio_s))
     out = _prediction_out(fields, p, part.filename)
     _observe(metrics, "predict", out)
     metrics.inference.labels("predict").observe(out.processing_ms / 1e3)
@@ -65,7 +68,8 @@ async def predict_batch(request: Request) -> BatchOut:
         raise ApiError(422, "too_many_files", f"{len(parts)} files; at most {settings.max_batch_files} per batch")
     t0 = time.perf_counter()
     limits = decode_limits(settings, settings.max_audio_s)
-    done = await in_thread(request, predict_many, p, parts, settings.max_upload_bytes, limits)
+    run = functools.partial(predict_many, monitor=monitor_of(request.app))
+    done = await in_thread(request, run, p, parts, settings.max_upload_bytes, limits)
     metrics.inference.labels("batch").observe(time.perf_counter() - t0)
     items = []
     for part, res in done:

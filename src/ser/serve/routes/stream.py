@@ -23,6 +23,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from ser.serve.deps import auth_of, check_key, holder_of, limiter_of, metrics_of, settings_of
 from ser.serve.errors import ApiError
+from ser.serve.monitoring import logmel_of, monitor_of
 from ser.serve.security import WS_PROTOCOL, origin_allowed, presented_key, ws_offered, ws_subprotocol_key
 from ser.serve.stream import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN, StreamLimits, StreamSession
 
@@ -57,6 +58,7 @@ class StreamConnection:
         self.ws = websocket
         self.settings, self.metrics = settings_of(websocket), metrics_of(websocket)
         self.end = "disconnect"
+        self.session: StreamSession | None = None
 
     async def send_all(self, messages: list[dict[str, Any]]) -> None:
         """Send ``messages`` in order, counting each (and partial latencies, final predictions) in the metrics."""
@@ -65,7 +67,8 @@ class StreamConnection:
             if m["type"] == "partial":
                 self.metrics.partial_latency.observe(m["latency_ms"] / 1e3)
             elif m["type"] == "final":
-                self.metrics.observe_prediction("stream", m["label"], m["probabilities"][m["label"]])
+                version = self.session.predictor.version if self.session and self.session.predictor else ""
+                self.metrics.observe_prediction("stream", m["label"], m["probabilities"][m["label"]], version)
             await self.ws.send_json(m)
 
     async def refuse(self, code: str, message: str, close_code: int) -> None:
@@ -101,7 +104,17 @@ class StreamConnection:
 
     async def serve(self) -> None:
         """Run an admitted stream to its end, counted in ``streams_open`` and the stream metrics meanwhile."""
-        session = StreamSession(holder_of(self.ws).get, StreamLimits(max_stream_s=self.settings.max_stream_s))
+        monitor = monitor_of(self.ws.app)
+        on_final = None
+        if monitor is not None:
+
+            def on_final(predictor: Any, audio: Any, answer: dict[str, Any], features: Any) -> str:
+                return monitor.answered(PATH, predictor, audio, answer, logmel=logmel_of(predictor, features))
+
+        session = StreamSession(
+            holder_of(self.ws).get, StreamLimits(max_stream_s=self.settings.max_stream_s), on_final=on_final
+        )
+        self.session = session
         state = self.ws.app.state
         state.streams_open += 1
         self.metrics.streams_active.inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -10,6 +11,7 @@ from fastapi.responses import Response
 
 from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
 from ser.serve.errors import ERROR_RESPONSES, ApiError
+from ser.serve.monitoring import monitor_of
 from ser.serve.schemas import UPLOAD_BODY, TimelineOut
 from ser.serve.timeline import TimelineConfig
 from ser.serve.uploads import decode_limits, read_uploads, timeline_bytes
@@ -53,11 +55,12 @@ async def timeline(
     p = predictor(request)
     part = (await read_uploads(request, settings, batch=False))[0]
     limits = decode_limits(settings, settings.max_timeline_audio_s)
-    answer = await in_thread(request, timeline_bytes, p, part.data, limits, cfg, settings.max_timeline_points)
+    run = functools.partial(timeline_bytes, monitor=monitor_of(request.app), client_name=part.filename)
+    answer = await in_thread(request, run, p, part.data, limits, cfg, settings.max_timeline_points)
     tl, ms = answer.timeline, answer.processing_ms
     for seg_p in tl.probs:
         k = int(np.argmax(seg_p))
-        metrics.observe_prediction("timeline", tl.labels[k], float(seg_p[k]))
+        metrics.observe_prediction("timeline", tl.labels[k], float(seg_p[k]), p.version)
     metrics.audio_duration.labels("timeline").observe(tl.duration_s)
     metrics.inference.labels("timeline").observe(ms / 1e3)
     # serialised in the worker thread: a large answer does not hold the event loop

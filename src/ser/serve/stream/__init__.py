@@ -19,8 +19,9 @@ Protocol (JSON text messages, audio as binary frames):
    "latency_ms"}``: ``t`` is the stream time (s) at the window's end, the prediction covers the last ``window_s``
    of audio. **Choice:** a window holding less than ``partial_min_voiced_s`` of voice is not classified at all
    (no inference); its partial says ``"voiced": false`` with ``label`` and ``probabilities`` null;
-5. server → per utterance ``{"type": "final", "utterance" (1, 2, ...), "start", "end" (s), "label",
-   "probabilities"}`` classified on the whole utterance's audio. An utterance is a run of voiced VAD frames (pauses
+5. server → per utterance ``{"type": "final", "prediction_id", "utterance" (1, 2, ...), "start", "end" (s),
+   "label", "probabilities"}`` classified on the whole utterance's audio (``prediction_id``: the answer's id in
+   the prediction log, for ``POST /v1/feedback``). An utterance is a run of voiced VAD frames (pauses
    shorter than ``end_silence_s`` = 0.5 s inside it) ended by ``end_silence_s`` of non-voice or by ``end``;
    shorter than ``min_utterance_s`` it is dropped, longer than ``max_utterance_s`` it is cut;
 6. client → ``{"type": "end"}``: the server sends the remaining finals, ``{"type": "done", "utterances": n}`` and

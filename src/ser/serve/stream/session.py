@@ -14,6 +14,7 @@ import numpy as np
 
 from ser import TARGET_SR
 from ser.errors import AudioError, SerError
+from ser.monitor.ids import new_id
 from ser.serve.stream.protocol import (
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -42,12 +43,19 @@ class PredictorLike(Protocol):
     def predict_proba(self, audio: np.ndarray) -> np.ndarray: ...
 
 
+FinalHook = Callable[[Any, np.ndarray, dict[str, Any], np.ndarray | None], str]
+"""``on_final(predictor, audio, answer, features)`` → the final's prediction id: the service logs the utterance's
+answer (``answer``: label, confidence, probabilities, duration_s, processing_ms; ``features``: the model input the
+answer was computed from, when the predictor gives it) and issues its id."""
+
+
 class StreamSession:
     """One stream: fed the client's messages with :meth:`handle` (or :meth:`on_text` / :meth:`on_bytes`, or
     :meth:`feed` with float samples in-process), it returns the messages to send back, in order.
 
     ``model()`` returns the predictor to use (called once, at ``start``; the whole stream stays on it even if the
-    server hot-reloads); it may raise :class:`ser.errors.SerError` (e.g. no model loaded yet). After each call,
+    server hot-reloads); it may raise :class:`ser.errors.SerError` (e.g. no model loaded yet). Each ``final`` gets a
+    ``prediction_id`` (from ``on_final``, which the service uses to log the answer, else a new UUIDv7). After each call,
     :attr:`close` is set when the transport must close (after sending the returned messages). Not thread-safe:
     one caller at a time (the route handles one message at a time, in a worker thread).
     """
@@ -58,8 +66,10 @@ class StreamSession:
         limits: StreamLimits | None = None,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        on_final: FinalHook | None = None,
     ):
         self.model, self.limits, self.clock = model, limits or StreamLimits(), clock
+        self.on_final = on_final
         self.config: StreamConfig | None = None
         self.predictor: PredictorLike | None = None
         self.close: Close | None = None
@@ -286,19 +296,40 @@ class StreamSession:
     def _final(self, seg: tuple[int, int]) -> list[dict[str, Any]]:
         assert self.predictor is not None
         a, b = self._sample(seg[0]), self._sample(seg[1])
+        clip = self._buf.slice(a, b)
+        t0 = time.perf_counter()
+        feats = None
         try:
-            p = np.asarray(self.predictor.predict_proba(self._buf.slice(a, b)), dtype=np.float64)
+            if self.on_final is not None and hasattr(type(self.predictor), "proba_and_features"):
+                proba, feats = self.predictor.proba_and_features(clip)  # type: ignore[attr-defined]
+            else:
+                proba = self.predictor.predict_proba(clip)
+            p = np.asarray(proba, dtype=np.float64)
         except AudioError:
             return []
         self.utterances += 1
+        k = int(np.argmax(p))
+        probs = {lab: float(v) for lab, v in zip(self.predictor.labels, p, strict=True)}
+        label = self.predictor.labels[k]
+        pid = None
+        if self.on_final is not None:
+            answer = {
+                "label": label,
+                "confidence": float(p[k]),
+                "probabilities": probs,
+                "duration_s": clip.size / self.sr,
+                "processing_ms": (time.perf_counter() - t0) * 1e3,
+            }
+            pid = self.on_final(self.predictor, clip, answer, feats)
         return [
             {
                 "type": "final",
+                "prediction_id": pid or new_id(),
                 "utterance": self.utterances,
                 "start": round(a / self.sr, 4),
                 "end": round(b / self.sr, 4),
-                "label": self.predictor.labels[int(np.argmax(p))],
-                "probabilities": {lab: float(v) for lab, v in zip(self.predictor.labels, p, strict=True)},
+                "label": label,
+                "probabilities": probs,
             }
         ]
 
