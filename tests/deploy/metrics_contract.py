@@ -26,10 +26,11 @@ from tests.serve.test_timeline import voice
 # Labels every scraped series gets from Prometheus (job, instance) or from the compose scrape config (service).
 TARGET_LABELS = frozenset({"job", "instance", "service"})
 
-# NEW series (name as scraped → its labels, without the target labels). Not in /metrics yet: see the module doc.
+# Series the rules and dashboards read that this module's traffic (a model folder without a training reference, no
+# feedback, no evaluation UAR, no shadow model) does not make the app expose; tests/serve/test_monitoring.py checks
+# them on an app that has those. Implemented: ser_stream_capacity, ser_input_* histograms,
+# ser_prediction_log_dropped_total, model_version on the prediction series.
 NEW_METRICS: dict[str, frozenset[str]] = {
-    # max concurrent streams (the SER_MAX_STREAMS setting)
-    "ser_stream_capacity": frozenset(),
     # PSI of one input statistic over the sliding window of recent answers vs the model's training reference;
     # statistic: rms_dbfs, peak_dbfs, snr_db, speech_fraction, clipped_fraction, highband_share, confidence, label_mix
     "ser_drift_psi": frozenset({"statistic", "model_version"}),
@@ -37,30 +38,17 @@ NEW_METRICS: dict[str, frozenset[str]] = {
     "ser_drift_flagged": frozenset({"model_version"}),
     # answers in the sliding window
     "ser_drift_window_size": frozenset({"model_version"}),
-    # input histograms (per answered clip)
-    **{
-        f"ser_input_{h}{suffix}": frozenset({"le"}) if suffix == "_bucket" else frozenset()
-        for h in ("speech_fraction", "clipped_fraction", "snr_db", "level_dbfs")
-        for suffix in ("_bucket", "_sum", "_count")
-    },
     # UAR of the answers that got feedback (feedback window), how many labelled answers it is computed on, and the
     # cross-validated UAR from the model's metadata
     "ser_live_uar": frozenset({"model_version"}),
     "ser_live_feedback": frozenset({"model_version"}),
     "ser_model_expected_uar": frozenset({"model_version"}),
-    # records the prediction log had to drop
-    "ser_prediction_log_dropped_total": frozenset(),
     # the shadow model's answers and whether they agreed with the champion (agree: "true" | "false")
     "ser_shadow_predictions_total": frozenset({"model_version", "agree"}),
 }
 
 # NEW labels on series the app already exposes (series name → the labels to come).
-NEW_LABELS: dict[str, frozenset[str]] = {
-    "ser_predictions_total": frozenset({"model_version"}),
-    "ser_prediction_confidence_bucket": frozenset({"model_version"}),
-    "ser_prediction_confidence_sum": frozenset({"model_version"}),
-    "ser_prediction_confidence_count": frozenset({"model_version"}),
-}
+NEW_LABELS: dict[str, frozenset[str]] = {}
 
 
 def series_labels(metrics_text: str) -> dict[str, set[str]]:
