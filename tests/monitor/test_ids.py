@@ -47,3 +47,15 @@ def test_malformed_ids_are_refused(bad):
     assert not is_valid(bad)
     with pytest.raises(ValueError):
         parse_id(bad)
+
+
+def test_an_id_from_beyond_year_9999_is_not_valid():
+    import uuid
+
+    from ser.monitor import ids
+
+    value = ((1 << 48) - 1) << 80 | (0x7 << 76) | (0b10 << 62)  # the largest 48-bit millisecond time
+    far = str(uuid.UUID(int=value))
+    assert not ids.is_valid(far)
+    with pytest.raises(ValueError, match="9999"):
+        ids.ts_of(far)

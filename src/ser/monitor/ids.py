@@ -59,6 +59,10 @@ def new_id(ts_ms: int | None = None) -> str:
     return str(uuid.UUID(int=value))
 
 
+_MAX_TS_MS = int((datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1000)
+"""The last millisecond :func:`ts_of` can turn into a :class:`datetime` (1 Jan 10000 overflows it)."""
+
+
 def parse_id(prediction_id: str) -> uuid.UUID:
     """The :class:`uuid.UUID` of a well-formed prediction id (canonical UUIDv7 string); else ``ValueError``."""
     if not isinstance(prediction_id, str) or len(prediction_id) != 36:
@@ -69,6 +73,8 @@ def parse_id(prediction_id: str) -> uuid.UUID:
         raise ValueError(f"not a prediction id: {prediction_id!r}") from None
     if u.version != 7 or u.variant != uuid.RFC_4122 or str(u) != prediction_id.lower():
         raise ValueError(f"not a UUIDv7 prediction id: {prediction_id!r}")
+    if (u.int >> 80) > _MAX_TS_MS:  # a time past what datetime holds: no service of ours issued it
+        raise ValueError(f"prediction id from beyond year 9999: {prediction_id!r}")
     return u
 
 
