@@ -50,6 +50,42 @@ def report_cmd(
         raise typer.Exit(1)
 
 
+@monitor_app.command("compare")
+def compare_cmd(
+    log: str = LOG,
+    since: str | None = typer.Option(None, "--since", help="start: ISO time or a span back such as 24h"),
+    until: str | None = typer.Option(None, "--until", help="end (exclusive): ISO time or a span back"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The served model against its shadow on the same requests: how often they agree, and with feedback both
+    models' live UAR on the same labelled answers (95 % bootstrap CIs). Exits 1 when no answer is paired.
+
+    Example: ser monitor compare --log runs/monitor --since 7d
+    """
+    from ser.jobs.monitor import CompareJob
+
+    res = CompareJob(log, since, until).run()
+    if as_json:
+        print_json(res.to_dict())
+    elif res.paired == 0:
+        console.print("no answer of a shadow model paired with the served model's in this window")
+    else:
+        lo, hi = res.agreement_ci
+        console.print(
+            f"v{res.primary_version} vs shadow v{res.shadow_version}: {res.paired} paired answers, "
+            f"agreement {100 * res.agreement:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f})"
+        )
+        if res.labelled:
+            (a0, a1), (b0, b1), (d0, d1) = res.uar_primary_ci, res.uar_shadow_ci, res.uar_difference_ci
+            console.print(
+                f"with feedback on {res.labelled}: live UAR served {100 * res.uar_primary:.1f} % ({100 * a0:.1f}-"
+                f"{100 * a1:.1f}), shadow {100 * res.uar_shadow:.1f} % ({100 * b0:.1f}-{100 * b1:.1f}); "
+                f"shadow − served 95 % CI {100 * d0:+.1f} to {100 * d1:+.1f} points"
+            )
+    if res.paired == 0:
+        raise typer.Exit(1)
+
+
 @monitor_app.command("purge")
 def purge_cmd(
     log: str = LOG,

@@ -159,6 +159,28 @@ class MonitorReportJob:
 
 
 @dataclass(frozen=True)
+class CompareJob:
+    """The champion and the shadow (or canary) model on the same logged answers over ``[since, until)``: agreement,
+    and both models' live UAR on the answers that got feedback (:mod:`ser.monitor.compare`)."""
+
+    log: str
+    since: Any = None
+    until: Any = None
+    n_boot: int = 1000
+
+    def run(self) -> Any:
+        from ser.monitor.compare import compare
+        from ser.monitor.feedback import latest, read_feedback
+        from ser.monitor.log import read_log
+
+        cols = ["prediction_id", "role", "model_version", "label"]
+        predictions = read_log(self.log, self.since, self.until, cols).to_pandas()
+        fb = latest(read_feedback(self.log)).to_pandas()
+        truth = fb.set_index("prediction_id")["label"] if len(fb) else None
+        return compare(predictions, truth, n_boot=self.n_boot)
+
+
+@dataclass(frozen=True)
 class PurgeJob:
     """Retention: delete predictions and feedback older than ``older_than_days`` under ``log``."""
 
