@@ -117,6 +117,22 @@ def test_import_csv_checks_every_row(tmp_path):
         import_csv(tmp_path, bad)
 
 
+def test_import_accepts_feedback_on_an_answer_without_speech(tmp_path):
+    from ser.monitor.log import build_record
+
+    silent = build_record(
+        route="/v1/predict", model_name="m", model_version="1", probabilities=[], labels=[], label=None,
+        duration_s=3.0, processing_ms=1.0,
+    )  # fmt: skip
+    append_records(tmp_path, [silent])
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"prediction_id,label\n{silent.prediction_id},neutral\n")
+    res = import_csv(tmp_path, csv)  # the route accepts it too: the model's classes decide, not the empty answer
+    assert (res.read, res.imported) == (1, 1)
+    res = import_csv(tmp_path, csv, classes=["angry", "sad"])
+    assert res.imported == 0 and "not one of" in res.rejected[0][1]
+
+
 def test_live_uar_equals_uar_score_of_the_labels(tmp_path):
     from ser.monitor.report import monitor_report
 
