@@ -32,7 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ser import TARGET_SR
-from ser.errors import ConfigError, LeakageError
+from ser.errors import ConfigError, LeakageError, validation_reason
 
 RngLike = np.random.Generator | int | None
 Range = tuple[float, float]
@@ -84,9 +84,7 @@ def make_augment_config(data: Mapping[str, Any] | None = None) -> AugmentConfig:
     try:
         return AugmentConfig(**dict(data or {}))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "config"
-        raise ConfigError(f"augment config: {where}: {first.get('msg', 'invalid')}") from None
+        raise ConfigError(f"augment config: {validation_reason(exc)}") from None
 
 
 def as_rng(rng: RngLike) -> np.random.Generator:

@@ -13,7 +13,7 @@ from ser.degrade._base import NAME_PATTERN, NoiseSource, RngLike, as_rng, check_
 from ser.degrade.noise import mix_at_snr, noise_array
 from ser.degrade.room import reverberate
 from ser.degrade.signal import codec_roundtrip, gain, telephone
-from ser.errors import ConfigError
+from ser.errors import ConfigError, validation_reason
 
 # ---- specs -------------------------------------------------------------------------------------------------
 
@@ -110,14 +110,8 @@ def degradation_from_dict(data: Mapping[str, Any]) -> Degradation:
     try:
         spec: Degradation = _ADAPTER.validate_python(dict(data))
     except ValidationError as exc:
-        raise ConfigError(f"degradation {dict(data)!r}: {first_error(exc)}") from None
+        raise ConfigError(f"degradation {dict(data)!r}: {validation_reason(exc, None)}") from None
     return spec
-
-
-def first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg", "invalid"))
 
 
 # ---- grammar -----------------------------------------------------------------------------------------------
@@ -159,7 +153,7 @@ def _parse_step(step: str) -> Degradation:
         try:
             spec: Degradation = _ADAPTER.validate_python(data)
         except ValidationError as exc:
-            raise ConfigError(f"degradation step {step!r}: {first_error(exc)}") from None
+            raise ConfigError(f"degradation step {step!r}: {validation_reason(exc, None)}") from None
         return spec
     raise ConfigError(
         f"unknown degradation step {step!r}: expected telephone[:mulaw|alaw|none], codec:mp3|opus|vorbis[@LEVEL], "

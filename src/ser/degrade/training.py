@@ -21,10 +21,9 @@ from ser.degrade.spec import (
     Noise,
     Reverb,
     Telephone,
-    first_error,
     parse,
 )
-from ser.errors import ConfigError, LeakageError
+from ser.errors import ConfigError, LeakageError, validation_reason
 
 # ---- training draws ----------------------------------------------------------------------------------------
 
@@ -77,7 +76,7 @@ def make_training_config(data: Mapping[str, Any] | None = None) -> TrainingDegra
     try:
         return TrainingDegradationConfig(**dict(data or {}))
     except ValidationError as exc:
-        raise ConfigError(f"training degradation config: {first_error(exc)}") from None
+        raise ConfigError(f"training degradation config: {validation_reason(exc, None)}") from None
 
 
 def check_training_noises(noises: Iterable[str], *, allow_held_out: bool = False) -> tuple[str, ...]:

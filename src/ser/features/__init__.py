@@ -46,7 +46,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ser import TARGET_SR
-from ser.errors import ConfigError
+from ser.errors import ConfigError, validation_reason
 
 FRAME_KINDS: tuple[str, ...] = ("logmel", "mfcc", "zcr", "rms", "chroma", "centroid", "contrast", "f0")
 """Frame-level kinds, each a ``(rows, T)`` float32 array."""
@@ -229,9 +229,7 @@ def make_config(data: dict[str, Any] | None = None) -> FeatureConfig:
     try:
         return FeatureConfig(**(data or {}))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "config"
-        raise ConfigError(f"feature config: {where}: {first.get('msg', 'invalid')}") from None
+        raise ConfigError(f"feature config: {validation_reason(exc)}") from None
     except TypeError as exc:
         raise ConfigError(f"feature config: {exc}") from None
 

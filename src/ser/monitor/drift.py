@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ser.errors import ConfigError
+from ser.errors import ConfigError, validation_reason
 
 EXACT_KS_MAX = 10_000
 """Largest sample (each side) for which the KS p-value is scipy's exact one (``ks_2samp`` method ``auto``)."""
@@ -119,9 +119,7 @@ class DriftConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(x) for x in err["loc"])
-            raise ConfigError(f"{p}: {where}: {err['msg']}") from None
+            raise ConfigError(f"{p}: {validation_reason(exc)}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ser.errors import ConfigError
+from ser.errors import ConfigError, validation_reason
 
 
 class _Section(BaseModel):
@@ -129,9 +129,7 @@ def parse_config(data: dict[str, Any] | None, source: str = "config") -> Pipelin
     try:
         return PipelineConfig.model_validate(data or {})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise ConfigError(f"{source}: {where}: {err['msg']}") from None
+        raise ConfigError(f"{source}: {validation_reason(exc)}") from None
 
 
 def load_config(path: str | Path | None) -> PipelineConfig:

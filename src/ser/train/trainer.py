@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ser.errors import ConfigError, SerError
+from ser.errors import ConfigError, SerError, validation_reason
 from ser.io import write_json
 from ser.models.base import SerModel
 from ser.models.factory import build_model, model_spec, save_model
@@ -95,9 +95,7 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            raise ConfigError(f"train config: {where}: {err['msg']}") from None
+            raise ConfigError(f"train config: {validation_reason(exc)}") from None
 
     def window_frames(self) -> int:
         return self.eval_window or self.crop_frames or 300
