@@ -67,3 +67,19 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping in YAML file ``path`` (``{}`` when empty); :class:`~ser.errors.ConfigError` naming the file when
+    it is not valid YAML or not a mapping (``what``: what the mapping holds, e.g. ``"recipe fields"``)."""
+    import yaml
+
+    from ser.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what}")
+    return data

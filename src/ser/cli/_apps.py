@@ -52,16 +52,8 @@ def require_file(path: Path, what: str = "file") -> Path:
 
 def recipe_overrides(config: Path | None) -> dict:
     """Recipe fields from a ``--config`` YAML (``{}`` without one)."""
-    import yaml
-
-    from ser.errors import ConfigError
+    from ser.io import read_yaml_mapping
 
     if config is None:
         return {}
-    try:
-        data = yaml.safe_load(require_file(config, "config").read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config}: expected a mapping of recipe fields")
-    return data
+    return read_yaml_mapping(require_file(config, "config"), "recipe fields")

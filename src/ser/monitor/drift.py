@@ -43,6 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ser.errors import ConfigError, validation_reason
+from ser.io import read_yaml_mapping
 
 EXACT_KS_MAX = 10_000
 """Largest sample (each side) for which the KS p-value is scipy's exact one (``ks_2samp`` method ``auto``)."""
@@ -103,19 +104,12 @@ class DriftConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path | None) -> DriftConfig:
         """The config in YAML file ``path`` (missing keys take the defaults); defaults for None."""
-        import yaml
-
         if path is None:
             return cls()
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"drift config not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of drift settings")
+        data = read_yaml_mapping(p, "drift settings")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
