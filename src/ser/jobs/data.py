@@ -135,8 +135,11 @@ class SplitJob:
         manifest_path = None
         if self.profile is not None:
             frame, dropped = apply_profile(frame, self.profile)
-            if len(present_classes(frame, self.profile)) < 2:
+            classes = present_classes(frame, self.profile)
+            if len(classes) < 2:
                 raise SerError(f"profile {self.profile!r} leaves fewer than two classes")
+        else:
+            classes = sorted(frame["emotion"].astype(str).unique())
         splits = make_splits(
             frame,
             self.method,
@@ -151,9 +154,6 @@ class SplitJob:
             manifest_path = self.out / "manifest.parquet"
             write_parquet(manifest_path, frame)
         write_parquet(self.out / "splits.parquet", splits)
-        classes = (
-            present_classes(frame, self.profile) if self.profile else sorted(frame["emotion"].astype(str).unique())
-        )
         return SplitOutcome(
             frame, splits, self.out / "splits.parquet", manifest_path, classes, dropped, manifest_fingerprint(frame)
         )
