@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an open range would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[ml,ssl,pipeline,serve,monitor,dev]"
+	$(BIN)/pip install -q -e ".[ml,ssl,pipeline,serve,monitor,scale,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
