@@ -138,3 +138,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs) for this test session; yields its GCS address (``host:port``).
+
+    ``ray.init`` in the test process starts the head (GCS, raylet, workers) and makes the test process its driver,
+    so code under test that calls ``ray.init(address=...)`` must accept an already-initialised driver (check
+    ``ray.is_initialized()`` first). Torch threads in workers are pinned by the code under test, not here."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
