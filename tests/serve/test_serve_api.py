@@ -644,7 +644,7 @@ def test_serving_never_imports_torch(model_dir, clips):
     code = f"""
 import sys
 from fastapi.testclient import TestClient
-import ser.serve.app, ser.serve.timeline, ser.cli.serve_cmds
+import ser.serve.app, ser.timeline, ser.cli.serve_cmds
 from ser.serve.app import create_app
 from ser.serve.settings import Settings
 with TestClient(create_app(Settings(model_dir={str(model_dir)!r}))) as c:

@@ -276,7 +276,7 @@ def predict_many(
 @dataclass(frozen=True)
 class TimelineAnswer:
     """What :func:`timeline_bytes` returns: the response ``body`` (JSON bytes, serialised in the worker thread),
-    the :class:`ser.serve.timeline.Timeline` (for the metrics) and ``processing_ms`` (decoding + analysis)."""
+    the :class:`ser.timeline.Timeline` (for the metrics) and ``processing_ms`` (decoding + analysis)."""
 
     body: bytes
     timeline: Any
@@ -307,13 +307,13 @@ def timeline_bytes(
     monitor: Any = None,
     client_name: str | None = None,
 ) -> TimelineAnswer:
-    """Decode one upload, run :func:`ser.serve.timeline.analyze` and serialise the answer (here, off the event
+    """Decode one upload, run :func:`ser.timeline.analyze` and serialise the answer (here, off the event
     loop). The number of grid points is checked on the header, before decoding. Each segment's answer gets a
     ``prediction_id`` (and, with ``monitor``, a record of its own: the segment's audio statistics and output)."""
     from ser.monitor.ids import new_id
     from ser.serve.monitoring import FeatureTap
     from ser.serve.schemas import TimelineOut
-    from ser.serve.timeline import analyze
+    from ser.timeline import analyze
 
     def header_points(info: AudioInfo) -> None:
         if info.frames < UNKNOWN_FRAMES:

@@ -1,4 +1,4 @@
-"""Emotion timeline of a long recording: ``POST /v1/timeline`` (the analysis is :mod:`ser.serve.timeline`)."""
+"""Emotion timeline of a long recording: ``POST /v1/timeline`` (the analysis is :mod:`ser.timeline`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_o
 from ser.serve.errors import ERROR_RESPONSES, ApiError
 from ser.serve.monitoring import monitor_of
 from ser.serve.schemas import UPLOAD_BODY, TimelineOut
-from ser.serve.timeline import TimelineConfig
+from ser.timeline import TimelineConfig
 from ser.serve.uploads import decode_limits, read_uploads, timeline_bytes
 from ser.vad import VadConfig
 
