@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ser.errors import ConfigError
-from ser.serve import timeline as T
+from ser import timeline as T
 from tests.conftest import RAVDESS8, export_tiny_model, write_wav
 
 SR = 16_000

@@ -92,9 +92,8 @@ def run_pool(
 
     todo = list(reversed(recordings))
     while todo:
-        pool = cf.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_local, initargs=(model_dir, settings)
-        )
+        spawn = multiprocessing.get_context("spawn")
+        pool = cf.ProcessPoolExecutor(workers, spawn, initializer=_init_local, initargs=(model_dir, settings))
         running: dict[cf.Future[FileResult], Recording] = {}
         try:
             pool.submit(_ready).result()  # the workers start (and load the model) before a file is handed out

@@ -45,7 +45,7 @@ def batch(
 
     Example: ser batch calls/ --out scores/ --workdir runs --workers 2
 
-    Example: ser batch gs://bucket/calls --out scores/ --model m/ --ray auto --channels split --channel-names agent,customer
+    Example: ser batch gs://bucket/calls --out scores/ --ray auto --channels split --channel-names agent,customer
     """
     from ser.batch.archive import AUDIO_EXTENSIONS
     from ser.jobs.batch import BatchJob

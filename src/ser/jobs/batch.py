@@ -62,11 +62,12 @@ class BatchJob:
     ``model_dir``, written under ``out`` (:mod:`ser.batch.store`).
 
     ``channels``: ``mix`` (one timeline per file) or ``split`` (one per channel, named by ``channel_names``, default
-    ``ch0``, ``ch1``, ...). ``workers``: local processes (1: in this process); ``ray``: run on Ray instead,
-    ``auto``, ``local`` (a local cluster of ``workers`` CPUs; all cores when ``workers`` is 1) or a cluster address; ``threads``: onnxruntime and
-    BLAS threads per worker. A part is written every ``part_files`` files or ``part_seconds`` seconds, whichever
-    comes first (a killed run loses at most that). ``retry_failed``: run the files an earlier run recorded as
-    failed again. ``limit``: at most this many files in this run (the rest is left for a later one)."""
+    ``ch0``, ``ch1``, ...). ``workers``: local processes (1: in this process); ``ray``: run on Ray instead: ``auto``,
+    ``local`` (a local cluster of ``workers`` CPUs, all cores when ``workers`` is 1) or a cluster address.
+    ``threads``: onnxruntime and BLAS threads per worker. A part is written every ``part_files`` files or
+    ``part_seconds`` seconds, whichever comes first (a killed run loses at most that). ``retry_failed``: run the
+    files an earlier run recorded as failed again. ``limit``: at most this many files in this run (the rest is left
+    for a later one)."""
 
     archive: str
     out: Path

@@ -111,6 +111,27 @@ class TimelineOut(BaseModel):
     summary: SummaryOut
 
 
+class ChannelTimelineOut(BaseModel):
+    """One channel's timeline of a recording timed per channel (``channels=split``)."""
+
+    channel: str = Field(description="the channel's name (channel_names, else ch0, ch1, ...)")
+    segments: list[SegmentOut]
+    timeline: TimelineGrid
+    summary: SummaryOut
+
+
+class TimelineSplitOut(BaseModel):
+    """``channels=split``: one timeline per channel of a multi-channel recording (a stereo call: agent and
+    customer), in channel order."""
+
+    model_name: str
+    model_version: str
+    labels: list[str]
+    duration_s: float
+    processing_ms: float
+    channels: list[ChannelTimelineOut]
+
+
 class ModelInfo(BaseModel):
     """The served model, for clients: no file-system path, no code revision (those stay in the server's logs)."""
 
