@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import export_tiny_model, write_wav
@@ -14,6 +15,8 @@ SR = 16_000
 CORRUPT = "broken/corrupt.wav"
 STEREO = "stereo.wav"
 GOOD = ["a.wav", "silence.wav", "sub/b.flac", STEREO]
+ALL = sorted([*GOOD, CORRUPT])
+VOLATILE = ["processing_s"]
 
 
 def voice(seconds: float, f0: float = 140.0, amp: float = 0.3) -> np.ndarray:
@@ -51,3 +54,29 @@ def archive(tmp_path_factory) -> Path:
 @pytest.fixture(scope="package")
 def model_dir(tmp_path_factory) -> Path:
     return export_tiny_model(tmp_path_factory.mktemp("batch-model") / "m", "3")
+
+
+@pytest.fixture(scope="package")
+def baseline(archive, model_dir, tmp_path_factory):
+    """One complete in-process run (downmixed): ``(outcome, out)``, the reference other runs are compared with."""
+    from ser.jobs.batch import BatchJob
+
+    out = tmp_path_factory.mktemp("baseline") / "out"
+    return BatchJob(str(archive), out, model_dir).run(), out
+
+
+def frames(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(segments, files)`` of the output folder ``out``, sorted, without the timing column."""
+    from ser.batch.store import read_table
+
+    seg = read_table(out, "segments").to_pandas()
+    files = read_table(out, "files").to_pandas().drop(columns=VOLATILE)
+    seg = seg.sort_values(["file", "channel", "segment"]).reset_index(drop=True)
+    files = files.sort_values(["file", "channel"], na_position="first").reset_index(drop=True)
+    return seg, files
+
+
+def assert_same_rows(out: Path, reference: Path) -> None:
+    """The two output folders hold the same rows (timing aside), whatever the order they were written in."""
+    for got, want in zip(frames(out), frames(reference), strict=True):
+        pd.testing.assert_frame_equal(got, want)

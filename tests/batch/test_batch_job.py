@@ -12,30 +12,9 @@ import pandas as pd
 import pytest
 
 from ser.batch.archive import list_recordings
-from ser.batch.store import read_table
 from ser.errors import ConfigError, SerError
 from ser.jobs.batch import BatchJob
-from tests.batch.conftest import CORRUPT, GOOD, STEREO, make_archive
-
-ALL = sorted([*GOOD, CORRUPT])
-VOLATILE = ["processing_s"]
-
-
-def frames(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(segments, files) of ``out``, sorted, without the timing column."""
-    seg = read_table(out, "segments").to_pandas()
-    files = read_table(out, "files").to_pandas().drop(columns=VOLATILE)
-    seg = seg.sort_values(["file", "channel", "segment"]).reset_index(drop=True)
-    files = files.sort_values(["file", "channel"], na_position="first").reset_index(drop=True)
-    return seg, files
-
-
-@pytest.fixture(scope="module")
-def baseline(archive, model_dir, tmp_path_factory):
-    """One complete in-process run (downmixed): the reference the other runs are compared with."""
-    out = tmp_path_factory.mktemp("baseline") / "out"
-    res = BatchJob(str(archive), out, model_dir).run()
-    return res, out
+from tests.batch.conftest import ALL, CORRUPT, STEREO, assert_same_rows, frames, make_archive
 
 
 def test_archive_listing(archive):
@@ -86,8 +65,7 @@ def test_resume_skips_done_files_and_gives_the_same_rows(archive, model_dir, bas
     assert (second.skipped, second.ok + second.failed, second.remaining) == (2, 3, 0)
     third = BatchJob(str(archive), out, model_dir).run()
     assert (third.skipped, third.ok, third.failed, third.parts) == (5, 0, 0, 0)
-    for got, want in zip(frames(out), frames(baseline[1]), strict=True):
-        pd.testing.assert_frame_equal(got, want)
+    assert_same_rows(out, baseline[1])
 
 
 def test_a_killed_run_leaves_nothing_half_done(archive, model_dir, baseline, tmp_path):
@@ -104,8 +82,7 @@ def test_a_killed_run_leaves_nothing_half_done(archive, model_dir, baseline, tmp
     assert not list(seg_dir.glob(".*.tmp")) and {p.name for p in seg_dir.glob("*.parquet")} == {
         p.name for p in files_dir.glob("*.parquet")
     }
-    for got, want in zip(frames(out), frames(baseline[1]), strict=True):
-        pd.testing.assert_frame_equal(got, want)
+    assert_same_rows(out, baseline[1])
 
 
 def test_retry_failed_runs_the_failed_file_again(archive, model_dir, baseline, tmp_path):
@@ -148,16 +125,14 @@ def test_an_fsspec_uri_archive(archive, model_dir, baseline, tmp_path):
     finally:
         fs.rm("/calls-test", recursive=True)
     assert (res.files, res.ok, res.failed) == (5, 4, 1)
-    for got, want in zip(frames(tmp_path / "out"), frames(baseline[1]), strict=True):
-        pd.testing.assert_frame_equal(got, want)
+    assert_same_rows(tmp_path / "out", baseline[1])
 
 
 @pytest.mark.slow
 def test_process_pool_gives_the_same_rows(archive, model_dir, baseline, tmp_path):
     res = BatchJob(str(archive), tmp_path / "out", model_dir, workers=2, part_files=2).run()
     assert res.executor == "process pool (2 workers)" and (res.ok, res.failed) == (4, 1)
-    for got, want in zip(frames(tmp_path / "out"), frames(baseline[1]), strict=True):
-        pd.testing.assert_frame_equal(got, want)
+    assert_same_rows(tmp_path / "out", baseline[1])
 
 
 def test_bad_settings_are_config_errors(archive, model_dir, tmp_path):
