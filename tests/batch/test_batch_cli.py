@@ -123,3 +123,28 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_rows(archive, model_dir, 
     assert res.skipped == done_before and res.skipped + res.ok + res.failed == 150
     BatchJob(str(big), tmp_path / "clean", model_dir).run()
     assert_same_rows(out, tmp_path / "clean")
+
+
+_NO_TORCH = """
+import sys
+
+class NoTorch:  # as in an image without torch: any attempt to import it fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchaudio", "torchvision"):
+            raise ImportError(f"{name} is not installed")
+
+sys.meta_path.insert(0, NoTorch())
+from ser.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_batch_runs_without_torch(archive, model_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    args = [str(archive), "--out", str(tmp_path / "out"), "--model", str(model_dir), "--json"]  # all in this process
+    proc = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "batch", *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 1, proc.stderr  # the corrupt file, nothing else
+    assert json.loads(proc.stdout)["ok"] == 4
