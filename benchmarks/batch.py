@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+
 from _common import RESULTS_DIR, SHARED, machine, replace_section
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))

@@ -161,3 +161,14 @@ def _cfg(**kw):
     from ser.timeline import TimelineConfig
 
     return TimelineConfig(**kw)
+
+
+def test_recordings_over_max_duration_fail_unread(archive, model_dir, tmp_path):
+    res = BatchJob(str(archive), tmp_path / "out", model_dir, max_duration_s=2.0).run()
+    assert (res.ok, res.failed) == (2, 3)  # a.wav (4.7 s), stereo.wav (3.5 s) and the corrupt file
+    _, files = frames(tmp_path / "out")
+    reasons = files.set_index("file")["reason"]
+    assert "exceeds the limit of 2 s" in reasons["a.wav"] and "exceeds the limit of 2 s" in reasons[STEREO]
+    assert pd.isna(reasons["silence.wav"]) and pd.isna(reasons["sub/b.flac"])
+    with pytest.raises(ConfigError, match="--max-duration must be > 0"):
+        BatchJob(str(archive), tmp_path / "out", model_dir, max_duration_s=0)

@@ -33,6 +33,9 @@ def batch(
     ext: str | None = typer.Option(None, "--ext", help="file endings to take, e.g. wav,flac (default: all audio)"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="run files an earlier run recorded as failed"),
     limit: int | None = typer.Option(None, "--limit", help="at most this many files in this run"),
+    max_duration: float | None = typer.Option(
+        None, "--max-duration", help="record longer files as failed, unread (seconds; default: no limit)"
+    ),
     part_files: int = typer.Option(64, "--part-files", help="files per Parquet part"),
     as_json: bool = typer.Option(False, "--json", help="print the run's counts as JSON (no progress bar)"),
 ) -> None:
@@ -72,6 +75,7 @@ def batch(
         part_files=part_files,
         retry_failed=retry_failed,
         limit=limit,
+        max_duration_s=max_duration,
         progress=not as_json,
     )
     res = job.run()
