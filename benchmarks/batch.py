@@ -2,7 +2,7 @@
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/batch.py --model DIR [--hours 2] [--workers 2] [--corpus DIR] [--keep]
+    nice -n 10 .venv/bin/python benchmarks/batch.py --model DIR [--hours 2] [--workers 2] [--repeat 2] [--keep]
 
 The corpus: RAVDESS clips (``../shared/data/ravdess``, 16 kHz mono FLAC) in a seeded random order, joined with
 pauses of 0.3-1.5 s of low noise into calls of 2-5 minutes, until the calls total ``--hours`` of audio (the 1440
@@ -15,12 +15,14 @@ fresh output folder, with ``--workers`` workers of 1 thread each:
 - ``local``: ``--workers N`` (a local process pool);
 - ``ray``: ``--ray local --workers N`` (the command starts a local Ray cluster of N CPUs; one task per file).
 
-Reported per run: wall time of the command (start-up, model load and Ray start included), the job's own wall
-time, hours of audio per hour of wall time, files and segments; and the Ray overhead per file: (Ray wall - local
-wall) / files, from the job's wall times (both paths run the same per-file code; the difference is Ray's start
-and its per-task cost). The machine's load average before and after is recorded: on a shared machine, other work
-slows both runs. Writes ``benchmarks/results/batch.json`` and the "Batch over call archives" section of
-``benchmarks/RESULTS.md``.
+The two runs alternate ``--repeat`` times (local, ray, local, ray, ...) so that a change in the machine's load
+hits both alike. Reported per run: wall time of the command (start-up, model load and Ray start included), the
+job's own wall time, hours of audio per hour of wall time, files and segments. Ray's fixed start-up is measured on
+its own (a fresh process: ``ray.init`` of a local cluster with the same CPUs until a first task has answered), and
+the Ray overhead per file is (mean Ray job wall - mean local job wall - start-up) / files: both paths run the same
+per-file code, so the rest is Ray's per-task cost. The machine's load average before and after each run is
+recorded: on a shared machine, other work slows every run. Writes ``benchmarks/results/batch.json`` and the "Batch
+over call archives" section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,6 +119,26 @@ def run_batch(name: str, corpus: Path, out: Path, model: Path, extra: list[str])
     return row
 
 
+RAY_START = """
+import sys, time
+t0 = time.perf_counter()
+import ray
+ray.init(num_cpus=int(sys.argv[1]), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+ray.get(ray.remote(lambda: 1).remote())
+print(time.perf_counter() - t0)
+ray.shutdown()
+"""
+
+
+def ray_start_s(cpus: int) -> float:
+    """Seconds from a fresh process' ``import ray`` to a local cluster's first task answered (``ray.shutdown`` not
+    counted)."""
+    proc = subprocess.run([sys.executable, "-c", RAY_START, str(cpus)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"ray start-up measurement failed: {proc.stderr[-2000:]}")
+    return round(float(proc.stdout.strip().splitlines()[-1]), 2)
+
+
 def section(result: dict[str, Any]) -> str:
     c, runs = result["corpus"], result["runs"]
     lines = [
@@ -142,8 +165,11 @@ def section(result: dict[str, Any]) -> str:
     o = result["ray_overhead"]
     lines += [
         "",
-        f"Ray overhead: {o['per_file_s']} s per file ((Ray job wall - local job wall) / files, Ray's start-up "
-        f"included; {o['total_s']} s in all). Same rows from both runs: **{result['same_rows']}**.",
+        f"Mean job wall: local {o['local_mean_s']} s, Ray {o['ray_mean_s']} s; Ray's start-up alone (fresh process, "
+        f"`ray.init` of a {result['workers']}-CPU local cluster to a first task answered): {o['start_s']} s. "
+        f"Ray overhead per file beyond its start-up: **{o['per_file_s']} s** ((Ray - local - start-up) / "
+        f"{result['corpus']['files']} files; a negative value means the difference is within the noise of the "
+        f"shared machine). Same rows from both paths: **{result['same_rows']}**.",
         "",
     ]
     return "\n".join(lines)
@@ -166,6 +192,7 @@ def main() -> None:
     ap.add_argument("--model-desc", default=None, help="how the model was made, for the results")
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="local / Ray pairs, alternating")
     ap.add_argument("--corpus", type=Path, default=None, help="where to write the calls (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the corpus and the outputs")
     ap.add_argument("--no-write", action="store_true", help="print only; do not write results")
@@ -181,19 +208,28 @@ def main() -> None:
             info = {"files": len(list(corpus.glob("*.wav"))), "audio_h": None, "clips_available": 1440}
         log(f"corpus: {info} in {time.perf_counter() - t0:.1f} s")
         w = str(args.workers)
-        local = run_batch("local", corpus, tmp / "out-local", args.model, ["--workers", w])
-        ray = run_batch("ray", corpus, tmp / "out-ray", args.model, ["--ray", "local", "--workers", w])
-        info["audio_h"] = info["audio_h"] or local["audio_h"]
-        extra = ray["job_wall_s"] - local["job_wall_s"]
+        runs: list[dict[str, Any]] = []
+        for i in range(args.repeat):
+            runs.append(run_batch("local", corpus, tmp / f"out-local{i}", args.model, ["--workers", w]))
+            runs.append(run_batch("ray", corpus, tmp / f"out-ray{i}", args.model, ["--ray", "local", "--workers", w]))
+        start = ray_start_s(args.workers)
+        local_s = statistics.mean(r["job_wall_s"] for r in runs if r["run"] == "local")
+        ray_s = statistics.mean(r["job_wall_s"] for r in runs if r["run"] == "ray")
+        info["audio_h"] = info["audio_h"] or runs[0]["audio_h"]
         result = {
             "machine": machine(),
             "date": dt.date.today().isoformat(),
             "model": args.model_desc or str(args.model),
             "workers": args.workers,
             "corpus": info,
-            "runs": [local, ray],
-            "ray_overhead": {"total_s": round(extra, 1), "per_file_s": round(extra / max(1, local["files"]), 3)},
-            "same_rows": same_rows(tmp / "out-local", tmp / "out-ray"),
+            "runs": runs,
+            "ray_overhead": {
+                "local_mean_s": round(local_s, 1),
+                "ray_mean_s": round(ray_s, 1),
+                "start_s": start,
+                "per_file_s": round((ray_s - local_s - start) / max(1, runs[0]["files"]), 3),
+            },
+            "same_rows": same_rows(tmp / "out-local0", tmp / "out-ray0"),
         }
         log(json.dumps(result, indent=2))
         if not args.no_write:

@@ -86,6 +86,12 @@ def test_ray_job_gives_the_same_rows_as_in_process(ray_cluster, archive, model_d
     res = BatchJob(str(archive), tmp_path / "out", model_dir, ray=ray_cluster, part_files=2).run()
     assert res.executor == f"ray ({ray_cluster})" and (res.ok, res.failed) == (4, 1)
     assert_same_rows(tmp_path / "out", baseline[1])
+    # another job on the same workers and model, other settings: the workers' cached model takes them
+    split = {"channels": "split", "channel_names": ("agent", "customer")}
+    BatchJob(str(archive), tmp_path / "split-ray", model_dir, ray=ray_cluster, **split).run()  # type: ignore[arg-type]
+    BatchJob(str(archive), tmp_path / "split", model_dir, **split).run()  # type: ignore[arg-type]
+    assert_same_rows(tmp_path / "split-ray", tmp_path / "split")
+    assert set(frames(tmp_path / "split-ray")[0]["channel"]) == {"agent", "customer"}
 
 
 @pytest.mark.slow

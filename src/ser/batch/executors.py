@@ -123,7 +123,8 @@ def run_pool(
 
 
 _RAY_CACHE: dict[str, FileProcessor] = {}
-"""The model of this Ray worker process, keyed by the model's SHA-256 (a worker serves one job at a time)."""
+"""The loaded model of this Ray worker process, keyed by the model's SHA-256 (a worker runs one task at a time;
+tasks of several jobs with the same model share it)."""
 
 
 def _ray_process(key: str, model_ref: list[Any], settings: WorkerSettings, rec: Recording) -> FileResult:
@@ -131,11 +132,13 @@ def _ray_process(key: str, model_ref: list[Any], settings: WorkerSettings, rec: 
     ``model_ref`` wraps the :class:`ModelFiles` reference in a list so Ray does not fetch the bytes for every task
     (only a worker that has not loaded the model yet calls ``ray.get``)."""
     proc = _RAY_CACHE.get(key)
-    if proc is None:
+    if proc is None or proc.settings.threads != settings.threads:
         import ray
 
         _RAY_CACHE.clear()
         proc = _RAY_CACHE[key] = FileProcessor(ray.get(model_ref[0]), settings)
+    elif proc.settings != settings:  # the same model for another job (other channels or timeline parameters)
+        proc.settings = settings
     return proc(rec.uri, rec.file, rec.bytes)
 
 

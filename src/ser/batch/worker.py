@@ -9,6 +9,7 @@ threads, so N workers on N cores do not oversubscribe them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -66,14 +67,28 @@ class ModelFiles:
 
         return cls({name: (Path(model_dir) / name).read_bytes() for name in (MODEL_FILE, METADATA_FILE)})
 
-    def materialise(self) -> Path:
-        """Write the files to a fresh temporary folder (removed with the worker process) and return it."""
-        import atexit
+    @property
+    def key(self) -> str:
+        """SHA-256 of the files (names and bytes)."""
+        h = hashlib.sha256()
+        for name in sorted(self.files):
+            h.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
+        return h.hexdigest()
 
-        folder = Path(tempfile.mkdtemp(prefix="ser-batch-model-"))
-        atexit.register(shutil.rmtree, folder, True)
+    def materialise(self) -> Path:
+        """The files in a folder of this machine's temporary directory named by their hash: written once (to a
+        temporary folder renamed into place, so workers racing for it never see a half-written model) and reused by
+        every worker process on the machine."""
+        folder = Path(tempfile.gettempdir()) / f"ser-batch-model-{self.key[:16]}"
+        if all((folder / name).is_file() for name in self.files):
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         for name, data in self.files.items():
-            (folder / name).write_bytes(data)
+            (tmp / name).write_bytes(data)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another worker got there first
+            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
 
@@ -113,8 +128,8 @@ class FileProcessor:
             ]
         except SerError as exc:
             reason = str(exc)
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # storage, fsspec, libsndfile, soxr
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        except Exception as exc:  # storage, fsspec, libsndfile, soxr, onnxruntime: one file never stops the run
+            reason = (f"{type(exc).__name__}: {exc}".splitlines() or ["error"])[0]
         else:
             return file_result(_info(file, size, header), timelines, time.perf_counter() - t0)
         return FileResult(file, summaries=[failed_row(_info(file, size, header), reason, time.perf_counter() - t0)])
