@@ -17,12 +17,13 @@ fresh output folder, with ``--workers`` workers of 1 thread each:
 
 The two runs alternate ``--repeat`` times (local, ray, local, ray, ...) so that a change in the machine's load
 hits both alike. Reported per run: wall time of the command (start-up, model load and Ray start included), the
-job's own wall time, hours of audio per hour of wall time, files and segments. Ray's fixed start-up is measured on
-its own (a fresh process: ``ray.init`` of a local cluster with the same CPUs until a first task has answered), and
-the Ray overhead per file is (mean Ray job wall - mean local job wall - start-up) / files: both paths run the same
-per-file code, so the rest is Ray's per-task cost. The machine's load average before and after each run is
-recorded: on a shared machine, other work slows every run. Writes ``benchmarks/results/batch.json`` and the "Batch
-over call archives" section of ``benchmarks/RESULTS.md``.
+job's own wall time, hours of audio per hour of wall time, files and segments, and the worker time spent outside
+files per file (job wall × workers - the sum of the files' ``processing_s``, over the files). Ray's fixed start-up
+is measured on its own (a fresh process: ``ray.init`` of a local cluster with the same CPUs until a first task has
+answered), and the Ray overhead per file is (mean Ray job wall - mean local job wall - start-up) / files: both
+paths run the same per-file code, so the rest is Ray's per-task cost. The machine's load average before and after
+each run is recorded: on a shared machine, other work slows every run. Writes ``benchmarks/results/batch.json`` and
+the "Batch over call archives" section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -91,7 +92,15 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_batch(name: str, corpus: Path, out: Path, model: Path, extra: list[str]) -> dict[str, Any]:
+def busy_s(out: Path) -> float:
+    """Seconds the workers spent inside files (the sum of the files table's ``processing_s``)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ser.batch.store import read_table
+
+    return float(sum(v for v in read_table(out, "files", ["processing_s"])["processing_s"].to_pylist() if v))
+
+
+def run_batch(name: str, corpus: Path, out: Path, model: Path, extra: list[str], workers: int) -> dict[str, Any]:
     """One ``ser batch`` command; its JSON outcome plus the command's wall time and the load around it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "ser", "batch", str(corpus), "--out", str(out), "--model", str(model), "--json"]
@@ -102,6 +111,7 @@ def run_batch(name: str, corpus: Path, out: Path, model: Path, extra: list[str])
     if proc.returncode != 0:
         raise SystemExit(f"{name}: ser batch exited {proc.returncode}: {proc.stderr[-2000:]}")
     res = json.loads(proc.stdout)
+    busy = busy_s(out)
     row = {
         "run": name,
         "options": " ".join(extra),
@@ -112,6 +122,8 @@ def run_batch(name: str, corpus: Path, out: Path, model: Path, extra: list[str])
         "command_wall_s": round(wall, 1),
         "job_wall_s": round(res["wall_s"], 1),
         "audio_h_per_wall_h": round(res["audio_s"] / wall, 1),
+        "busy_s": round(busy, 1),
+        "outside_files_per_file_s": round((res["wall_s"] * workers - busy) / max(1, res["files"]), 3),
         "load_before": load_before,
         "load_after": load_average(),
     }
@@ -153,13 +165,14 @@ def section(result: dict[str, Any]) -> str:
         f"(`--json`, a fresh `--out`), {result['workers']} workers of 1 onnxruntime thread each.",
         "",
         "| run | options | files | segments | audio h | command wall s | job wall s | audio h / wall h "
-        "| load before → after |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| worker s outside files, per file | load before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
             f"| {r['run']} | `{r['options']}` | {r['files']} | {r['segments']} | {r['audio_h']} | "
             f"{r['command_wall_s']} | {r['job_wall_s']} | {r['audio_h_per_wall_h']} | "
+            f"{r['outside_files_per_file_s']} | "
             f"{' '.join(map(str, r['load_before']))} → {' '.join(map(str, r['load_after']))} |"
         )
     o = result["ray_overhead"]
@@ -170,6 +183,11 @@ def section(result: dict[str, Any]) -> str:
         f"Ray overhead per file beyond its start-up: **{o['per_file_s']} s** ((Ray - local - start-up) / "
         f"{result['corpus']['files']} files; a negative value means the difference is within the noise of the "
         f"shared machine). Same rows from both paths: **{result['same_rows']}**.",
+        "",
+        '"Worker s outside files, per file" is (job wall × workers - the seconds workers spent inside files, the sum'
+        " of the files table's `processing_s`) / files: start-up, model loads, scheduling, transfers and idle"
+        " workers at the end, per file; the Ray row minus the local row is Ray's cost per file measured inside the"
+        " same run, start-up included (with few, long files the start-up dominates it).",
         "",
     ]
     return "\n".join(lines)
@@ -210,8 +228,10 @@ def main() -> None:
         w = str(args.workers)
         runs: list[dict[str, Any]] = []
         for i in range(args.repeat):
-            runs.append(run_batch("local", corpus, tmp / f"out-local{i}", args.model, ["--workers", w]))
-            runs.append(run_batch("ray", corpus, tmp / f"out-ray{i}", args.model, ["--ray", "local", "--workers", w]))
+            local = ["--workers", w]
+            runs.append(run_batch("local", corpus, tmp / f"out-local{i}", args.model, local, args.workers))
+            ray = ["--ray", "local", "--workers", w]
+            runs.append(run_batch("ray", corpus, tmp / f"out-ray{i}", args.model, ray, args.workers))
         start = ray_start_s(args.workers)
         local_s = statistics.mean(r["job_wall_s"] for r in runs if r["run"] == "local")
         ray_s = statistics.mean(r["job_wall_s"] for r in runs if r["run"] == "ray")
