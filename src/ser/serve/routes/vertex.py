@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ser.audio import DecodeLimits
 from ser.serve.deps import GUARDED, in_thread, metrics_of, predictor, settings_of
 from ser.serve.errors import ERROR_RESPONSES, ApiError
 from ser.serve.monitoring import monitor_of
@@ -29,7 +30,7 @@ from ser.serve.routes import ops
 from ser.serve.routes.predict import observe_answer
 from ser.serve.schemas import PredictionOut, ReadyOut
 from ser.serve.settings import Settings
-from ser.serve.uploads import decode_limits, media_type, predict_bytes, read_body
+from ser.serve.uploads import StopFlag, decode_limits, media_type, predict_bytes, read_body
 
 JSON_SLACK = 64 * 1024
 """Bytes a request body may hold beyond its instances' base64 text (keys, brackets, parameters)."""
@@ -120,7 +121,9 @@ def parse_request(body: bytes, settings: Settings) -> list[bytes]:
     return blobs
 
 
-def predict_instances(predictor: Any, blobs: list[bytes], limits: Any, should_stop: Any = None, **kw: Any) -> list:
+def predict_instances(
+    predictor: Any, blobs: list[bytes], limits: DecodeLimits, should_stop: StopFlag = None, **kw: Any
+) -> list[dict[str, Any]]:
     """:func:`ser.serve.uploads.predict_bytes` on each instance in turn (worker thread); the first bad one raises
     its :class:`ApiError`, its message prefixed with the instance."""
     out = []
