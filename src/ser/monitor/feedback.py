@@ -35,7 +35,7 @@ import pyarrow.dataset as ds
 
 from ser.errors import SerError
 from ser.monitor import store
-from ser.monitor.ids import is_valid, ts_of
+from ser.monitor.ids import UUID7_FORM, is_valid, ts_of
 from ser.monitor.log import FEEDBACK, LOG_FORMAT, RecentIds, issued, read_log, table_root
 
 FEEDBACK_SCHEMA = pa.schema(
@@ -91,7 +91,11 @@ class FeedbackRecord:
 def check_id(prediction_id: Any) -> str:
     """``prediction_id`` if it is a well-formed prediction id (UUIDv7 string), else :class:`InvalidFeedback`."""
     if not is_valid(prediction_id):
-        raise InvalidFeedback(f"prediction_id is not a well-formed prediction id: {str(prediction_id)[:64]!r}")
+        text = str(prediction_id)[:64]
+        if isinstance(prediction_id, str) and UUID7_FORM.match(prediction_id):
+            # the UUIDv7 form, with a time no service of ours can have issued (past year 9999): unknown, not malformed
+            raise UnknownPrediction(f"unknown prediction_id {text!r} (its time is past year 9999)")
+        raise InvalidFeedback(f"prediction_id is not a well-formed prediction id: {text!r}")
     return str(prediction_id)
 
 

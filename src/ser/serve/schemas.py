@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ser.monitor.ids import UUID7_PATTERN
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="machine-readable error code, e.g. undecodable_audio")
@@ -147,9 +149,6 @@ class ModelInfo(BaseModel):
     created: str | None = None
     registered: str | None = None
     loaded_at: str | None = None
-
-
-UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
 
 class FeedbackIn(BaseModel):
