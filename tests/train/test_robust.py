@@ -113,7 +113,8 @@ def test_variant_source_caches_by_clip_draw_and_seed(tmp_path, monkeypatch):
 def test_recorded_noises_need_a_noise_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(robust.NOISE_DIR_ENV, raising=False)
     frame = _manifest(tmp_path, 1)
-    source = VariantSource(RobustConfig(copies=1, noises=("babble",), degrade={**FAST["degrade"], "p_noise": 1.0}), cache_dir=None)
+    cfg = RobustConfig(copies=1, noises=("babble",), degrade={**FAST["degrade"], "p_noise": 1.0})
+    source = VariantSource(cfg, cache_dir=None)
     with pytest.raises(ConfigError, match="noise folder"):
         source(frame)
     noise_dir = tmp_path / "noise"
@@ -126,7 +127,11 @@ def test_recorded_noises_need_a_noise_folder(tmp_path, monkeypatch):
 def _roles() -> dict[str, pd.DataFrame]:
     def rows(role, speakers):
         return pd.DataFrame(
-            [{"utt_id": f"{role}-{s}-{i}", "speaker": s, "emotion": "angry" if i else "sad"} for s in speakers for i in (0, 1)]
+            [
+                {"utt_id": f"{role}-{s}-{i}", "speaker": s, "emotion": "angry" if i else "sad"}
+                for s in speakers
+                for i in (0, 1)
+            ]
         )
 
     return {"train": rows("train", ["a", "b"]), "val": rows("val", ["c"]), "test": rows("test", ["d"])}
@@ -174,7 +179,8 @@ def test_a_variant_of_a_val_or_test_clip_is_refused():
         with pytest.raises(LeakageError, match="outside the training set"):
             training_variants(spec, bad, roles, train_ids)
     # a test clip, or another clip of a test speaker, slipped into the training rows: the check catches its variants
-    for extra, match in ((roles["test"].iloc[:1], "appears twice"), (roles["test"].iloc[:1].assign(utt_id="x"), "speaker d")):
+    first_test = roles["test"].iloc[:1]
+    for extra, match in ((first_test, "appears twice"), (first_test.assign(utt_id="x"), "speaker d")):
         mixed = {**roles, "train": pd.concat([roles["train"], extra], ignore_index=True)}
         with pytest.raises(LeakageError, match=match):
             training_variants(spec, Recorder(), mixed, list(mixed["train"]["utt_id"]))
@@ -196,7 +202,7 @@ def test_ser_train_robust_recipe_adds_variants_to_training_folds_only(tmp_path, 
         )
     )  # fmt: skip
     args = ("train", run / "m" / "manifest.parquet", "--splits", run / "s" / "splits.parquet", "--json")
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         *args, "--model", "cnn-robust", "--config", cfg, "--out", tmp_path / "run", "--folds", "0", "--workers", "1"
     )
     assert code == 0, err

@@ -4,8 +4,8 @@ For each fold of ``splits`` (see :mod:`ser.data.split`): validation speakers are
 *training* speakers (early stopping and model selection never see the test speakers), the leakage guard is run,
 the model is trained on the remaining training speakers (augmentation on training data only: SpecAugment on
 training crops, and with a recipe's ``robust`` field degraded variants of the training clips, see
-:func:`training_variants`) and the test speakers are predicted whole-clip. Each fold's predictions are written atomically to
-``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
+:func:`training_variants`) and the test speakers are predicted whole-clip. Each fold's predictions are written
+atomically to ``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
 Ensembles average the members' saved fold probabilities (late fusion).
 
 The specs are :mod:`ser.train.spec` objects; :func:`fit_spec` is where one becomes a training run (cross-validation
@@ -29,7 +29,6 @@ from ser.errors import ConfigError, SerError
 from ser.io import atomic_path, write_json
 from ser.model_folder import frame_input
 from ser.train.spec import EnsembleSpec, ModelSpec, eval_settings, input_rows, model_input, train_config
-
 
 VariantFn = Callable[[pd.DataFrame], dict[str, list[dict[str, np.ndarray]]]]
 """``variants(train_rows) -> {utt_id: [{kind: array}, ...]}``: degraded variants of the training clips it is handed
@@ -112,7 +111,9 @@ def training_variants(
     made = variants(train)
     outside = sorted(set(made) - set(train_ids))
     if outside:
-        raise LeakageError(f"robust variants came back for {len(outside)} clip(s) outside the training set: {outside[0]}")
+        raise LeakageError(
+            f"robust variants came back for {len(outside)} clip(s) outside the training set: {outside[0]}"
+        )
     speaker = dict(zip(train["utt_id"], train["speaker"], strict=True))
     sources = [u for u in train_ids for _ in made.get(u, [])]
     copies = pd.DataFrame(
@@ -151,6 +152,22 @@ def add_variants(
 # one fold
 
 
+def fold_inputs(
+    spec: ModelSpec,
+    roles: dict[str, pd.DataFrame],
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    variants: VariantFn | None = None,
+) -> tuple[dict[str, list[str]], dict[str, list], dict[str, np.ndarray], int]:
+    """``(ids, x, y, n_variants)`` of a fold: per role the utterances with features, their model inputs and class
+    indices; ``x/y["train"]`` end with the training clips' robustness variants (:func:`add_variants`)."""
+    index = {c: i for i, c in enumerate(classes)}
+    ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
+    y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
+    x = {r: utterance_arrays(spec, feats, ids[r]) for r in ids}
+    return ids, x, y, add_variants(spec, variants, roles, ids["train"], x, y)
+
+
 def run_fold(
     spec: ModelSpec,
     roles: dict[str, pd.DataFrame],
@@ -165,12 +182,8 @@ def run_fold(
     """Train ``spec`` on ``roles['train']`` (early stopping on ``roles['val']``), predict ``roles['test']``.
     With ``variants`` and a ``robust`` recipe, the training clips' variants train beside them
     (:func:`training_variants`)."""
-    index = {c: i for i, c in enumerate(classes)}
-    ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
-    y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
-    x = {r: utterance_arrays(spec, feats, ids[r]) for r in ids}
     start = time.perf_counter()
-    n_variants = add_variants(spec, variants, roles, ids["train"], x, y)
+    ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
     if spec.model == "classical":
         from ser.models.classical import ClassicalModel
 

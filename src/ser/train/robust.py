@@ -315,4 +315,5 @@ def _rows(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
             raise SerError(f"training rows lack column {col!r}")
     if "sha256" not in frame.columns or frame["sha256"].isna().any():
         raise SerError("robust variants need the manifest's sha256 column (run `ser data ingest`)")
-    return [(str(u), str(p), str(s).lower()) for u, p, s in zip(frame["utt_id"], frame["path"], frame["sha256"], strict=True)]
+    columns = zip(frame["utt_id"], frame["path"], frame["sha256"], strict=True)
+    return [(str(u), str(p), str(s).lower()) for u, p, s in columns]
