@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
 
@@ -60,6 +61,8 @@ CONDITIONS: tuple[str, ...] = (
     "codec:mp3",
 )
 """Test-side conditions (condition strings of :func:`ser.degrade.parse`); noises are the held-out recordings."""
+SMALL_PARAMS: dict[str, Any] = {"channels": [8, 16, 32], "convs": [1, 1, 1], "time_pool": [2, 2, 2]}
+"""``--small``: the network of the ``cnn-small`` recipe (pooling and input normalisation stay ``cnn``'s)."""
 TEST_SEED = 20261202
 """Seeds every test-side degradation (with the clip's content hash and the condition)."""
 CLEAN_TRIM = "|clean trim"
@@ -129,6 +132,21 @@ def paired_difference(
     diff = diff[np.isfinite(diff)]
     low, high = np.quantile(diff, [0.025, 0.975])
     return {"uar_diff": float(point[1] - point[0]), "ci": [float(low), float(high)]}
+
+
+def trim_overlap(clean_logmel: np.ndarray, logmel: np.ndarray, top_db: float | None) -> tuple[float, float]:
+    """``(share of frames the level trim keeps, IoU of the kept span with the clean clip's)``: the trim keeps the
+    frames within ``top_db`` of the loudest, which noise fills in."""
+    from ser.model_folder import trim_bounds
+
+    n = logmel.shape[1]
+    spans = []
+    for lm in (clean_logmel, logmel):
+        lo, hi = trim_bounds(lm, top_db)
+        m = np.zeros(n, dtype=bool)
+        m[lo:hi] = True
+        spans.append(m)
+    return float(spans[1].mean()), float((spans[0] & spans[1]).sum() / max(1, (spans[0] | spans[1]).sum()))
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
@@ -230,6 +248,26 @@ def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> 
         print(f"  {name}: UAR {uar:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def trim_stats(args, test_rows, feats, top_db: float | None) -> dict[str, Any]:
+    """Per condition, over the test clips: the share of frames the level trim keeps and the IoU of the kept span
+    with the clean clip's (degraded features from the test cache)."""
+    from ser.features import FeatureConfig
+
+    out = {}
+    for condition in args.conditions:
+        test = (
+            feats
+            if condition == "clean"
+            else _test_features(test_rows, condition, FeatureConfig(), RUNS / "test_cache")
+        )
+        pairs = [trim_overlap(feats[u]["logmel"], test[u]["logmel"], top_db) for u, _, _ in test_rows]
+        out[condition] = {
+            "kept": float(np.mean([p[0] for p in pairs])),
+            "iou_clean": float(np.mean([p[1] for p in pairs])),
+        }
+    return out
+
+
 def collect(args, tag, manifest, classes) -> dict[str, Any]:
     """Pool the saved probabilities over the folds run, per recipe and condition; score them."""
     meta = manifest.set_index("utt_id")
@@ -281,8 +319,10 @@ def write_results(payload: dict[str, Any]) -> None:
         "held out from training; the test room (RT60 0.7 s, position 7) is not one the training draws place. "
         "'clean trim': the noisy frames inside the clean clip's silence-trim bounds.",
         "",
-        "| condition | " + " | ".join(f"{r} UAR [95 % CI] | {r} gap" for r in recipes) + " | diff [95 % CI] |",
-        "|---|" + "---|---|" * len(recipes) + "---|",
+        "| condition | "
+        + " | ".join(f"{r} UAR [95 % CI] | {r} gap" for r in recipes)
+        + " | diff [95 % CI] | level trim keeps (IoU with clean span) |",
+        "|---|" + "---|---|" * len(recipes) + "---|---|",
     ]
     for name in scores[recipes[0]]:
         cells = []
@@ -291,7 +331,9 @@ def write_results(payload: dict[str, Any]) -> None:
             cells += [f"{pct(s['uar'])} [{pct(s['uar_ci'][0])}, {pct(s['uar_ci'][1])}]", pct(s["gender_gap_uar"])]
         d = payload["difference"].get(name)
         diff = "-" if d is None else f"{100 * d['uar_diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} |")
+        t = payload.get("trim", {}).get(name)
+        trim = "-" if t is None else f"{100 * t['kept']:.0f} % ({t['iou_clean']:.2f})"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} | {trim} |")
     replace_section("## Robustness", "\n".join(lines) + "\n")
 
 
@@ -299,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", default="0,1,2,3,4,5", help="comma-separated fold indices (default: all 6)")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epochs (a cut run)")
+    ap.add_argument(
+        "--small", action="store_true", help="a cut run on a busy machine: cnn-small's 8-16-32 network, 150-frame crops"
+    )
     ap.add_argument("--recipes", default=",".join(RECIPES), help="baseline,robust recipe names")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--threads", type=int, default=2)
@@ -321,9 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     from ser.train.recipes import get_recipe
 
     torch.set_num_threads(args.threads)
-    overrides = {"train": {"epochs": args.epochs}} if args.epochs else None
-    specs = [get_recipe(r, overrides) for r in args.recipes]
-    tag = "full" if args.epochs is None else f"epochs{args.epochs}"
+    overrides: dict[str, Any] = {"train": {"epochs": args.epochs}} if args.epochs else {}
+    if args.small:
+        overrides["params"] = SMALL_PARAMS
+        overrides["train"] = {**overrides.get("train", {}), "crop_frames": 150}
+    specs = [get_recipe(r, overrides or None) for r in args.recipes]
+    tag = ("full" if args.epochs is None else f"epochs{args.epochs}") + ("-small" if args.small else "")
     manifest = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True).manifest
     classes = list(get_profile("ravdess8").classes)
     splits = make_splits(manifest, "ravdess6")
@@ -333,8 +381,14 @@ def main(argv: list[str] | None = None) -> int:
             roles = fold_roles(manifest, splits, k, spec.val_speakers, seed=0)
             run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag)
     payload = collect(args, tag, manifest, classes)
+    test = pd.concat([fold_roles(manifest, splits, k, 0, 0)["test"] for k in args.folds], ignore_index=True)
+    test = test[test["utt_id"].isin(feats)]
+    test_rows = [(u, str(p), str(h)) for u, p, h in zip(test["utt_id"], test["path"], test["sha256"], strict=True)]
+    payload["trim"] = trim_stats(args, test_rows, feats, specs[0].trim_db)
     test_actors = sorted({s for k in args.folds for s in fold_roles(manifest, splits, k, 0, 0)["test"]["speaker"]})
     cut = [] if args.epochs is None else [f"{args.epochs} epochs instead of the recipe's"]
+    if args.small:
+        cut.append("cnn-small's 8-16-32 network and 150-frame crops instead of cnn's")
     if len(args.folds) < 6:
         cut.append(f"{len(args.folds)} of 6 folds")
     payload = {

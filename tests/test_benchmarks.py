@@ -110,3 +110,14 @@ def test_robustness_scores_gender_gap_and_paired_difference(robustness):
     assert same == {"uar_diff": 0.0, "ci": [0.0, 0.0]}
     better = robustness.paired_difference(y, pred, y, speakers, 2, n_boot=200)
     assert better["uar_diff"] == pytest.approx(0.2) and 0 < better["ci"][0] <= 0.2 <= better["ci"][1]
+
+
+def test_robustness_trim_overlap_sees_noise_fill_the_silence(robustness):
+    import numpy as np
+
+    clean = np.full((4, 100), -100.0)
+    clean[:, 30:70] = -20.0  # speech in frames 30..69, digital silence around it
+    noisy = np.maximum(clean, -35.0)  # noise 15 dB under the speech everywhere: within the 40 dB trim
+    assert robustness.trim_overlap(clean, clean, 40.0) == (0.4, 1.0)
+    assert robustness.trim_overlap(clean, noisy, 40.0) == (1.0, 0.4)
+    assert robustness.trim_overlap(clean, noisy, 10.0) == (0.4, 1.0)  # a tighter trim still finds the speech
