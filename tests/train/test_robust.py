@@ -207,6 +207,8 @@ def test_ser_train_robust_recipe_adds_variants_to_training_folds_only(tmp_path, 
     )
     assert code == 0, err
     fold = json.loads((tmp_path / "run" / "cnn-robust" / "fold_0.json").read_text())
+    code, _, err = run_cli(*args, "--model", "cnn-robust", "--out", tmp_path / "r2", "--noise-dir", tmp_path / "nope")
+    assert code == 2 and "noise folder not found" in err
     assert fold["n_train_variants"] == fold["n_train"] > 0
     made = list((tmp_path / "run" / "cache" / "variants" / "logmel").rglob("*.npz"))
     assert len(made) == fold["n_train"]  # variants of the training clips only: none for val or test
