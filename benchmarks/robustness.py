@@ -333,7 +333,8 @@ def write_results(payload: dict[str, Any]) -> None:
         diff = "-" if d is None else f"{100 * d['uar_diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
         t = payload.get("trim", {}).get(name)
         trim = "-" if t is None else f"{100 * t['kept']:.0f} % ({t['iou_clean']:.2f})"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} | {trim} |")
+        label = name.replace("|", "\\|")  # the clean-trim suffix's bar, escaped in a Markdown cell
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {trim} |")
     replace_section("## Robustness", "\n".join(lines) + "\n")
 
 
