@@ -226,7 +226,14 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
         log=log,
     ).run()
     info = ShipJob(
-        spec, manifest, cv.feats, classes, ctx.out / "model.pt", ctx.out / "final_ckpt", seed=ctx.cfg.train.seed
+        spec,
+        manifest,
+        cv.feats,
+        classes,
+        ctx.out / "model.pt",
+        ctx.out / "final_ckpt",
+        seed=ctx.cfg.train.seed,
+        features=cv.features,
     ).run()
     metric = info.pop("metric")
     return {
