@@ -251,7 +251,7 @@ def decide_gate(
     if ov.get("champion_seen"):
         notes += (
             f"the champion v{champ and champ.get('version')} was trained on {ov['champion_seen']} of the "
-            f"{gate['n']} gate utterances: scored on the {gate['n_unseen']} neither model saw. "
+            f"{gate['n']} gate utterances: only the {gate['n_unseen']} neither model saw count. "
         )
     if ov.get("candidate_seen"):
         notes += f"the candidate was trained on {ov['candidate_seen']} gate utterances: left out. "

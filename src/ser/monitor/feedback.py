@@ -350,18 +350,21 @@ __all__ = [
 class LabelledClips:
     """Feedback labels joined to audio clips: ``rows`` (``path``, ``label``, ``speaker``, ``prediction_id``,
     ``pcm_sha256``, ``group``), and what did not join (``no_audio``: labelled answers whose clip is not in the
-    folder; ``unlabelled``: clips in the folder without feedback; ``undecodable``: files that could not be read)."""
+    folder; ``unlabelled``: clips in the folder without feedback; ``duplicates``: further files of audio already
+    used; ``undecodable``: files that could not be read)."""
 
     rows: list[dict[str, Any]]
     no_audio: int
     unlabelled: int
     undecodable: list[tuple[str, str]]
+    duplicates: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
             "labelled_clips": len(self.rows),
             "feedback_without_audio": self.no_audio,
             "clips_without_feedback": self.unlabelled,
+            "duplicate_clips": self.duplicates,
             "undecodable": len(self.undecodable),
         }
 
@@ -425,6 +428,6 @@ def labelled_clips(root: str | Path, audio_dir: str | Path, *, workers: int = 4)
                 }
             )
     undecodable = [(str(p), "undecodable audio") for p in hashes.get("", [])]
-    n_clips = sum(len(v) for k, v in hashes.items() if k)
-    unlabelled = n_clips - sum(len(hashes[h]) for h in by_hash if h in hashes)
-    return LabelledClips(rows, sum(h not in hashes for h in by_hash), unlabelled, undecodable)
+    unlabelled = sum(len(v) for k, v in hashes.items() if k and k not in by_hash)
+    duplicates = sum(len(hashes[h]) - 1 for h in by_hash if h in hashes)
+    return LabelledClips(rows, sum(h not in hashes for h in by_hash), unlabelled, undecodable, duplicates)
