@@ -10,6 +10,7 @@ import json
 import pytest
 
 from ser import registry as R
+from ser.errors import SerError
 from tests.conftest import export_tiny_model
 
 
@@ -75,6 +76,11 @@ def test_a_champion_that_trained_on_gate_utterances_is_detected_and_only_the_uns
     # every gate utterance seen by the champion: nothing fair is left, so the gate blocks
     third = _register(wd, _model(tmp_path / "c"), gate_set.iloc[:8])
     assert third.alias == "challenger" and "gate set too small: 0 utterances" in third.reason
+    # a gate that fails (the champion's graph is gone) registers nothing and leaves nothing behind
+    (wd / "registry" / "ser-emotion" / "1" / "model.onnx").rename(tmp_path / "moved.onnx")
+    with pytest.raises(SerError, match=r"model\.onnx"):
+        _register(wd, _model(tmp_path / "d"), gate_set)
+    assert R.versions(wd) == [2, 3] and not list((wd / "registry" / "ser-emotion").glob(".gate-*"))
 
 
 @pytest.mark.slow

@@ -217,7 +217,7 @@ def _gate_score(ev: Any, meta: dict[str, Any], group: str) -> dict[str, Any]:
         "accuracy": r["metrics"]["accuracy"],
         "ci": (r.get("ci") or {}).get("uar"),
         "group_gap": gap_of(ev.evaluation, group),
-        "report": str(ev.report),
+        "report": f"{ev.report_dir.name}/{ev.report.name}",  # relative to the version's gate/ folder
     }
 
 
@@ -249,14 +249,14 @@ class RegisterJob:
             return self.rules
         return GateRules(margin=self.margin, max_group_gap=self.max_group_gap)
 
-    def _decide(self, dest: Path, champion: int | None) -> tuple[Any, dict[str, Any] | None]:
+    def _decide(self, work: Path, champion: int | None) -> tuple[Any, dict[str, Any] | None]:
         from ser import registry
         from ser.model_folder import read_metadata
 
         rules = self._rules()
         champ_dir = registry.model_root(self.workdir, self.name) / str(champion) if champion else None
         if self.gate is not None and len(self.gate):
-            gate = GateJob(dest, champ_dir, self.gate, dest / "gate", rules).run()
+            gate = GateJob(self.model_dir, champ_dir, self.gate, work, rules).run()
             decision = registry.decide_gate(
                 gate,
                 margin=rules.margin,
@@ -281,13 +281,24 @@ class RegisterJob:
         from ser import registry
         from ser.export import update_metadata
 
+        # the gate runs first: a failure there (a champion folder that will not load, say) registers nothing
+        champion = registry.read_aliases(self.workdir, self.name).get("champion")
+        work = registry.model_root(self.workdir, self.name) / f".gate-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            decision, gate = self._decide(work, champion)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
         version = None
         if self.tracker is not None:
             version = self.tracker.create_version(self.name, self.model_dir, self.run_id)
         dest = registry.add_version(self.workdir, self.model_dir, self.name, version)
         version = int(dest.name)
-        champion = registry.read_aliases(self.workdir, self.name).get("champion")
-        decision, gate = self._decide(dest, champion)
+        if work.is_dir():  # the gate's reports and gate.json go with the version
+            os.replace(work, dest / "gate")
+        if gate is not None and gate.get("candidate"):
+            gate["candidate"]["version"] = str(version)
         alias = "champion" if decision.promote else "challenger"
         record = gate_record(decision, gate, champion)
         registry.log_event(self.workdir, self.name, {"event": "gate", "version": version, **record})
