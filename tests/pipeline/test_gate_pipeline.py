@@ -13,7 +13,7 @@ from ser.pipeline.config import parse_config
 from tests.monitor.conftest import feedback_for_clips
 
 WORSE = {"train": {"epochs": 1, "lr": 1e-5}}
-GOOD = {"train": {"epochs": 10}}
+GOOD = {"train": {"epochs": 6}}
 
 
 @pytest.fixture(scope="module")

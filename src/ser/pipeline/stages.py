@@ -129,7 +129,7 @@ def ingest_stage(ctx: StageContext) -> dict[str, Any]:
     """Every source of ``data`` → one manifest with a ``source`` column (ids prefixed ``<source>/`` when there
     are several), and the run's data version: a hash of every source's content fingerprint."""
     from ser.data.ingest import combine_sources
-    from ser.data.schema import conform, quarantine_frame
+    from ser.data.schema import QUARANTINE_COLUMNS, conform
     from ser.jobs.data import data_version, source_fingerprints
 
     sources = ctx.cfg.data.all_sources()
@@ -138,10 +138,7 @@ def ingest_stage(ctx: StageContext) -> dict[str, Any]:
     for source in sources:
         done[source.label] = _ingest_source(ctx, source, ctx.out if single else ctx.out / "sources" / source.label)
     manifest = combine_sources({k: r.result.manifest for k, r in done.items()})
-    quarantine = conform(
-        pd.concat([quarantine_frame([])] + [r.result.quarantine for r in done.values()], ignore_index=True),
-        {"path": "string", "stage": "string", "reason": "string"},
-    )
+    quarantine = conform(pd.concat([r.result.quarantine for r in done.values()], ignore_index=True), QUARANTINE_COLUMNS)
     write_parquet(ctx.out / "manifest.parquet", manifest)
     write_parquet(ctx.out / "quarantine.parquet", quarantine)
     fingerprints = source_fingerprints(manifest)
