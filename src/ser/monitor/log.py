@@ -55,7 +55,7 @@ from ser.uri import is_remote
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 LOG_FORMAT = "ser-log/1"
-ROLES = ("primary", "shadow")
+ROLES = ("primary", "shadow", "canary")
 
 _STAT_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("native_sr", pa.int32()),
