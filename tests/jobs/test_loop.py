@@ -114,6 +114,10 @@ def test_new_feedback_triggers_once(tmp_path, model):
     third = LoopJob(cfg, fake, now=later + timedelta(minutes=1)).run()
     assert third.check.new_feedback == 120 and third.retrained and len(fake.calls) == 2
     assert [e["retrained"] for e in read_events(cfg.events_path)] == [False, True, False, True]
+    # one report folder per pass, the latest kept
+    assert len(list(cfg.reports_dir.iterdir())) == 3  # the first two passes share their time (NOW)
+    LoopJob(cfg.model_copy(update={"keep_reports": 1}), fake, now=later + timedelta(minutes=2)).check()
+    assert [p.name for p in cfg.reports_dir.iterdir()] == ["20261201T130200Z"]
 
 
 def test_a_failed_pipeline_is_recorded_and_keeps_the_watermark(tmp_path, model):

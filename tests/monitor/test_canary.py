@@ -96,7 +96,7 @@ def test_rollback_events_round_trip(tmp_path):
     assert read_rollbacks("memory://ser-canary-test") == [a]
 
 
-def test_compare_judges_canary_against_champion(tmp_path):
+def test_compare_judges_canary_against_champion(tmp_path, run_cli):
     from datetime import UTC, datetime, timedelta
 
     from ser.jobs.monitor import CompareJob
@@ -125,3 +125,7 @@ def test_compare_judges_canary_against_champion(tmp_path):
     lo, hi = c["uar_difference_ci"]
     assert lo < hi < 0  # the canary is clearly worse
     assert [e["version"] for e in c["rollbacks"]] == ["2"]
+    code, out, _ = run_cli("monitor", "compare", "--log", tmp_path / "log")
+    assert code == 0
+    assert "canary v2 vs champion v1: 100 vs 300 answers (canary share 25.0 %)" in out
+    assert "live UAR: champion 100.0 % on 300 labelled" in out and "rolled back v2" in out

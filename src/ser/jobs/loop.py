@@ -62,6 +62,7 @@ class LoopConfig(BaseModel):
     events: str | None = Field(None, description="the pass log (JSON lines) [WORKDIR/loop/events.jsonl]")
     state: str | None = Field(None, description="the feedback watermark [WORKDIR/loop/state.json]")
     reports: str | None = Field(None, description="where each pass's report goes [WORKDIR/loop/reports]")
+    keep_reports: int = Field(48, ge=1, description="the latest reports kept (older pass folders are deleted)")
 
     @property
     def log_root(self) -> str:
@@ -175,6 +176,17 @@ def count_new_feedback(log_root: str, since: dt.datetime | None) -> int:
     return int(t["prediction_id"].nunique())
 
 
+def prune_reports(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` latest pass folders (named by time) under ``folder``."""
+    import shutil
+
+    if not folder.is_dir():
+        return
+    passes = sorted(p for p in folder.iterdir() if p.is_dir() and p.name[:8].isdigit())
+    for old in passes[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def read_state(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -281,6 +293,7 @@ class LoopJob:
             monitor: dict[str, Any] = {"model": cfg.model, **report.summary()}
         except SerError as exc:  # no champion yet, or its folder is unreadable
             monitor = {"model": cfg.model, "error": str(exc), "flagged": False, "reasons": []}
+        prune_reports(cfg.reports_dir, cfg.keep_reports)
         new = count_new_feedback(cfg.log_root, watermark)
         return LoopCheck(now.isoformat(timespec="seconds"), monitor, new, mark, triggers(monitor, new, cfg))
 
