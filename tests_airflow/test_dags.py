@@ -244,7 +244,12 @@ def test_retraining_dag_on_new_data_runs_every_stage_and_registers_v2(trained, d
     from ser.pipeline.stages import STAGE_NAMES
 
     _, workdir = trained
-    corpus = Path(yaml.safe_load(tiny_config.read_text())["data"]["path"])
+    config = yaml.safe_load(tiny_config.read_text())
+    corpus = Path(config["data"]["path"])
+    config["train"]["overrides"]["train"]["epochs"] = 1  # the orchestration is checked, not the model: keep it short
+    config["evaluate"]["n_boot"] = 50
+    short = tmp_path / "pipeline.yaml"
+    short.write_text(yaml.safe_dump(config))
     for emotion in ("03", "05"):  # two "feedback" clips of a known speaker: strong intensity, statement 2, take 2
         clip = corpus / "Actor_01" / f"03-01-{emotion}-01-01-01-01.wav"
         new = clip.with_name(f"03-01-{emotion}-02-02-02-01.wav")
@@ -252,9 +257,7 @@ def test_retraining_dag_on_new_data_runs_every_stage_and_registers_v2(trained, d
         y, sr = sf.read(clip)
         sf.write(new, 0.8 * y, sr)  # new content (a copy would be a duplicate hash)
     variables = tmp_path / "variables.json"
-    variables.write_text(
-        json.dumps({"ser_retraining_config": str(tiny_config), "ser_retraining_workdir": str(workdir)})
-    )
+    variables.write_text(json.dumps({"ser_retraining_config": str(short), "ser_retraining_workdir": str(workdir)}))
     t0 = time.perf_counter()
     dr = dagbag.dags["ser_retraining"].test(variable_file_path=str(variables))
     print(f"ser_retraining dag.test() (new data): {time.perf_counter() - t0:.1f} s")
@@ -354,5 +357,8 @@ def test_monitoring_dag_does_not_request_retraining_without_drift(dagbag, monito
 
 
 def test_monitoring_dag_without_a_loop_config_fails_at_once(dagbag):
-    dr = dagbag.dags["ser_monitoring"].test()
-    assert _task_states(dr)["monitor"] == "failed" and _state(dr) == "failed"
+    # loop_config given as null: the DagBag's DAG object keeps the params of its last dag.test(run_conf=...)
+    dr = dagbag.dags["ser_monitoring"].test(run_conf={"loop_config": None})
+    states = _task_states(dr)
+    assert states["monitor"] == "failed" and _state(dr) == "failed"  # failed, not up for retry
+    assert {states[t] for t in ("drift_or_feedback", "request_retraining")} == {"upstream_failed"}

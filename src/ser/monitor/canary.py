@@ -132,8 +132,8 @@ class CanaryGuard:
             counts = {k: tuple(v) for k, v in self._counts.items()}
         out = {}
         for side, (requests, errors) in counts.items():
-            uar, n = acc.get(side, (float("nan"), 0))
-            out[side] = Side(requests, errors, n, None if uar != uar else uar)
+            value, n = acc.get(side, (float("nan"), 0))
+            out[side] = Side(requests, errors, n, None if value != value else value)  # NaN: no labelled answer
         return out
 
     def check(self, *, uar: bool = True) -> str | None:

@@ -50,7 +50,15 @@ from typing import Any
 import numpy as np
 
 from ser.inference import Predictor
-from ser.monitor.canary import CANARY, CHAMPION, CanaryGuard, assigned, read_rollbacks, record_rollback
+from ser.monitor.canary import (
+    CANARY,
+    CHAMPION,
+    CanaryGuard,
+    RollbackRule,
+    assigned,
+    read_rollbacks,
+    record_rollback,
+)
 from ser.monitor.feedback import FeedbackLog, FeedbackRecord, UnknownPrediction, check_id, validate_feedback
 from ser.monitor.ids import new_id, ts_ms_of
 from ser.monitor.live import LiveMonitor
@@ -64,6 +72,8 @@ from ser.uri import is_remote
 log = logging.getLogger("ser.serve")
 
 OFF = {"off", "none", "0", "false", "no"}
+CANARY_ROUTES = ("/v1/predict", "/v1/predict/batch")
+"""The routes a canary answers (streams and timelines stay on the champion)."""
 
 
 def log_root(settings: Settings, workdir: str | Path | None = None) -> str | None:
@@ -229,7 +239,8 @@ class CanaryRunner:
             if self.guard is None or version != self.version:
                 s = self.monitor.settings
                 self.version, self.rollback = version, None
-                self.guard = CanaryGuard(self.block.rollback, max_ids=s.live_ids, window=s.drift_window)
+                rule = self.block.rollback or RollbackRule()
+                self.guard = CanaryGuard(rule, max_ids=s.live_ids, window=s.drift_window)
                 earlier = self._earlier_rollback(version)
                 if earlier is not None:
                     self.rollback = earlier
@@ -491,7 +502,7 @@ class ServiceMonitor:
         values = {name: getattr(stats, name) for name in SCALAR_FIELDS}
         self.live.observe(version, {**values, "confidence": conf, "label": label})
         self.live.predicted(pid, version, label)
-        if self.canary is not None:
+        if self.canary is not None and route in CANARY_ROUTES:  # both sides on the same kind of traffic
             self.canary.predicted(pid, CANARY if canary else CHAMPION, label)
         if self.log is not None:
             from ser.audio import pcm_hash
