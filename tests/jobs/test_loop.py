@@ -166,6 +166,9 @@ def test_loop_config_errors(tmp_path):
     bad.write_text(yaml.safe_dump({"loop": {"workdir": "w", "min_new_feedback": -1}}))
     with pytest.raises(ConfigError, match=r"loop\.min_new_feedback"):
         load_loop_config(bad)
+    bad.write_text(yaml.safe_dump({"loop": {"workdir": "w", "since": "yesterday"}}))
+    with pytest.raises(ConfigError, match=r"loop\.since"):
+        load_loop_config(bad)
     bad.write_text(yaml.safe_dump({"loop": {"workdir": "w", "drift": {"psi": "high"}}}))
     with pytest.raises(ConfigError, match=r"loop\.drift\.psi"):
         load_loop_config(bad)

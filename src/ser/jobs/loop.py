@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ser.errors import ConfigError, SerError, validation_reason
 from ser.monitor.drift import DriftConfig
@@ -63,6 +63,17 @@ class LoopConfig(BaseModel):
     state: str | None = Field(None, description="the feedback watermark [WORKDIR/loop/state.json]")
     reports: str | None = Field(None, description="where each pass's report goes [WORKDIR/loop/reports]")
     keep_reports: int = Field(48, ge=1, description="the latest reports kept (older pass folders are deleted)")
+
+    @field_validator("since")
+    @classmethod
+    def _since(cls, value: str) -> str:
+        from ser.monitor.store import utc
+
+        try:
+            utc(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @property
     def log_root(self) -> str:
@@ -271,7 +282,7 @@ class LoopJob:
 
     def check(self) -> LoopCheck:
         """Report + new feedback + the decision; writes the report under ``reports/<time>/``, nothing else."""
-        from ser.jobs.monitor import MonitorReportJob
+        from ser.jobs.monitor import MonitorReportJob, resolve_model
         from ser.monitor.store import utc
 
         cfg = self.config
@@ -280,19 +291,15 @@ class LoopJob:
         state = read_state(cfg.state_path)
         mark = state.get("feedback_watermark")
         watermark = dt.datetime.fromisoformat(mark) if mark else None
+        since = utc(cfg.since, now=now)
+        monitor: dict[str, Any] = {"model": cfg.model}
         try:
-            report = MonitorReportJob(
-                cfg.log_root,
-                cfg.model,
-                cfg.reports_dir / stamp,
-                since=utc(cfg.since, now=now),
-                until=now,
-                config=cfg.drift,
-                workdir=Path(cfg.workdir),
-            ).run()
-            monitor: dict[str, Any] = {"model": cfg.model, **report.summary()}
-        except SerError as exc:  # no champion yet, or its folder is unreadable
-            monitor = {"model": cfg.model, "error": str(exc), "flagged": False, "reasons": []}
+            model_dir = resolve_model(cfg.model, cfg.workdir)
+        except SerError as exc:  # no champion yet: the only failure that makes a pass train (a first model)
+            monitor.update(error=str(exc), flagged=False, reasons=[])
+        else:  # a report that fails (an unreadable log) fails the pass: it is no reason to retrain
+            job = MonitorReportJob(cfg.log_root, model_dir, cfg.reports_dir / stamp, since, now, cfg.drift)
+            monitor.update(job.run().summary())
         prune_reports(cfg.reports_dir, cfg.keep_reports)
         new = count_new_feedback(cfg.log_root, watermark)
         return LoopCheck(now.isoformat(timespec="seconds"), monitor, new, mark, triggers(monitor, new, cfg))
