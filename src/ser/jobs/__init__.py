@@ -14,5 +14,6 @@ module                    jobs
 :mod:`ser.jobs.evaluate`  fold predictions → the cross-validation report
 :mod:`ser.jobs.release`   ONNX export with parity check, model card, registry with the promotion gate
 :mod:`ser.jobs.monitor`   the reference profile at export; monitoring report, retention, deletion, feedback import
+:mod:`ser.jobs.loop`      the closed loop's pass: monitor → retrain (the pipeline, given by the caller) when due
 ========================  ==========================================================================
 """
