@@ -245,9 +245,18 @@ def cross_validate(
 ) -> list[FoldOutput]:
     """Run (or resume) every fold of ``spec``; returns the fold outputs in fold order."""
     outputs = cross_validate_members(
-        manifest, splits, [spec], feats, classes, out_dir, folds=folds, seed=seed, progress=progress, log=log,
+        manifest,
+        splits,
+        [spec],
+        feats,
+        classes,
+        out_dir,
+        folds=folds,
+        seed=seed,
+        progress=progress,
+        log=log,
         executor=executor,
-    )  # fmt: skip
+    )
     return outputs[spec.name]
 
 

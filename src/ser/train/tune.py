@@ -17,6 +17,10 @@ Protocol (speaker-independent, the test fold is never seen):
    the trials still missing to reach ``n_trials`` finished (complete or pruned) trials are run. A process killed in
    the middle of a trial leaves it ``RUNNING``; the storage's heartbeat marks it failed on the next run and re-queues
    its parameters once.
+4. Each trial is one :class:`~ser.executor.Executor` task (:func:`run_trial_task`): here, one after another, or
+   on Ray, in parallel, each worker reopening the study from the same SQLite file (SQLite rather than Optuna's
+   JournalStorage because of that heartbeat, which the journal storage lacks: the trial of a worker that died is
+   failed and retried as above, and Ray re-runs the task).
 
 The search space, samplers and pruners are in :mod:`ser.train.tune_space`, the objective and the data it sees in
 :mod:`ser.train.tune_objective`; this module runs the study and writes its outputs.
