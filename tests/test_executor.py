@@ -23,6 +23,16 @@ def refuse(item: int) -> int:
     return item
 
 
+def die_once(marker: str) -> str:
+    """Kill this worker process the first time (a lost worker: out of memory, node gone), succeed after."""
+    from pathlib import Path
+
+    if not Path(marker).exists():
+        Path(marker).write_text("died")
+        os._exit(1)
+    return "done"
+
+
 def torch_threads(item: int) -> int:
     from ser.train.cv import pin_threads
 
@@ -75,3 +85,15 @@ def test_ray_map_runs_in_workers_with_shared_values_and_local_results(ray_cluste
 def test_ray_task_error_is_raised_as_itself(ray_cluster):
     with pytest.raises(ConfigError, match=r"^item 2 is refused$"):
         Executor("ray", ray_cluster).map_tasks(refuse, [0, 1, 2, 3])
+
+
+@pytest.mark.slow
+def test_a_task_whose_worker_dies_is_retried_and_without_retries_fails_in_one_line(ray_cluster, tmp_path):
+    from ser.errors import SerError
+
+    marker = tmp_path / "died"
+    assert Executor("ray", ray_cluster, max_retries=1).map_tasks(die_once, [str(marker)]) == ["done"]
+    assert marker.read_text() == "died"  # the first attempt's worker was lost
+    with pytest.raises(SerError, match=r"^a Ray task failed: ") as err:
+        Executor("ray", ray_cluster, max_retries=0).map_tasks(die_once, [str(tmp_path / "again")])
+    assert "\n" not in str(err.value)
