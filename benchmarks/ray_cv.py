@@ -192,6 +192,13 @@ def write_section(doc: dict) -> None:
         f"**{'yes' if eq['fold_uar_equal'] else 'no'}**. Speed-up of Ray over local: {doc['speedup_ray_vs_local']}x.",
         "",
     ]
+    if len(doc["paths"]) > 2:
+        lines[-1:] = [
+            "The run with another thread count trains to other weights (floating-point sums in another order, "
+            "amplified over training), hence its other UARs: equality needs the same threads per fold, which is why "
+            "a Ray task pins torch to the CPUs it reserved.",
+            "",
+        ]
     replace_section("## Training on Ray", "\n".join(lines))
 
 
