@@ -49,11 +49,30 @@ def test_shipped_configs_load_and_name_known_recipes(path):
         ({"trian": {}}, "trian"),
         ({"data": {"corpus": "ravdess"}}, "data"),
         ({"register": {"max_group_gap": 2}}, "register.max_group_gap"),
+        ({"train": {"executor": "spark"}}, "train.executor"),
+        ({"train": {"executor": "ray", "ray_address": ""}}, "train.ray_address"),
     ],
 )
 def test_bad_config_names_the_field(data, field):
     with pytest.raises(ConfigError, match=rf"config: {field}"):
         parse_config(data)
+
+
+def test_train_executor_changes_where_training_runs_not_the_train_key():
+    from ser.pipeline.stages import STAGES, _executor
+
+    local = parse_config({})
+    ray = parse_config({"train": {"executor": "ray", "ray_address": "auto", "threads": 1}})
+    assert local.train.executor == "local" and ray.train.ray_address == "auto"
+    ex = _executor(ray)
+    assert ex.is_ray and ex.address == "auto" and ex.cpus_per_task == 1 and ex.task_threads == 1
+    assert not _executor(local).is_ray and _executor(local).task_threads is None
+    keys = {name: stage_keys(STAGES, c) for name, c in (("local", local), ("ray", ray))}
+    assert keys["local"]["train"] == keys["ray"]["train"]  # the same folds either way: a Ray run reads them back
+    tuned = {"tune": {"enabled": True, "space": {"train.lr": [1e-3, 1e-2]}}}
+    tuned_local = stage_keys(STAGES, parse_config(tuned))
+    tuned_ray = stage_keys(STAGES, parse_config({**tuned, "train": {"executor": "ray"}}))
+    assert tuned_local["tune"] != tuned_ray["tune"]  # parallel trials sample in another order: another study
 
 
 def test_config_file_errors(tmp_path):

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ser.cli._apps import app, console, print_json, recipe_overrides, require_file
+from ser.cli._executor_opts import EXECUTOR_HELP, RAY_ADDRESS_HELP, THREADS_HELP, make_executor
 
 
 @app.command("train")
@@ -21,7 +22,9 @@ def train(
     folds: str | None = typer.Option(None, "--folds", help="comma-separated fold indices (default: all)"),
     cache: Path | None = typer.Option(None, "--cache", help="feature cache folder (default OUT/cache)"),
     workers: int = typer.Option(2, "--workers", help="feature-extraction processes"),
-    threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
+    threads: int = typer.Option(2, "--threads", help=THREADS_HELP),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str = typer.Option("local", "--ray-address", help=RAY_ADDRESS_HELP),
     seed: int = typer.Option(0, "--seed"),
     noise_dir: Path | None = typer.Option(
         None, "--noise-dir", help="noise recordings for a robust recipe's variants (default $SER_NOISE_DIR)"
@@ -31,7 +34,8 @@ def train(
     """Cross-validate a model recipe speaker-independently, then write the evaluation report.
 
     Validation speakers for early stopping are carved out of each training fold; the test speakers are seen only
-    at the final prediction. A killed run resumes at the first unfinished fold.
+    at the final prediction. A killed run resumes at the first unfinished fold. With --executor ray the folds
+    (and an ensemble's members) train side by side as Ray tasks, with the same results.
 
     Example: ser train out/m/manifest.parquet --splits out/s/splits.parquet --model cnn --out runs/cnn
     """
@@ -40,6 +44,7 @@ def train(
     from ser.jobs.train import CrossValidateJob, FeatureSource, load_run_inputs
     from ser.train.recipes import get_recipe
 
+    ex = make_executor(executor, ray_address, threads)
     torch.set_num_threads(max(1, threads))
     spec = get_recipe(model, recipe_overrides(config))
     frame, split_frame, classes, _ = load_run_inputs(
@@ -55,8 +60,10 @@ def train(
         from ser.errors import ConfigError
 
         raise ConfigError(f"noise folder not found: {noise_dir}")
-    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json, noise_dir=noise_dir)
-    cv = CrossValidateJob(frame, split_frame, spec, classes, out, features, fold_list, seed, log).run()
+    features = FeatureSource(
+        cache or out / "cache", workers=workers, progress=not as_json, noise_dir=noise_dir, executor=ex
+    )
+    cv = CrossValidateJob(frame, split_frame, spec, classes, out, features, fold_list, seed, log, ex).run()
     _report(cv.outputs, frame, classes, out / spec.name, spec.name, as_json)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ser.cli._apps import app, console, print_json, recipe_overrides, require_file
+from ser.cli._executor_opts import EXECUTOR_HELP, RAY_ADDRESS_HELP, THREADS_HELP, make_executor
 
 
 @app.command("tune")
@@ -28,15 +29,18 @@ def tune_cmd(
     timeout: float | None = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
     cache: Path | None = typer.Option(None, "--cache", help="feature cache folder (default OUT/cache)"),
     workers: int = typer.Option(2, "--workers", help="feature-extraction processes"),
-    threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
+    threads: int = typer.Option(2, "--threads", help=THREADS_HELP),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str = typer.Option("local", "--ray-address", help=RAY_ADDRESS_HELP),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON, no progress"),
 ) -> None:
     """Tune a recipe's hyper-parameters with Optuna by validation UAR on speakers carved out of one training fold.
 
     The test speakers of the fold are never loaded. The study lives in a SQLite file: run the same command again
-    to resume it (only the missing trials run). Writes best_params.json, best_config.yaml (for `ser train
-    --config`), trials.csv and optimization_history.png to OUT.
+    to resume it (only the missing trials run); with --executor ray the trials run in parallel as Ray tasks
+    against that file. Writes best_params.json, best_config.yaml (for `ser train --config`), trials.csv and
+    optimization_history.png to OUT.
 
     Example: ser tune out/m/manifest.parquet --splits out/s/splits.parquet --model cnn --space space.yaml --trials 30
     """
@@ -70,13 +74,14 @@ def tune_cmd(
         timeout,
     )
     settings.check()  # fail on bad arguments before any feature extraction
+    ex = make_executor(executor, ray_address, threads)
     out = out or Path("runs") / "tune" / settings.name
     torch.set_num_threads(max(1, threads))
     frame, split_frame, classes, _ = load_run_inputs(
         require_file(manifest, "manifest"), require_file(splits, "splits"), profile
     )
-    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json)
-    job = TuneJob(frame, split_frame, classes, out, features, settings)
+    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json, executor=ex)
+    job = TuneJob(frame, split_frame, classes, out, features, settings, ex)
 
     def log(line: str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pandas as pd
 from ser.audio import load_audio, sha256_file
 from ser.data.schema import quarantine_frame
 from ser.errors import AudioError, ConfigError, ManifestError, SerError
+from ser.executor import Executor
 from ser.features import FRAME_KINDS, KINDS, OPENSMILE_KINDS, TABLE_KINDS, FeatureConfig
 from ser.features import frames as frames_mod
 from ser.features.cache import FeatureCache
@@ -276,12 +277,15 @@ def extract_manifest(
     workers: int | None = None,
     progress: bool = False,
     cache_frames: bool = True,
+    executor: Executor | None = None,
 ) -> ExtractResult:
     """Extract ``kinds`` for every row of ``manifest`` (columns ``utt_id``, ``path``, optional ``sha256``).
 
     ``cache_dir=None`` disables caching. ``workers`` processes (default :func:`default_workers`; 1 runs in this
-    process). Undecodable files are listed in ``failures``; the run raises only for a bad manifest or bad
-    arguments.
+    process). A ``ray`` ``executor`` (:mod:`ser.executor`) extracts batches of :data:`RAY_BATCH` files as Ray
+    tasks of one CPU each instead, over as many machines as the cluster has (the files and ``cache_dir`` must be
+    at the same path on every node). Undecodable files are listed in ``failures``; the run raises only for a bad
+    manifest or bad arguments.
     """
     cfg = cfg or FeatureConfig()
     kinds = check_kinds(kinds)
@@ -308,7 +312,10 @@ def extract_manifest(
     cache_root = str(cache.root) if cache.root is not None else None
     args = (cfg, kinds, hashes, cache_root, cache_frames)
 
-    outcomes = _run_jobs(rows, args, workers, progress)
+    if executor is not None and executor.is_ray:
+        outcomes = _run_on_ray(rows, args, executor, progress)
+    else:
+        outcomes = _run_jobs(rows, args, workers, progress)
     features, failures, counts, names = _collect(rows, outcomes)
     tables = {}
     for kind in (k for k in kinds if k in TABLE_KINDS):
@@ -358,6 +365,27 @@ def _run_jobs(rows: Rows, args: tuple, workers: int, progress: bool) -> Outcomes
         reason = f"worker process failed: {type(exc).__name__}: {detail}"
         for u, _, _ in rows:
             outcomes.setdefault(u, (None, reason))
+    return outcomes
+
+
+RAY_BATCH = 32
+"""Files per Ray task: enough to amortise a task's start, few enough to spread a corpus over a cluster."""
+
+
+def _job_batch(batch: Rows, *, args: tuple) -> list[tuple[str, OneResult | None, str | None]]:
+    """Ray task: :func:`_job` of each ``(utt_id, path, sha256)`` row (never raises for a bad file)."""
+    return [_job(u, p, s, *args) for u, p, s in batch]
+
+
+def _run_on_ray(rows: Rows, args: tuple, executor: Executor, progress: bool) -> Outcomes:
+    """Extract every row as Ray tasks of :data:`RAY_BATCH` rows; the results come back through Ray's object store."""
+    batches = [rows[i : i + RAY_BATCH] for i in range(0, len(rows), RAY_BATCH)]
+    outcomes: Outcomes = {}
+    one_cpu = replace(executor, cpus_per_task=1)  # extraction is single-threaded numpy
+    done = one_cpu.iter_tasks(_job_batch, batches, shared={"args": args})
+    for _, results in _progress(done, progress, total=len(batches)):
+        for u, res, err in results:
+            outcomes[u] = (res, err)
     return outcomes
 
 

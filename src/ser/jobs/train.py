@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from ser.errors import ConfigError
+from ser.executor import Executor
 
 FoldLog = Callable[[str, int, Any], None]
 """``log(model_name, fold, fold_output)``, called as each fold finishes."""
@@ -77,6 +78,9 @@ class FeatureSource:
             progress=self.progress,
         )
 
+    executor: Executor | None = None
+    """``ray``: files are extracted as Ray tasks (one CPU each) instead of ``workers`` local processes."""
+
     def load(self, manifest: pd.DataFrame, kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         from ser.train.cv import load_frame_features
 
@@ -87,6 +91,7 @@ class FeatureSource:
             cache_dir=self.cache_dir,
             workers=self.workers,
             progress=self.progress,
+            executor=self.executor,
         )
 
 
@@ -106,7 +111,9 @@ class CVOutcome:
 class CrossValidateJob:
     """Cross-validate a recipe speaker-independently: each member, then (for an ensemble) fuse and save.
 
-    ``out``: the run folder of fold predictions and checkpoints; ``folds``: indices to run (default all).
+    ``out``: the run folder of fold predictions and checkpoints; ``folds``: indices to run (default all);
+    ``executor``: where the folds of every member train (:class:`~ser.executor.Executor`; default here, one after
+    another).
     """
 
     manifest: pd.DataFrame
@@ -118,28 +125,27 @@ class CrossValidateJob:
     folds: list[int] | None = None
     seed: int = 0
     log: FoldLog | None = None
+    executor: Executor | None = None
 
     def run(self) -> CVOutcome:
-        from ser.train.cv import cross_validate, ensemble_folds, save_fold
+        from ser.train.cv import cross_validate_members, ensemble_folds, save_fold
         from ser.train.spec import EnsembleSpec
 
         specs = member_specs(self.spec)
         feats = self.features.load(self.manifest, feature_kinds(self.spec))
-        outs = {
-            s.name: cross_validate(
-                self.manifest,
-                self.splits,
-                s,
-                feats,
-                self.classes,
-                self.out,
-                folds=self.folds,
-                seed=self.seed,
-                log=self.log,
-                variants=self.features.variants(s),
-            )
-            for s in specs
-        }
+        outs = cross_validate_members(
+            self.manifest,
+            self.splits,
+            specs,
+            feats,
+            self.classes,
+            self.out,
+            folds=self.folds,
+            seed=self.seed,
+            log=self.log,
+            executor=self.executor,
+            variants_for=self.features.variants,
+        )
         if not isinstance(self.spec, EnsembleSpec):
             return CVOutcome(self.spec, outs, outs[self.spec.name], feats, self.features)
         fused = ensemble_folds([outs[m] for m in self.spec.members], self.spec.weights)
@@ -151,7 +157,8 @@ class CrossValidateJob:
 @dataclass(frozen=True)
 class ShipJob:
     """Train the model that ships on every speaker of ``manifest`` (each member of an ensemble, joined into one
-    module) and save it to ``model_path`` with its classes and recipe. Resumes from ``ckpt_dir``."""
+    module) and save it to ``model_path`` with its classes and recipe. Resumes from ``ckpt_dir``; ``executor``
+    as :class:`CrossValidateJob`."""
 
     spec: Any
     manifest: pd.DataFrame
@@ -161,6 +168,7 @@ class ShipJob:
     ckpt_dir: Path
     seed: int = 0
     features: FeatureSource | None = None  # robustness variants of a ``robust`` recipe come from here
+    executor: Executor | None = None
 
     def run(self) -> dict[str, Any]:
         """Facts about the final training (``info`` of :func:`ser.train.cv.fit_shipped`) plus a one-line metric."""
@@ -178,6 +186,7 @@ class ShipJob:
             seed=self.seed,
             out_dir=self.ckpt_dir,
             variants_for=None if self.features is None else self.features.variants,
+            executor=self.executor,
         )
         save_model(self.model_path, model, {"classes": self.classes, "recipe": self.spec.model_dump(mode="json")})
         if info["best_val_uar"] is None:

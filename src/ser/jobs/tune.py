@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from ser.errors import ConfigError
+from ser.executor import Executor
 from ser.jobs.train import FeatureSource
 
 Log = Callable[[str], None]
@@ -65,7 +66,8 @@ class TuneOutcome:
 @dataclass(frozen=True)
 class TuneJob:
     """Run (or resume) the study of ``settings`` on ``manifest`` / ``splits`` and write its outputs to ``out``
-    (the study in ``out/study.db`` unless ``settings.storage`` says otherwise)."""
+    (the study in ``out/study.db`` unless ``settings.storage`` says otherwise). ``executor``: where the trials
+    run (:class:`~ser.executor.Executor`; on Ray, in parallel against the study's SQLite storage)."""
 
     manifest: pd.DataFrame
     splits: pd.DataFrame
@@ -73,6 +75,7 @@ class TuneJob:
     out: Path
     features: FeatureSource
     settings: TuneSettings
+    executor: Executor | None = None
 
     def run(self, log: Log | None = None, on_start: Log | None = None) -> TuneOutcome:
         """``on_start(line)`` once the fold's roles are known; ``log(line)`` per finished trial."""
@@ -110,5 +113,6 @@ class TuneJob:
             seed=s.seed,
             timeout=s.timeout,
             log=log,
+            executor=self.executor,
         )
         return TuneOutcome(result, write_outputs(result, self.out), n_train, val)

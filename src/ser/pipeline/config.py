@@ -161,7 +161,13 @@ class TrainSection(_Section):
     )
     overrides: dict[str, Any] = Field(default_factory=dict, description="recipe fields: params, train, augment, ...")
     seed: int = 0
-    threads: int = Field(2, ge=1, description="torch CPU threads")
+    threads: int = Field(2, ge=1, description="torch CPU threads (executor ray: per task, the CPUs Ray reserves)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where folds, ensemble members, tuning trials and features run: local or ray (tasks)"
+    )
+    ray_address: str = Field(
+        "local", min_length=1, description="executor ray: local (start Ray here), auto (running cluster), HOST:PORT"
+    )
 
 
 class EvaluateConfig(_Section):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ser.errors import SerError
+from ser.executor import Executor
 from ser.io import read_parquet, write_json, write_parquet
 from ser.jobs.data import IngestJob, SplitJob, ValidateJob
 from ser.jobs.evaluate import CVReportJob, load_folds
@@ -81,8 +82,21 @@ def _feature_config(cfg: PipelineConfig) -> FeatureConfig:
 def _features(ctx: StageContext) -> FeatureSource:
     """The feature cache every stage shares, under the workdir."""
     return FeatureSource(
-        ctx.workdir / "cache" / "features", _feature_config(ctx.cfg), ctx.cfg.workers, progress=ctx.progress
+        ctx.workdir / "cache" / "features",
+        _feature_config(ctx.cfg),
+        ctx.cfg.workers,
+        progress=ctx.progress,
+        executor=_executor(ctx.cfg),
     )
+
+
+def _executor(cfg: PipelineConfig) -> Executor:
+    """Where training, tuning and feature tasks run (``train.executor``); each task reserves ``train.threads``."""
+    return Executor(cfg.train.executor, cfg.train.ray_address, cpus_per_task=cfg.train.threads)
+
+
+RUN_ONLY = {"threads", "executor", "ray_address"}
+"""``train`` fields that change where and how fast training runs, not its results: not in the stage keys."""
 
 
 def _recipe_dump(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -233,7 +247,13 @@ def features_stage(ctx: StageContext) -> dict[str, Any]:
     src = _features(ctx)
     manifest = read_parquet(ctx.path("split", "manifest"))
     res = extract_manifest(
-        manifest, src.feature_cfg, src.cache_dir, kinds=_kinds(ctx.cfg), workers=src.workers, progress=ctx.progress
+        manifest,
+        src.feature_cfg,
+        src.cache_dir,
+        kinds=_kinds(ctx.cfg),
+        workers=src.workers,
+        progress=ctx.progress,
+        executor=src.executor,
     )
     failures = pd.DataFrame(res.failures, columns=["utt_id", "path", "reason"]) if res.failures else None
     if failures is not None:
@@ -270,6 +290,7 @@ def tune_stage(ctx: StageContext) -> dict[str, Any]:
         ctx.out,
         _features(ctx),
         settings,
+        _executor(ctx.cfg),
     ).run(log=lambda line: ctx.log("trial", line=line))
     best = res.result.best_value
     return {
@@ -300,6 +321,7 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
         folds=ctx.cfg.split.folds,
         seed=ctx.cfg.train.seed,
         log=log,
+        executor=_executor(ctx.cfg),
     ).run()
     info = ShipJob(
         spec,
@@ -310,6 +332,7 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
         ctx.out / "final_ckpt",
         seed=ctx.cfg.train.seed,
         features=cv.features,
+        executor=_executor(ctx.cfg),
     ).run()
     metric = info.pop("metric")
     return {
@@ -554,8 +577,10 @@ STAGES: list[Stage] = [
         lambda c: (
             {
                 "tune": c.tune.model_dump(mode="json"),
-                "train": c.train.model_dump(mode="json", exclude={"threads"}),
+                "train": c.train.model_dump(mode="json", exclude=RUN_ONLY),
                 "recipes": _recipe_dump(c),
+                # parallel trials sample in another order: a study on Ray is not the local one
+                **({"parallel": True} if c.train.executor == "ray" else {}),
             }
             if c.tune.enabled
             else None
@@ -566,7 +591,7 @@ STAGES: list[Stage] = [
         train_stage,
         ("split", "features", "tune"),
         lambda c: {
-            "train": c.train.model_dump(mode="json", exclude={"threads"}),
+            "train": c.train.model_dump(mode="json", exclude=RUN_ONLY),  # Ray or not: the same folds
             "folds": c.split.folds,
             "recipes": _recipe_dump(c),  # a recipe changed in code retrains
         },

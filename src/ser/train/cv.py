@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ser.errors import ConfigError, SerError
+from ser.executor import LOCAL, Executor
 from ser.io import atomic_path, write_json
 from ser.model_folder import frame_input
 from ser.train.spec import EnsembleSpec, ModelSpec, eval_settings, input_rows, model_input, train_config
@@ -70,12 +71,15 @@ def load_frame_features(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """``{utt_id: {kind: array}}`` through the feature cache; undecodable files are left out (reported upstream)."""
+    """``{utt_id: {kind: array}}`` through the feature cache; undecodable files are left out (reported upstream).
+    A ``ray`` ``executor`` extracts on the Ray cluster (:func:`~ser.features.extract.extract_manifest`)."""
     from ser.features.extract import extract_manifest
 
+    kinds = tuple(sorted(set(kinds)))
     res = extract_manifest(
-        manifest, feature_cfg, cache_dir, kinds=tuple(sorted(set(kinds))), workers=workers, progress=progress
+        manifest, feature_cfg, cache_dir, kinds=kinds, workers=workers, progress=progress, executor=executor
     )
     return res.features
 
@@ -320,33 +324,128 @@ def cross_validate(
     progress: bool = False,
     log=None,
     variants: VariantFn | None = None,
+    executor: Executor | None = None,
 ) -> list[FoldOutput]:
     """Run (or resume) every fold of ``spec``; returns the fold outputs in fold order. ``variants``: the source of
     robustness variants for a ``robust`` recipe (handed each fold's training rows only)."""
+    outputs = cross_validate_members(
+        manifest,
+        splits,
+        [spec],
+        feats,
+        classes,
+        out_dir,
+        folds=folds,
+        seed=seed,
+        progress=progress,
+        log=log,
+        executor=executor,
+        variants_for=None if variants is None else (lambda _s: variants),
+    )
+    return outputs[spec.name]
+
+
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold of one spec to train: what :func:`run_fold_task` needs besides the shared features."""
+
+    spec: ModelSpec
+    fold: int
+    roles: dict[str, pd.DataFrame]
+    seed: int
+    ckpt: Path
+    variants: VariantFn | None = None
+
+
+def run_fold_task(
+    task: FoldTask,
+    *,
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    threads: int | None = None,
+    progress: bool = False,
+) -> FoldOutput:
+    """:func:`run_fold` of ``task`` (an :meth:`~ser.executor.Executor.map_tasks` task: here or in a Ray worker,
+    torch pinned to ``threads``)."""
+    pin_threads(threads)
+    return run_fold(
+        task.spec,
+        task.roles,
+        feats,
+        classes,
+        seed=task.seed,
+        out_dir=task.ckpt,
+        progress=progress,
+        variants=task.variants,
+    )
+
+
+def pin_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless None: a Ray worker uses what its task reserved, not every core."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cross_validate_members(
+    manifest: pd.DataFrame,
+    splits: pd.DataFrame,
+    specs: list[ModelSpec],
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    out_dir: str | Path,
+    *,
+    folds: list[int] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    log=None,
+    executor: Executor | None = None,
+    variants_for: Callable[[ModelSpec], VariantFn | None] | None = None,
+) -> dict[str, list[FoldOutput]]:
+    """Run (or resume) every fold of every spec (an ensemble's members) as one set of ``executor`` tasks; returns
+    ``{spec name: fold outputs in fold order}``. A fold is saved as soon as its task finishes, so a killed run
+    resumes at the folds still missing; ``log(name, fold, output)`` is called for each fold read back, then for
+    each one trained as it finishes. ``variants_for(spec)``: the source of robustness variants of a spec with a
+    ``robust`` field (handed each fold's training rows only, in the task)."""
     from ser.data.split import n_folds
 
     out_dir = Path(out_dir)
     folds = list(range(n_folds(splits))) if folds is None else folds
-    outputs = []
-    seed += spec.seed
-    fingerprint = spec.fingerprint()
-    for k in folds:
-        done = load_fold(out_dir, spec.name, k)
-        if done is not None and done.info.get("spec", fingerprint) != fingerprint:
-            done = None  # saved by another version of this spec: rerun (the checkpoint folder too)
-            shutil.rmtree(out_dir / spec.name / f"fold_{k}_ckpt", ignore_errors=True)
-        if done is None:
-            roles = fold_roles(manifest, splits, k, spec.val_speakers, seed)
-            ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
-            done = run_fold(
-                spec, roles, feats, classes, seed=seed + k, out_dir=ckpt, progress=progress, variants=variants
-            )
-            done.info["spec"] = fingerprint
-            save_fold(out_dir, spec.name, k, done)
+    executor = executor or LOCAL
+    source = variants_for or (lambda _s: None)
+    outputs: dict[tuple[str, int], FoldOutput] = {}
+    tasks: list[FoldTask] = []
+    for spec in specs:
+        spec_seed = seed + spec.seed
+        fingerprint = spec.fingerprint()
+        for k in folds:
+            done = load_fold(out_dir, spec.name, k)
+            if done is not None and done.info.get("spec", fingerprint) != fingerprint:
+                done = None  # saved by another version of this spec: rerun (the checkpoint folder too)
+                shutil.rmtree(out_dir / spec.name / f"fold_{k}_ckpt", ignore_errors=True)
+            if done is None:
+                roles = fold_roles(manifest, splits, k, spec.val_speakers, spec_seed)
+                ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
+                tasks.append(FoldTask(spec, k, roles, spec_seed + k, ckpt, source(spec)))
+                continue
+            if log is not None:
+                log(spec.name, k, done)
+            outputs[(spec.name, k)] = done
+
+    def finished(i: int, out: FoldOutput) -> None:
+        task = tasks[i]
+        out.info["spec"] = task.spec.fingerprint()
+        save_fold(out_dir, task.spec.name, task.fold, out)
         if log is not None:
-            log(spec.name, k, done)
-        outputs.append(done)
-    return outputs
+            log(task.spec.name, task.fold, out)
+        outputs[(task.spec.name, task.fold)] = out
+
+    shared = {"feats": feats, "classes": classes, "threads": executor.task_threads, "progress": progress}
+    if executor.is_ray:
+        shared["progress"] = False  # a worker's output does not reach this terminal
+    executor.map_tasks(run_fold_task, tasks, shared=shared, on_result=finished)
+    return {s.name: [outputs[(s.name, k)] for k in folds] for s in specs}
 
 
 def ensemble_folds(members: list[list[FoldOutput]], weights: list[float] | None = None) -> list[FoldOutput]:
@@ -428,20 +527,29 @@ def fit_shipped(
     out_dir: Path | None = None,
     progress: bool = False,
     variants_for: Callable[[ModelSpec], VariantFn | None] | None = None,
+    executor: Executor | None = None,
 ):
     """The model that ships for ``spec``: :func:`fit_final` of a model spec, or of every member of an ensemble
-    (each in ``out_dir/<member>``) joined into one :class:`~ser.models.ensemble.Ensemble` module.
+    (each in ``out_dir/<member>``) joined into one :class:`~ser.models.ensemble.Ensemble` module. Each model is
+    an ``executor`` task (an ensemble's members train side by side on Ray).
 
     Returns ``(model, info)``; ``info["input"]`` is the model's input (:func:`model_input`: the frame kind, or
     the kinds an ensemble of members on different features reads stacked, and the trimming). An ensemble's
     ``info`` is its first member's facts plus ``members`` (each member's). ``variants_for(member)``: the source
     of robustness variants of a member with a ``robust`` field.
     """
+    executor = executor or LOCAL
     source = variants_for or (lambda _m: None)
+    shared = {
+        "manifest": manifest,
+        "feats": feats,
+        "classes": classes,
+        "seed": seed,
+        "threads": executor.task_threads,
+        "progress": progress and not executor.is_ray,
+    }
     if isinstance(spec, ModelSpec):
-        model, info = fit_final(
-            spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress, variants=source(spec)
-        )
+        ((model, info),) = executor.map_tasks(run_final_task, [(spec, out_dir, source(spec))], shared=shared)
         return model, {**info, "input": {"kind": spec.features, "trim_db": spec.trim_db}}
     from ser.models.ensemble import Ensemble
 
@@ -452,13 +560,10 @@ def fit_shipped(
     modes = {json.dumps(eval_settings(train_config(m))) for m in member_specs}
     if len(modes) != 1:  # checked before hours of training, not after
         raise ConfigError(f"ensemble {spec.name}: members must evaluate the same way (eval_mode, window, hop)")
-    models, infos = [], {}
-    for m in member_specs:
-        sub = None if out_dir is None else Path(out_dir) / m.name
-        model, infos[m.name] = fit_final(
-            m, manifest, feats, classes, seed=seed, out_dir=sub, progress=progress, variants=source(m)
-        )
-        models.append(model)
+    tasks = [(m, None if out_dir is None else Path(out_dir) / m.name, source(m)) for m in member_specs]
+    fitted = executor.map_tasks(run_final_task, tasks, shared=shared)
+    models = [model for model, _ in fitted]
+    infos = {m.name: info for m, (_, info) in zip(member_specs, fitted, strict=True)}
     first = infos[member_specs[0].name]
     info = {
         **first,
@@ -468,3 +573,21 @@ def fit_shipped(
         "input": inp,
     }
     return Ensemble.of(models, spec.weights, input_rows(member_specs, [m.n_features for m in models])), info
+
+
+def run_final_task(
+    task: tuple[ModelSpec, Path | None, VariantFn | None],
+    *,
+    manifest: pd.DataFrame,
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    seed: int = 0,
+    threads: int | None = None,
+    progress: bool = False,
+):
+    """:func:`fit_final` of ``task`` ``(spec, checkpoint folder, robustness variants)`` as an
+    :meth:`~ser.executor.Executor.map_tasks` task (torch pinned to ``threads``); returns ``(model, info)``, the
+    model on the CPU."""
+    pin_threads(threads)
+    spec, out_dir, variants = task
+    return fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress, variants=variants)

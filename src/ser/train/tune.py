@@ -17,6 +17,10 @@ Protocol (speaker-independent, the test fold is never seen):
    the trials still missing to reach ``n_trials`` finished (complete or pruned) trials are run. A process killed in
    the middle of a trial leaves it ``RUNNING``; the storage's heartbeat marks it failed on the next run and re-queues
    its parameters once.
+4. Each trial is one :class:`~ser.executor.Executor` task (:func:`run_trial_task`): here, one after another, or
+   on Ray, in parallel, each worker reopening the study from the same SQLite file (SQLite rather than Optuna's
+   JournalStorage because of that heartbeat, which the journal storage lacks: the trial of a worker that died is
+   failed and retried as above, and Ray re-runs the task).
 
 The search space, samplers and pruners are in :mod:`ser.train.tune_space`, the objective and the data it sees in
 :mod:`ser.train.tune_objective`; this module runs the study and writes its outputs.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,8 +41,10 @@ import numpy as np
 import pandas as pd
 
 from ser.errors import ConfigError, SerError
+from ser.executor import LOCAL, Executor
 from ser.train.spec import ModelSpec
 from ser.train.tune_objective import (
+    ObjectiveData,
     TrialFailed,
     check_test_unseen,
     make_objective,
@@ -62,6 +69,8 @@ HEARTBEAT_S = 60
 """Seconds between heartbeats of a running trial in a SQLite study."""
 GRACE_S = 180
 """A running trial without a heartbeat for this long belongs to a dead process: it is failed and retried once."""
+SQLITE_LOCK_S = 60
+"""Seconds a writer waits for the SQLite lock: trials on Ray write to one study file from several processes."""
 CONFIG_ATTR = "ser_tune"
 """Study user attribute holding what the study was made for (recipe, fold, space, ...); checked on resume."""
 
@@ -150,7 +159,13 @@ def _open_study(storage: str | Path | None, study_name: str, pruner: Any):
     try:
         rdb = None
         if url is not None:
-            rdb = RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry)
+            rdb = RDBStorage(
+                url,
+                engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_S}},
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                **retry,
+            )
         study = optuna.create_study(
             storage=rdb,
             study_name=study_name,
@@ -203,6 +218,7 @@ def tune(
     seed: int = 0,
     timeout: float | None = None,
     log: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> TuneResult:
     """Tune ``spec``'s hyper-parameters in ``space`` by validation UAR on fold ``fold``'s carved validation speakers.
 
@@ -211,8 +227,14 @@ def tune(
     ones. ``None`` with ``sampler="grid"`` means the whole grid. ``pruner``: ``median``, ``halving``, ``none`` or an
     optuna pruner. ``storage``: a SQLite file (``None``: in memory, no resume). ``study_name`` defaults to
     ``<recipe>-fold<k>``. ``val_speakers`` (default ``spec.val_speakers``) are carved when the split has no
-    ``val`` role. Samplers are seeded: ``seed`` plus the number of trials already in the study (grid: ``seed``).
+    ``val`` role. Each trial's sampler is seeded with ``seed`` plus the number of trials in the study before it
+    (grid: ``seed``).
     ``log(line)`` gets one progress line per finished trial.
+
+    ``executor`` (:mod:`ser.executor`): each trial is a task; on Ray the trials run in parallel, each in a worker
+    that reopens the study from ``storage`` (required there), and TPE samples with the constant liar (a running
+    trial counts as a bad one, so parallel trials spread out). Parallel trials see each other's results in
+    another order than one after another, so a Ray study is not the local one, trial for trial.
     """
     import optuna
 
@@ -225,10 +247,14 @@ def tune(
     val_speakers = tuning_val_speakers(spec, val_speakers)
     study_name = study_name or f"{spec.name}-fold{fold}"
 
+    executor = executor or LOCAL
+    if executor.is_ray and storage is None:
+        raise ConfigError("tuning on Ray needs a study storage (a SQLite file) that every worker opens")
+
     roles = tuning_roles(manifest, splits, fold, val_speakers, seed)
     data = objective_data(roles, feats, classes)
     check_test_unseen(pd.concat([r[r["utt_id"].isin(data.feats.keys())] for r in roles.values()]), splits, fold)
-    objective = make_objective(spec, params, data, len(classes), seed + fold)
+    trial = TrialSetup(spec, params, data, len(classes), seed + fold, sampler, n_trials, grid_size)
     config = {
         "recipe": spec.model_dump(mode="json"),
         "fold": fold,
@@ -245,7 +271,8 @@ def tune(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study, url = _open_study(storage, study_name, pruner)
             _check_study_config(study, config, storage)
-            n_before = _run_missing_trials(study, objective, params, sampler, seed, n_trials, grid_size, timeout, log)
+            handle = StudyHandle(url, study_name, pruner, study)
+            n_before = _run_missing_trials(handle, trial, seed, timeout, log, executor)
     finally:
         optuna.logging.set_verbosity(prev_verbosity)
     return _result(study, url, spec, params, fold, roles, n_trials, n_new=len(study.trials) - n_before)
@@ -267,34 +294,107 @@ def _trial_target(params: list[Param], sampler: str, n_trials: int | None, timeo
     return n_trials, grid_size
 
 
-def _run_missing_trials(study, objective, params, sampler, seed, n_trials, grid_size, timeout, log) -> int:
-    """Seed the sampler and run the trials ``study`` still lacks to hold ``n_trials`` finished ones (a grid: no
-    more than its unvisited points); returns how many trials the study held before."""
-    import optuna
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a study shares: the objective's inputs (:func:`make_objective`) and the sampler."""
 
-    existing = study.get_trials(deepcopy=False)
-    study.sampler = make_sampler(sampler, params, seed if sampler == "grid" else seed + len(existing))
-    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done_before = sum(t.state in finished_states for t in existing)
-    remaining = max(0, n_trials - done_before)
-    if grid_size is not None:
-        visited = {t.system_attrs["grid_id"] for t in existing if t.state.is_finished() and "grid_id" in t.system_attrs}
-        remaining = min(remaining, grid_size - len(visited))
-    if remaining:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=timeout,
-            callbacks=[_progress(log, n_trials, finished_states)],
-            catch=(TrialFailed,),
-        )
-    return len(existing)
+    spec: ModelSpec
+    params: list[Param]
+    data: ObjectiveData
+    n_classes: int
+    train_seed: int
+    sampler: str
+    n_target: int
+    grid_size: int | None
 
 
-def _progress(log: Callable[[str], None] | None, n_target: int, finished_states: tuple):
+@dataclass
+class StudyHandle:
+    """The study a trial runs in: the one open in this process, or (in a Ray worker, where it arrives pickled
+    without it) reopened from the storage ``url``."""
+
+    url: str | None
+    name: str
+    pruner: Any
+    study: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "study": None}  # a storage connection does not travel; the URL does
+
+    def open(self):
+        if self.study is None:
+            self.study, _ = _open_study(self.url, self.name, self.pruner)
+        return self.study
+
+
+def _missing(study, setup: TrialSetup) -> int:
+    """Trials ``study`` still lacks to hold ``n_target`` finished ones (a grid: no more than its unvisited points)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    remaining = max(0, setup.n_target - sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials))
+    if setup.grid_size is not None:
+        visited = {t.system_attrs["grid_id"] for t in trials if t.state.is_finished() and "grid_id" in t.system_attrs}
+        remaining = min(remaining, setup.grid_size - len(visited))
+    return remaining
+
+
+def _run_missing_trials(handle: StudyHandle, setup: TrialSetup, seed, timeout, log, executor: Executor) -> int:
+    """Run the trials the study still lacks as ``executor`` tasks, one trial each; returns how many trials the
+    study held before."""
+    existing = len(handle.open().get_trials(deepcopy=False))
+    remaining = _missing(handle.study, setup)
+    deadline = None if timeout is None else time.time() + timeout
+    shared = {
+        "study": handle,
+        "setup": setup,
+        "deadline": deadline,
+        "threads": executor.task_threads,
+        "liar": executor.is_ray,
+    }
+    # the grid's seed fixes which point each grid id is, so every trial's grid sampler needs the same one
+    seeds = [seed if setup.sampler == "grid" else seed + existing + i for i in range(remaining)]
+    for _, line in executor.iter_tasks(run_trial_task, seeds, shared=shared):
+        if line is not None and log is not None:
+            log(line)
+    return existing
+
+
+def run_trial_task(
+    sampler_seed: int,
+    *,
+    study: StudyHandle,
+    setup: TrialSetup,
+    deadline: float | None = None,
+    threads: int | None = None,
+    liar: bool = False,
+) -> str | None:
+    """One trial of the study (an :meth:`~ser.executor.Executor.map_tasks` task, here or in a Ray worker with
+    torch pinned to ``threads``): sample with a sampler seeded ``sampler_seed``, train, record the outcome in the
+    storage. Returns the trial's progress line, or None when nothing ran (``deadline`` passed, or the study
+    already holds its target: a task Ray retried after a lost worker)."""
+    from ser.train.cv import pin_threads
+
+    if deadline is not None and time.time() >= deadline:
+        return None
+    pin_threads(threads)
+    st = study.open()
+    if _missing(st, setup) == 0:
+        return None
+    st.sampler = make_sampler(setup.sampler, setup.params, sampler_seed, constant_liar=liar)
+    objective = make_objective(setup.spec, setup.params, setup.data, setup.n_classes, setup.train_seed)
+    lines: list[str] = []
+    st.optimize(objective, n_trials=1, callbacks=[_progress(lines.append, setup.n_target)], catch=(TrialFailed,))
+    return lines[-1] if lines else None
+
+
+def _progress(log: Callable[[str], None], n_target: int):
+    """An optuna callback that hands ``log`` one line about each finished trial."""
+    from optuna.trial import TrialState
+
+    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
+
     def callback(study, trial) -> None:
-        if log is None:
-            return
         done = sum(t.state in finished_states for t in study.get_trials(deepcopy=False))
         state = trial.state.name.lower()
         if state == "complete":

@@ -249,11 +249,14 @@ def grid_space(params: list[Param]) -> dict[str, list[Any]]:
 # samplers and pruners
 
 
-def make_sampler(name: str, params: list[Param], seed: int):
-    """A seeded optuna sampler: ``tpe``, ``random`` or ``grid`` (grid order shuffled by ``seed``)."""
+def make_sampler(name: str, params: list[Param], seed: int, *, constant_liar: bool = False):
+    """A seeded optuna sampler: ``tpe``, ``random`` or ``grid`` (grid order shuffled by ``seed``).
+    ``constant_liar``: TPE counts running trials as poor ones, so trials sampled in parallel spread out."""
     import optuna
 
     if name == "tpe":
+        if constant_liar:
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
