@@ -206,6 +206,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc; [] elsewhere): the worker processes of ``--processes N``."""
+    try:
+        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+    # not multiprocessing's resource tracker, a helper of the supervisor
+    return [p for p in pids if b"resource_tracker" not in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
     try:
@@ -222,7 +239,11 @@ class Server:
     log_path: Path
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """CPU seconds of the server: its own and its worker processes' (several processes)."""
+        return cpu_seconds(self.proc.pid) + sum(self.cpu_per_process().values())
+
+    def cpu_per_process(self) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in children(self.proc.pid)}
 
     def log_tail(self) -> str:
         return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
@@ -240,7 +261,7 @@ class Server:
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def start_server(model_dir: Path, workdir: Path, max_streams: int, blas_threads: int) -> Server:
+def start_server(model_dir: Path, workdir: Path, max_streams: int, blas_threads: int, processes: int = 1) -> Server:
     import httpx
 
     port = free_port()
@@ -250,6 +271,7 @@ def start_server(model_dir: Path, workdir: Path, max_streams: int, blas_threads:
         env.update({k: str(blas_threads) for k in BLAS_ENV})
     log_path = workdir / "server.log"
     cmd = [*SERVE_CMD, "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--processes", str(processes)]
     with log_path.open("w") as out:
         proc = subprocess.Popen(
             [*cmd, "--log-level", "warning"],
@@ -530,11 +552,19 @@ def bench_streams(server: Server, audio: np.ndarray, levels: list[int], seconds:
     rows = []
     max_ok = 0
     for i, n in enumerate(levels):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         cpu0, wall0, client0 = server.cpu(), time.perf_counter(), time.process_time()
+        per0 = server.cpu_per_process()
         row = run_async(stream_level(uri, audio, n, seconds, seed=i))
         wall = time.perf_counter() - wall0
         row["server_cpu_pct"] = round(100 * (server.cpu() - cpu0) / wall, 1)
         row["client_cpu_pct"] = round(100 * (time.process_time() - client0) / wall, 1)
+        if len(per0) > 1:  # several processes: how evenly the kernel spread the streams shows in their CPU
+            per1 = server.cpu_per_process()
+            row["server_cpu_pct_per_process"] = sorted(
+                (round(100 * (per1[p] - per0[p]) / wall, 1) for p in per0 if p in per1), reverse=True
+            )
+        row["load_1m_before"] = round(load, 2) if load is not None else None
         rows.append(row)
         log(
             f"  streams {n:>4}: {'ok  ' if row['ok'] else 'FAIL'} update latency p50 {row['update_latency_ms_p50']} "
@@ -542,7 +572,8 @@ def bench_streams(server: Server, audio: np.ndarray, levels: list[int], seconds:
             f"{row['partials_expected']}, dropped {'yes' if row['dropped_frames'] else 'no'}, "
             f"errors {row['errors'] or 0}, failed "
             f"{row['failed_streams']}, real-time x{row['realtime_factor']} (server CPU {row['server_cpu_pct']} %, "
-            f"client {row['client_cpu_pct']} %)"
+            f"client {row['client_cpu_pct']} %; per process {row.get('server_cpu_pct_per_process', '-')}; load "
+            f"{row['load_1m_before']})"
         )
         if not row["ok"]:
             break
@@ -640,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", help="stream counts to ramp (default 10,25,50,100,150,200,300; quick 2,5)")
     ap.add_argument("--level-s", type=float, help="audio seconds per stream level (default 10; quick 3)")
     ap.add_argument("--max-streams", type=int, default=100_000, help="server's SER_MAX_STREAMS during the run")
+    ap.add_argument("--processes", type=int, default=1, help="server worker processes (ser serve --processes)")
     ap.add_argument(
         "--server-blas-threads",
         type=int,
@@ -689,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         http: list[dict] = []
         streams: dict[str, Any] = {"status": "skipped"}
         if not {"http", "streams"} <= skip:
-            server = start_server(model_dir, tmp_path, args.max_streams, args.server_blas_threads)
+            server = start_server(model_dir, tmp_path, args.max_streams, args.server_blas_threads, args.processes)
             try:
                 if "http" not in skip:
                     log(f"(b) HTTP POST /v1/predict, clients {http_levels} ...")
@@ -724,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
             "levels": levels,
             "level_s": level_s,
             "server_blas_threads": args.server_blas_threads or "unset",
+            "processes": args.processes,
         },
         "load_average_before": [round(x, 2) for x in load_before] if load_before else None,
         "seconds": round(time.perf_counter() - t_all, 1),

@@ -224,8 +224,8 @@ class ServiceMonitor:
         if block is not None:
             self.shadow = ShadowRunner(block, self.second_holder(block), self)
             threading.Thread(target=self.shadow.holder.reload, name="ser-shadow-load", daemon=True).start()
-            if self.settings.reload_poll_s > 0:
-                self.shadow.holder.start_polling(self.settings.reload_poll_s)
+            if self.settings.poll_s > 0:
+                self.shadow.holder.start_polling(self.settings.poll_s)
 
     def second_holder(self, block: SecondModel) -> ModelHolder:
         """The second model's holder: ``block.ref`` as a model folder when it is one, else a registry reference in
@@ -351,6 +351,7 @@ class ServiceMonitor:
                 salt=self.salt,
             )
             self.log.log(rec)
+            self.metrics.log_dropped.sync()  # this process's drops into the counter (several processes: their files)
         if shadow and self.shadow is not None and label is not None:
             self.shadow.submit(pid, route, audio, str(label), stats)
 
