@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ser.serve.engine import ModelHolder, ReloadResult
 
-
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -115,7 +114,10 @@ class Metrics:
 
         # monitoring (issue 13): capacity, live drift, input quality, live accuracy, the prediction log, shadow
         self.stream_capacity = Gauge(
-            "ser_stream_capacity", "Most concurrent streams allowed (max_streams)", registry=r, multiprocess_mode="livesum"
+            "ser_stream_capacity",
+            "Most concurrent streams allowed (max_streams)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.drift_psi = Gauge(
             "ser_drift_psi",
