@@ -272,7 +272,7 @@ def test_two_processes_follow_a_promotion_without_a_failed_request(tmp_path, run
 
     try:
         _wait(lambda: _metric(base, "ser_model_reloads_total", result="ok") == 2, 120, "both processes loaded")
-        assert _metric(base, "ser_model_loaded") == 1
+        _wait(lambda: _metric(base, "ser_model_loaded") == 1, 10, "every process's model_loaded")
         threads = [threading.Thread(target=client) for _ in range(2)]
         for t in threads:
             t.start()
@@ -289,6 +289,7 @@ def test_two_processes_follow_a_promotion_without_a_failed_request(tmp_path, run
         versions = [v for _, v in answers]
         assert versions[0] == "1" and set(versions[n_switched:]) == {"2"}
         assert _metric(base, "ser_model_reloads_total", result="ok") == 4  # 2 processes × (load + promotion)
+        assert _metric(base, "ser_model_reloads_total", result="failed") in (None, 0)
 
         # a worker killed: replaced, its live gauges gone from the aggregate
         time.sleep(2.0)  # past the log's flush interval (0.5 s): the killed worker's records are on disk

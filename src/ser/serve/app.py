@@ -106,8 +106,8 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
             threads=settings.threads,
         )
     metrics = Metrics()
-    holder.listeners.append(metrics.on_reload)
     holder.listeners.append(lambda _: metrics.refresh_model(holder))  # every process's own gauges, not only at scrape
+    holder.listeners.append(metrics.on_reload)
 
     app = FastAPI(
         title="ser: speech emotion recognition",
