@@ -41,6 +41,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,12 @@ def worker_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def prepare_metrics_dir(env: dict[str, str] | None = None) -> tuple[Path, bool]:
+def prepare_metrics_dir(env: MutableMapping[str, str] | None = None) -> tuple[Path, bool]:
     """The folder of the multi-process metric files: ``PROMETHEUS_MULTIPROC_DIR`` when set (created; its ``*.db``
     files, a previous run's, removed), else a new temporary folder; set in ``env`` (default ``os.environ``) so
     that the workers inherit it. Returns the folder and whether it was created here (to remove at exit)."""
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
     given = env.get(MULTIPROC_ENV)
     if given:
         path = Path(given)
