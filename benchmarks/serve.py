@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/serve.py [--model DIR] [--quick] [--calls 300] [--levels 10,25,50,100,150,200,300]
+        [--processes 2] [--ramps 3]
 
 (a) **In-process latency** per 3 s clip (centre crops of real RAVDESS clips) through :class:`ser.inference.Predictor`
     with 1 onnxruntime thread and BLAS limited to 1 thread, the process pinned to one core when the OS allows:
@@ -17,6 +18,9 @@ Usage::
     ``--level-s`` seconds of audio; a level passes when update latency p95 <= 150 ms, no frame is dropped (every
     expected partial arrives, no error message, ``done`` at the end, every connection accepted) and the client kept
     real time. ``max_streams`` is the last level that passed; the ramp stops at the first that does not.
+    ``--processes N`` serves with ``ser serve --processes N`` (CPU reported per worker process too, which shows how
+    evenly the streams were spread); ``--ramps K`` runs the ramp K times on the same server (the machine is shared:
+    each ramp and the load average before each level are reported).
 
 Without ``--model`` the product's ``cnn`` recipe (src/ser/train/recipes.py) is built with **untrained** (random,
 seeded) weights and exported to ONNX: the timing is that of the real architecture, the predictions mean nothing.
@@ -632,21 +636,26 @@ def markdown(row: dict[str, Any]) -> str:
     if st.get("status") != "measured":
         lines.append(f"Real-time streams: not measured ({st.get('status')}).\n")
     else:
+        procs = row["args"].get("processes", 1)
         lines += [
             f"`WS /v1/stream`: 20 ms PCM16 frames at real-time pace, hop {HOP_S:g} s, window {WINDOW_S:g} s, "
             f"{row['args']['level_s']:g} s per level; update latency = frame completing a hop sent → its partial "
-            "received.\n",
+            f"received. Server: `ser serve --processes {procs}`"
+            + (" (CPU per worker process in brackets: how evenly the streams were spread)" if procs > 1 else "")
+            + "; load = the machine's 1-minute load average before the level (other jobs share it).\n",
             "| streams | ok | update p50 ms | update p95 ms | server partial p95 ms | partials | errors / failed "
-            "streams | real-time x | server CPU % | client CPU % |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "streams | real-time x | server CPU % | client CPU % | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in st["levels"]:
+            per = r.get("server_cpu_pct_per_process")
             lines.append(
                 f"| {r['streams']} | {'yes' if r['ok'] else 'no'} | {r['update_latency_ms_p50']} | "
                 f"{r['update_latency_ms_p95']} | {r['server_partial_ms_p95']} | {r['partials_received']}/"
                 f"{r['partials_expected']} | {sum(r['errors'].values())} / {r['failed_streams']} | "
                 f"{r['realtime_factor']} | "
-                f"{r['server_cpu_pct']} | {r['client_cpu_pct']} |"
+                f"{r['server_cpu_pct']}{f' ({per})' if per else ''} | {r['client_cpu_pct']} | "
+                f"{r.get('load_1m_before')} |"
             )
         lines += [
             "",
@@ -654,6 +663,14 @@ def markdown(row: dict[str, Any]) -> str:
             f"**{row['max_streams']}**; aim >= {AIM_STREAMS}: **{'met' if row['meets']['streams'] else 'not met'}**."
             "\n",
         ]
+        for i, rep in enumerate(st.get("repeats") or [], 2):
+            lines.append(
+                f"- ramp {i} (same server, right after): held **{rep['max_streams']}**"
+                + (f", failed at {rep['stopped_at']}" if rep["stopped_at"] else "")
+                + f" (load before its levels: {[r.get('load_1m_before') for r in rep['levels']]})"
+            )
+        if st.get("repeats"):
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -672,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-s", type=float, help="audio seconds per stream level (default 10; quick 3)")
     ap.add_argument("--max-streams", type=int, default=100_000, help="server's SER_MAX_STREAMS during the run")
     ap.add_argument("--processes", type=int, default=1, help="server worker processes (ser serve --processes)")
+    ap.add_argument("--ramps", type=int, default=1, help="run the stream ramp this many times (reported each)")
     ap.add_argument(
         "--server-blas-threads",
         type=int,
@@ -730,6 +748,11 @@ def main(argv: list[str] | None = None) -> int:
                     if stream_route_present(model_dir):
                         log(f"(c) WS /v1/stream, levels {levels}, {level_s:g} s each ...")
                         streams = bench_streams(server, stream_audio, levels, level_s)
+                        streams["repeats"] = []
+                        for k in range(args.ramps - 1):  # the same ramp again: how much the shared machine moved it
+                            log(f"(c) ramp {k + 2} of {args.ramps} ...")
+                            again = bench_streams(server, stream_audio, levels, level_s)
+                            streams["repeats"].append({x: again[x] for x in ("max_streams", "stopped_at", "levels")})
                     else:
                         streams = {"status": "not run: this checkout has no WS /v1/stream route yet"}
                         log("NOTE: (c) not run: WS /v1/stream is not in src/ser/serve/app.py yet; rerun later.")
