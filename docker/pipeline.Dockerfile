@@ -6,10 +6,13 @@
 # Run (the workdir volume then holds the registry the service image reads with SER_WORKDIR):
 #   docker run --rm -v $PWD/runs:/runs -v $PWD/../shared/data:/data:ro ser-pipeline \
 #       --config /etc/ser/pipeline.yaml      # (mount a config; no arguments: the synthetic demo corpus)
+# As a Cloud Run job or a Vertex AI custom training job, data may be read from gs:// (data.path) and, when
+# $AIP_MODEL_DIR is set, the registered model folder is also copied there (docs/deploy.md).
 
 FROM python:3.11-slim
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PIP_VERSION=26.3
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libsndfile1 \
@@ -19,12 +22,16 @@ RUN apt-get update \
     && python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # torch first, from the CPU index and pinned: from PyPI an open range would pull a multi-GB CUDA build.
-RUN pip install --upgrade pip \
+RUN pip install "pip==${PIP_VERSION}" \
     && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install ".[ml,pipeline]" \
+# ser itself, from the copied source (DL3013 asks for a version pin, which a local path cannot have); `scale`: Ray
+# (`ser batch --ray`, `train.executor: ray`, the image of deploy/k8s's RayCluster) and gcsfs (gs:// data, and
+# $AIP_MODEL_DIR on Vertex AI / Cloud Run jobs).
+# hadolint ignore=DL3013
+RUN pip install ".[ml,pipeline,scale]" \
     && python -c "import torch; assert not torch.version.cuda, torch.version.cuda"
 
 RUN mkdir -p /runs && chown ser:ser /runs

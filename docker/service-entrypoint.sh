@@ -1,7 +1,8 @@
 #!/bin/sh
 # Entry point of the service image: `ser serve --host 0.0.0.0` over the model the environment (or the arguments)
 # name. Order: --model / --workdir arguments, then SER_MODEL_DIR / SER_WORKDIR, then the folder baked in at build
-# time (SER_BAKED_MODEL_DIR). Extra arguments go to `ser serve`.
+# time (SER_BAKED_MODEL_DIR). Extra arguments go to `ser serve`. The port is `ser serve`'s to choose (--port, else
+# SER_PORT, AIP_HTTP_PORT on Vertex AI, PORT on Cloud Run, else 8000: ser.serve.platform.listen_port).
 set -eu
 
 has_source_arg=no
@@ -23,4 +24,4 @@ if [ "$has_source_arg" = no ] && [ -z "${SER_MODEL_DIR:-}" ] && [ -z "${SER_WORK
     fi
 fi
 
-exec ser serve --host "${SER_HOST:-0.0.0.0}" --port "${SER_PORT:-8000}" --log-level "${SER_LOG_LEVEL:-info}" "$@"
+exec ser serve --host "${SER_HOST:-0.0.0.0}" --log-level "${SER_LOG_LEVEL:-info}" "$@"

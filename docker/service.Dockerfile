@@ -25,6 +25,8 @@ COPY docker/service.requirements.txt ./
 RUN pip install --require-hashes --no-deps -r service.requirements.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
+# ser itself from the copied source, no dependency resolved (DL3013 asks for a version pin a local path cannot have)
+# hadolint ignore=DL3013
 RUN pip install --no-deps --no-build-isolation ".[serve]" \
     && pip check \
     && ! pip show torch >/dev/null 2>&1
@@ -54,12 +56,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     NUMBA_CACHE_DIR=/tmp/numba-cache \
     MPLCONFIGDIR=/tmp/matplotlib \
-    SER_BAKED_MODEL_DIR=/opt/ser/model \
-    SER_PORT=8000
+    SER_BAKED_MODEL_DIR=/opt/ser/model
 USER 10001:10001
 WORKDIR /home/ser
+# 8000 unless the platform names another port: SER_PORT, AIP_HTTP_PORT (Vertex AI, 8080), PORT (Cloud Run). The health
+# check finds it in the same order as ser.serve.platform.listen_port (not imported: a probe every 15 s should not
+# load the package; tests/deploy/test_ops.py checks the two orders agree).
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('SER_PORT', '8000')}/healthz\", timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; port = next((os.environ[k].strip() for k in ('SER_PORT', 'AIP_HTTP_PORT', 'PORT') if os.environ.get(k, '').strip()), '8000'); urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"]
 ENTRYPOINT ["/usr/local/bin/ser-entrypoint"]
 CMD []

@@ -143,6 +143,10 @@ def test_service_dockerfile():
     cmd = json.loads(health[0].split("CMD", 1)[1])  # exec form: the command must be valid JSON
     assert cmd[:2] == ["python", "-c"]
     compile(cmd[2], "<healthcheck>", "exec")
+    from ser.serve.platform import PORT_VARIABLES
+
+    assert repr(PORT_VARIABLES) in cmd[2], "the health check must find the port as ser serve does"
+    assert "SER_PORT=" not in " ".join(_args(final, "ENV")), "a SER_PORT in the image would hide the platform's"
 
     installs = [c for stage in stages for c in _pip_installs(stage)]
     assert any(re.search(r"""["']?\.\[serve\]["']?""", c) for c in installs), installs
@@ -224,7 +228,7 @@ def test_pipeline_dockerfile():
     _check_copy_sources(stages, PIPELINE_DOCKERFILE)
     installs = [_expand(c, values) for c in _pip_installs(final)]
     torch_at = [i for i, c in enumerate(installs) if "torch==" in c]
-    ml_at = [i for i, c in enumerate(installs) if re.search(r"\.\[ml,pipeline\]", c)]
+    ml_at = [i for i, c in enumerate(installs) if re.search(r"\.\[ml,pipeline(,[a-z]+)*\]", c)]
     assert torch_at and ml_at and torch_at[0] < ml_at[0], installs
     assert "--index-url https://download.pytorch.org/whl/cpu" in installs[torch_at[0]].replace('"', "")
     pins = re.findall(r"torch==([\w.]+)", installs[torch_at[0]])
@@ -351,11 +355,12 @@ def test_service_entrypoint(tmp_path):
     (baked / "model.onnx").write_bytes(b"")
     r = _run_entrypoint(tmp_path, ["--api-key", "k"], {})
     assert r.returncode == 0, r.stderr
-    assert "args: serve --host 0.0.0.0 --port 8000 --log-level info --api-key k" in r.stdout
+    assert "args: serve --host 0.0.0.0 --log-level info --api-key k" in r.stdout
     assert f"model_dir: {baked}" in r.stdout
 
-    r = _run_entrypoint(tmp_path, [], {"SER_WORKDIR": "/runs", "SER_PORT": "9000"})
-    assert r.returncode == 0 and "--port 9000" in r.stdout and "model_dir: \n" in r.stdout
+    # the port is ser serve's to choose (ser.serve.platform.listen_port: SER_PORT, AIP_HTTP_PORT, PORT, 8000)
+    r = _run_entrypoint(tmp_path, [], {"SER_WORKDIR": "/runs", "SER_PORT": "9000", "PORT": "8080"})
+    assert r.returncode == 0 and "--port" not in r.stdout and "model_dir: \n" in r.stdout
     r = _run_entrypoint(tmp_path, ["--model", "/m"], {})
     assert r.returncode == 0 and r.stdout.endswith("--model /m\nmodel_dir: \n")
     r = _run_entrypoint(tmp_path, [], {"SER_MODEL_DIR": "/mounted"})

@@ -32,9 +32,14 @@ def run_cmd(
 ) -> None:
     """Run the pipeline; a re-run with nothing changed is read from the stage cache, a killed run resumes.
 
+    With $AIP_MODEL_DIR set (a Vertex AI custom training job, or a Cloud Run job given it), the registered model
+    folder is also copied there (a path or URI: gs://, ...).
+
     Example: ser pipeline run --config pipeline.yaml --workdir runs
     """
-    from ser.pipeline import load_config, run
+    import os
+
+    from ser.pipeline import MODEL_DIR_VARIABLE, copy_model_folder, load_config, run
 
     cfg = load_config(config)
     wd = _workdir(workdir)
@@ -63,6 +68,9 @@ def run_cmd(
         on_stage=on_stage,
     )
     data = summary.to_dict()
+    model_dir_uri = os.environ.get(MODEL_DIR_VARIABLE, "").strip()
+    if model_dir_uri and summary.ok and data.get("result"):
+        data["copied_to"] = copy_model_folder(summary, model_dir_uri)
     if as_json:
         print_json(data)
     else:
@@ -77,6 +85,8 @@ def run_cmd(
         if res:
             console.print(f"model {res['name']} v{res['version']} → [bold]{res['alias']}[/] ({res['reason']})")
             console.print(f"model folder: {res['model_dir']}")
+        if data.get("copied_to"):
+            console.print(f"copied to ${MODEL_DIR_VARIABLE}: {data['copied_to']}", highlight=False)
         console.print(f"total {summary.seconds:.1f} s; log: {wd / 'logs' / 'pipeline.jsonl'}")
     if not summary.ok:
         raise typer.Exit(1)

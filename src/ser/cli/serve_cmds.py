@@ -19,7 +19,9 @@ def serve(
     workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
     ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    port: int | None = typer.Option(
+        None, "--port", help="default: $SER_PORT, $AIP_HTTP_PORT (Vertex AI), $PORT (Cloud Run), else 8000"
+    ),
     api_key: list[str] | None = typer.Option(
         None, "--api-key", help="accepted API key, NAME:KEY or KEY (repeatable; or $SER_API_KEYS)"
     ),
@@ -89,6 +91,15 @@ def serve(
 
     if model is not None and (workdir is not None or ref is not None):
         raise ConfigError("give --model or --workdir/--ref, not both")
+    if port is None:
+        import os
+
+        from ser.serve.platform import listen_port
+
+        try:
+            port = listen_port(os.environ)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if model is not None:
         model_dir_of(model, None, None)  # fail now on a bad folder, not in the background
     try:

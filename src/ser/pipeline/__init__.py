@@ -28,4 +28,23 @@ def run(
     return run_pipeline(STAGES, cfg, workdir, only=only, force=force, progress=progress, on_stage=on_stage)
 
 
-__all__ = ["PipelineConfig", "RunSummary", "load_config", "parse_config", "run"]
+MODEL_DIR_VARIABLE = "AIP_MODEL_DIR"
+"""Set by Vertex AI custom training jobs (a ``gs://`` folder whose files become the uploaded model's artefacts); set
+it on a Cloud Run job to the same end. ``ser pipeline run`` copies the registered model folder there."""
+
+
+def copy_model_folder(summary: RunSummary, dest_uri: str) -> str:
+    """Copy the model folder the run registered (``model.onnx``, ``metadata.json``, card, ... at the root of
+    ``dest_uri``, as Vertex AI expects of ``AIP_MODEL_DIR``) to a path or fsspec URI, with the copier of
+    ``register.publish`` (:func:`ser.uri.publish_folder`: the files, then a ``_COMPLETE`` marker). Returns
+    ``dest_uri``; :class:`ser.errors.SerError` when the run failed or registered nothing (e.g. ``--only``)."""
+    from ser.errors import SerError
+    from ser.uri import publish_folder
+
+    result = summary.to_dict()["result"]
+    if not summary.ok or not result:
+        raise SerError(f"no registered model to copy to {dest_uri}: the run failed or did not reach register")
+    return publish_folder(result["model_dir"], dest_uri)
+
+
+__all__ = ["PipelineConfig", "RunSummary", "copy_model_folder", "load_config", "parse_config", "run"]

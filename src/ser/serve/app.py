@@ -55,7 +55,7 @@ from ser.serve.engine import ModelHolder
 from ser.serve.errors import install_error_handlers
 from ser.serve.metrics import Metrics, MetricsMiddleware
 from ser.serve.monitoring import ServiceMonitor
-from ser.serve.routes import admin, demo, docs, feedback, ops, predict, stream, timeline
+from ser.serve.routes import admin, demo, docs, feedback, ops, predict, stream, timeline, vertex
 from ser.serve.security import Auth, MetricsPortGate, SecurityHeadersMiddleware, install_log_filters
 from ser.serve.settings import Settings
 
@@ -139,8 +139,11 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
     # an included router's routes out of `app.routes` (where benchmarks/serve.py and tests/deploy/test_ops.py look
     # for it) and builds them on an app's first request, which a stream's connection then need not wait for.
     app.add_api_websocket_route(stream.PATH, stream.stream)
-    for routes in (ops, predict, timeline, feedback, admin, demo, docs):
+    modules = (ops, predict, timeline, feedback, admin, demo, docs)
+    for routes in modules:
         app.include_router(routes.router)
+    taken = {stream.PATH} | {getattr(r, "path", "") for m in modules for r in m.router.routes}
+    app.include_router(vertex.router(settings, taken))  # Vertex AI's routes when set (AIP_PREDICT_ROUTE, ...)
     return app
 
 

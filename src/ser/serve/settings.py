@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ser.serve import platform
+
 ENV_PREFIX = "SER_"
 DEFAULT_RELOAD_POLL_S = 10.0
 """Seconds between polls of the registry's alias when serving a workdir and ``reload_poll_s`` is unset."""
@@ -117,6 +119,15 @@ class Settings(BaseSettings):
     )
     shadow_share: float = Field(1.0, ge=0, le=1, description="share of /v1/predict answers the second model also runs")
     shadow_mode: Literal["shadow"] = Field("shadow", description="what the second model does (shadow: log only)")
+    # hosting platforms (issue 16): Vertex AI's custom-container contract (ser.serve.platform)
+    vertex_predict_route: str | None = Field(
+        None,
+        description='also answer Vertex AI predictions ({"instances": [{"b64": ...}]}) at this path; '
+        "default $AIP_PREDICT_ROUTE",
+    )
+    vertex_health_route: str | None = Field(
+        None, description="also answer readiness (as /readyz) at this path; default $AIP_HEALTH_ROUTE"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -135,6 +146,12 @@ class Settings(BaseSettings):
         """Settings from ``SER_*`` variables (``SER_API_KEY`` adds one key), then ``overrides`` (None skipped)."""
         env = os.environ if env is None else env
         values = _EnvSource(cls, env)()
+        for field, variable in (
+            ("vertex_predict_route", platform.VERTEX_PREDICT_ROUTE),
+            ("vertex_health_route", platform.VERTEX_HEALTH_ROUTE),
+        ):
+            if env.get(variable) and field not in values:  # the platform's variable, unless SER_* names one
+                values[field] = env[variable]
         if env.get(ENV_PREFIX + "API_KEY"):
             values["api_keys"] = [*_split_commas(values.get("api_keys", [])), env[ENV_PREFIX + "API_KEY"]]
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -148,6 +165,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_commas(value)
+
+    @field_validator("vertex_predict_route", "vertex_health_route")
+    @classmethod
+    def _route(cls, value: str | None) -> str | None:
+        return None if value is None else platform.check_route(value, "route")
 
     @model_validator(mode="after")
     def _one_source(self) -> Settings:

@@ -22,7 +22,8 @@ def _prediction_out(fields: dict[str, Any], predictor: Any, filename: str | None
     return PredictionOut(**fields, model_name=predictor.name, filename=filename)
 
 
-def _observe(metrics: Metrics, endpoint: str, out: PredictionOut) -> None:
+def observe_answer(metrics: Metrics, endpoint: str, out: PredictionOut) -> None:
+    """Count one answer in the metrics: its label and confidence, or why it has none; its audio duration."""
     if out.label is not None and out.confidence is not None:
         metrics.observe_prediction(endpoint, out.label, out.confidence, out.model_version)
     else:
@@ -46,7 +47,7 @@ async def predict(request: Request) -> PredictionOut:
     run = functools.partial(predict_bytes, monitor=monitor_of(request.app), client_name=part.filename)
     fields = await in_thread(request, run, p, part.data, decode_limits(settings, settings.max_audio_s))
     out = _prediction_out(fields, p, part.filename)
-    _observe(metrics, "predict", out)
+    observe_answer(metrics, "predict", out)
     metrics.inference.labels("predict").observe(out.processing_ms / 1e3)
     return out
 
@@ -77,7 +78,7 @@ async def predict_batch(request: Request) -> BatchOut:
             items.append(BatchItem(filename=part.filename, ok=False, error=res.body(), status=res.status))
             continue
         out = _prediction_out(res, p, part.filename)
-        _observe(metrics, "batch", out)
+        observe_answer(metrics, "batch", out)
         items.append(BatchItem(filename=part.filename, ok=True, result=out))
     n_ok = sum(i.ok for i in items)
     return BatchOut(model_version=p.version, n_ok=n_ok, n_failed=len(items) - n_ok, results=items)
