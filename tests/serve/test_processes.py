@@ -23,6 +23,7 @@ import soundfile as sf
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
+from ser.errors import ConfigError
 from ser.serve import processes
 from ser.serve.settings import DEFAULT_RELOAD_POLL_S, Settings
 from tests.conftest import export_tiny_model, tone
@@ -185,6 +186,19 @@ def test_a_process_that_moves_to_another_model_zeroes_the_old_series(tmp_path):
     seen = _samples(proc.stdout)
     assert seen[("ser_model_info", (("name", "ser-emotion"), ("version", "1")))] == 0
     assert seen[("ser_model_info", (("name", "ser-emotion"), ("version", "2")))] == 1
+
+
+def test_a_port_in_use_is_an_error_not_a_shared_port(model_dir, monkeypatch):
+    """SO_REUSEPORT would let a second server join a port in use (and take half its connections): refused."""
+    taken = processes.listening_socket("127.0.0.1", 0, reuse_port=True)
+    taken.listen()
+    port = taken.getsockname()[1]
+    monkeypatch.setattr(processes, "_supervisor_class", lambda: pytest.fail("must not start workers"))
+    try:
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            processes.run(Settings(model_dir=model_dir, processes=2), "127.0.0.1", port, {})
+    finally:
+        taken.close()
 
 
 def test_the_metrics_dir_is_made_or_emptied(tmp_path):

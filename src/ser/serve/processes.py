@@ -221,6 +221,8 @@ def run(settings: Settings, host: str, port: int, options: dict[str, Any]) -> No
         raise ConfigError("several processes need processes >= 2")
     options = {k: v for k, v in options.items() if k != "workers"}
     reuse_port = hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
+    if reuse_port and port:  # a port in use fails here: SO_REUSEPORT alone would share it with another server
+        listening_socket(host, port, reuse_port=False).close()
     slots = [listening_socket(host, port, reuse_port=reuse_port)]
     if reuse_port:  # one socket per worker (Supervisor): bound now, so a busy port fails here and not in a worker
         port = slots[0].getsockname()[1]  # (port 0: the one the first got)
