@@ -561,8 +561,11 @@ def bench_streams(server: Server, audio: np.ndarray, levels: list[int], seconds:
         per0 = server.cpu_per_process()
         row = run_async(stream_level(uri, audio, n, seconds, seed=i))
         wall = time.perf_counter() - wall0
-        row["server_cpu_pct"] = round(100 * (server.cpu() - cpu0) / wall, 1)
+        used = server.cpu() - cpu0
+        row["server_cpu_pct"] = round(100 * used / wall, 1)
         row["client_cpu_pct"] = round(100 * (time.process_time() - client0) / wall, 1)
+        # CPU the server spent per stream-second of audio: what a stream costs, whether or not the cores were free
+        row["server_cpu_ms_per_stream_s"] = round(1e3 * used / (n * seconds), 2)
         if len(per0) > 1:  # several processes: how evenly the kernel spread the streams shows in their CPU
             per1 = server.cpu_per_process()
             row["server_cpu_pct_per_process"] = sorted(
@@ -576,7 +579,8 @@ def bench_streams(server: Server, audio: np.ndarray, levels: list[int], seconds:
             f"{row['partials_expected']}, dropped {'yes' if row['dropped_frames'] else 'no'}, "
             f"errors {row['errors'] or 0}, failed "
             f"{row['failed_streams']}, real-time x{row['realtime_factor']} (server CPU {row['server_cpu_pct']} %, "
-            f"client {row['client_cpu_pct']} %; per process {row.get('server_cpu_pct_per_process', '-')}; load "
+            f"client {row['client_cpu_pct']} %; per process {row.get('server_cpu_pct_per_process', '-')}; "
+            f"{row['server_cpu_ms_per_stream_s']} ms CPU per stream-second; load "
             f"{row['load_1m_before']})"
         )
         if not row["ok"]:
@@ -644,8 +648,8 @@ def markdown(row: dict[str, Any]) -> str:
             + (" (CPU per worker process in brackets: how evenly the streams were spread)" if procs > 1 else "")
             + "; load = the machine's 1-minute load average before the level (other jobs share it).\n",
             "| streams | ok | update p50 ms | update p95 ms | server partial p95 ms | partials | errors / failed "
-            "streams | real-time x | server CPU % | client CPU % | load |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "streams | real-time x | server CPU % | server CPU ms per stream-s | client CPU % | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in st["levels"]:
             per = r.get("server_cpu_pct_per_process")
@@ -654,7 +658,8 @@ def markdown(row: dict[str, Any]) -> str:
                 f"{r['update_latency_ms_p95']} | {r['server_partial_ms_p95']} | {r['partials_received']}/"
                 f"{r['partials_expected']} | {sum(r['errors'].values())} / {r['failed_streams']} | "
                 f"{r['realtime_factor']} | "
-                f"{r['server_cpu_pct']}{f' ({per})' if per else ''} | {r['client_cpu_pct']} | "
+                f"{r['server_cpu_pct']}{f' ({per})' if per else ''} | {r.get('server_cpu_ms_per_stream_s')} | "
+                f"{r['client_cpu_pct']} | "
                 f"{r.get('load_1m_before')} |"
             )
         lines += [
