@@ -1,4 +1,5 @@
-"""Speech emotion recognition: weekly retraining on the production corpus and the feedback data.
+"""Speech emotion recognition: retraining on the production corpus and the feedback data, weekly and whenever the
+monitoring DAG (``ser_monitoring``) requests it through the asset ``ser_retraining_request``.
 
 The same stage tasks as ``ser_training`` over the production config, then ``decision``, which reports what the
 registry did: the new version became ``champion`` or stayed ``challenger``, and why. The ingest stage's cache key
@@ -25,14 +26,15 @@ from ser.pipeline.airflow import (
     add_decision_task,
     add_stage_tasks,
     params,
+    retraining_schedule,
 )
 
 SOURCES = {"config_variable": CONFIG_VARIABLE, "workdir_variable": WORKDIR_VARIABLE, "require_config": True}
 
 with DAG(
     dag_id="ser_retraining",
-    description="Speech emotion recognition: weekly retraining on production + feedback data, champion/challenger",
-    schedule="@weekly",
+    description="Speech emotion recognition: retraining on production + feedback data (weekly and on request)",
+    schedule=retraining_schedule("@weekly"),
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,  # runs share the production workdir and its registry

@@ -184,3 +184,18 @@ def test_augmented_rows_in_eval_roles_are_rejected():
         assert_no_augmented_in_eval({"train": train, "test": leaked})
     with pytest.raises(LeakageError, match="'val'"):
         assert_no_augmented_in_eval({"val": mark_augmented(base)})
+
+
+def test_speaker_variation_of_a_robust_variant_leaves_global_random_state():
+    from ser.train.robust import draw_variant, make_robust_config, render_variant
+
+    cfg = make_robust_config(
+        {"p_pitch": 1.0, "p_tempo": 1.0, "noises": ["generated-pink"], "degrade": {"p_reverb": 0, "p_channel": 0}}
+    )
+    v = draw_variant("ab" * 32, 0, cfg)
+    random.seed(5)
+    before = random.getstate()
+    a = render_variant(tone(0.5), SR, v)
+    assert random.getstate() == before
+    np.testing.assert_array_equal(a, render_variant(tone(0.5), SR, v))
+    assert a.dtype == np.float32 and np.all(np.isfinite(a))

@@ -67,3 +67,57 @@ def test_record_merges_logs_and_summaries_into_json_and_a_section(sweep, tmp_pat
     sweep.record([summary], "GPU Y", "again", name="rec", title="Recurrent test")  # replaces its own section
     md = (tmp_path / "RESULTS.md").read_text()
     assert md.count("## Recurrent test") == 1 and "a-s0" not in md
+
+
+@pytest.fixture
+def robustness(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module("robustness")
+    yield module
+    sys.modules.pop("robustness", None)
+
+
+def test_robustness_conditions_are_seeded_per_clip_and_held_out(robustness):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = (0.1 * rng.standard_normal(16_000)).astype(np.float32)
+    noises = {"factory1": rng.standard_normal(8_000).astype(np.float32)}
+    a = robustness.degrade_clip(y, 16_000, "ab" * 32, "noise-10db:factory1", noises)
+    np.testing.assert_array_equal(a, robustness.degrade_clip(y, 16_000, "ab" * 32, "noise-10db:factory1", noises))
+    assert not np.array_equal(a, robustness.degrade_clip(y, 16_000, "cd" * 32, "noise-10db:factory1", noises))
+    seeds = {robustness.condition_seed(sha, c) for sha in ("ab" * 32, "cd" * 32) for c in robustness.CONDITIONS}
+    assert len(seeds) == 2 * len(robustness.CONDITIONS)
+    for c in robustness.CONDITIONS[1:]:
+        robustness.check_test_condition(c)  # every default test condition uses held-out noises only
+    with pytest.raises(SystemExit, match="not held out"):
+        robustness.check_test_condition("noise-10db:babble")
+
+
+def test_robustness_scores_gender_gap_and_paired_difference(robustness):
+    import numpy as np
+
+    # 8 speakers (4 female, 4 male), 2 classes, 10 clips each; the model is right on females, half right on males
+    speakers = np.repeat(np.arange(8), 10).astype(str)
+    genders = np.where(np.repeat(np.arange(8), 10) < 4, "female", "male")
+    y = np.tile(np.repeat([0, 1], 5), 8)
+    pred = np.where(genders == "female", y, np.tile([0, 1], 40))
+    s = robustness.score(y, pred, speakers, genders, n_classes=2, n_boot=200)
+    assert s["uar_by_gender"] == {"female": 1.0, "male": pytest.approx(0.6)}
+    assert s["gender_gap_uar"] == pytest.approx(0.4)
+    assert s["uar"] == pytest.approx(0.8) and s["uar_ci"][0] < 0.8 < s["uar_ci"][1]
+    same = robustness.paired_difference(y, pred, pred, speakers, 2, n_boot=200)
+    assert same == {"uar_diff": 0.0, "ci": [0.0, 0.0]}
+    better = robustness.paired_difference(y, pred, y, speakers, 2, n_boot=200)
+    assert better["uar_diff"] == pytest.approx(0.2) and 0 < better["ci"][0] <= 0.2 <= better["ci"][1]
+
+
+def test_robustness_trim_overlap_sees_noise_fill_the_silence(robustness):
+    import numpy as np
+
+    clean = np.full((4, 100), -100.0)
+    clean[:, 30:70] = -20.0  # speech in frames 30..69, digital silence around it
+    noisy = np.maximum(clean, -35.0)  # noise 15 dB under the speech everywhere: within the 40 dB trim
+    assert robustness.trim_overlap(clean, clean, 40.0) == (0.4, 1.0)
+    assert robustness.trim_overlap(clean, noisy, 40.0) == (1.0, 0.4)
+    assert robustness.trim_overlap(clean, noisy, 10.0) == (0.4, 1.0)  # a tighter trim still finds the speech

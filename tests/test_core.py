@@ -127,3 +127,19 @@ def test_load_mp3_and_aiff_c(tmp_path, fmt, subtype, ext):
     out = load_audio(path)
     assert out.dtype == np.float32 and abs(len(out) - 16_000) < 1_600  # MP3 adds encoder padding
     assert np.abs(out).max() > 0.1
+
+
+def test_decode_keeps_channels_apart_on_request(tmp_path):
+    """``split_channels``: one resampled row per channel, each the same as decoding that channel alone (blocks
+    smaller than the file, so the streaming resamplers carry state across blocks)."""
+    from ser.audio import decode
+
+    left, right = tone(2.0, 44_100, 220.0), tone(2.0, 44_100, 330.0, amp=0.1)
+    stereo = write_wav(tmp_path / "st.wav", np.stack([left, right], axis=1), 44_100, "FLOAT")
+    d = decode(stereo, 16_000, split_channels=True, block_frames=4096)
+    assert d.audio.shape == (2, 32_000) and d.audio.dtype == np.float32 and d.info.channels == 2
+    for i, y in enumerate((left, right)):
+        alone = decode(write_wav(tmp_path / f"c{i}.wav", y, 44_100, "FLOAT"), 16_000, block_frames=4096).audio
+        np.testing.assert_array_equal(d.audio[i], alone)
+    mixed = decode(stereo, 16_000, block_frames=4096).audio
+    np.testing.assert_allclose(d.audio.mean(axis=0), mixed, atol=1e-6)

@@ -294,6 +294,16 @@ def test_noise_split_and_training_draws():
         d.make_training_config({"channels": ["noise:babble@3"]})
 
 
+def test_training_rooms_never_place_the_held_out_test_room():
+    """benchmarks/robustness.py tests reverb in ``reverb:0.7@7``: the training draws use position seeds below
+    ``room_positions`` (4), so that room impulse response is never seen in training, whatever the RT60."""
+    cfg = d.TrainingDegradationConfig(p_reverb=1.0, p_noise=0, p_gain=0, p_channel=0)
+    rooms = {c[0] for seed in range(300) for c in [d.sample_training_degradation(seed, config=cfg)]}
+    assert {r.position_seed for r in rooms} == {0, 1, 2, 3}
+    assert d.parse("reverb:0.7@7")[0] not in rooms
+    assert {round(r.rt60_s, 6) for r in rooms} <= {0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}
+
+
 # ---- real recordings ---------------------------------------------------------------------------------------
 
 

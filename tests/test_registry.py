@@ -53,6 +53,96 @@ def test_decide(cand, champ, kw, promote, why):
     assert d.promote is promote and why in d.reason
 
 
+@pytest.mark.parametrize(
+    ("on_missing", "promote", "outcome", "why"),
+    [("block", False, "missing_group", "on_missing_group=block"), ("allow", True, "better", "allowed by")],
+)
+def test_decide_makes_a_missing_group_gap_an_explicit_outcome(on_missing, promote, outcome, why):
+    cand = {**EV, "uar": 0.7, "max_group_gap": None, "group": "gender"}
+    d = R.decide(cand, EV, max_group_gap=0.2, on_missing_group=on_missing)
+    assert (d.promote, d.outcome) == (promote, outcome)
+    assert why in d.reason and "gender UAR gap in cross-validation cannot be computed" in d.reason
+    with pytest.raises(ConfigError):
+        R.decide(cand, EV, max_group_gap=0.2, on_missing_group="maybe")
+
+
+def test_unseen_gate_drops_what_either_model_trained_on():
+    ov = R.unseen_gate(["a", "b", "c", "d"], {"a", "x"}, {"b", "c"})
+    assert ov["keep"] == [False, False, False, True] and ov["n_unseen"] == 1
+    assert (ov["candidate_seen"], ov["champion_seen"]) == (1, 2)
+    unknown = R.unseen_gate(["a", "b"], set(), None)  # a champion from before trained_on.txt: not checked
+    assert unknown["keep"] == [True, True] and unknown["champion_checked"] is False
+
+
+def _gate(diff, low, high, *, cand_gap=0.05, champion=True, n_unseen=80, champion_seen=0, checked=True):
+    return {
+        "n": n_unseen + champion_seen,
+        "n_unseen": n_unseen,
+        "speakers": 4,
+        "group": "gender",
+        "overlap": {
+            "candidate_seen": 0,
+            "champion_seen": champion_seen,
+            "candidate_checked": True,
+            "champion_checked": checked,
+        },
+        "candidate": {"version": "2", "uar": 0.5 + diff, "group_gap": cand_gap},
+        "champion": {"version": "1", "uar": 0.5, "group_gap": 0.1} if champion else None,
+        "diff": {"diff": diff, "low": low, "high": high} if champion else None,
+        "comparable": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("gate", "kw", "promote", "outcome", "why"),
+    [
+        (_gate(0.10, 0.04, 0.16), {"margin": 0.02}, True, "better", "lower end reaches the margin 0.0200"),
+        (_gate(0.10, -0.01, 0.2), {}, False, "not_better", "does not reach"),  # better on average, CI crosses 0
+        (_gate(0.10, -0.01, 0.2), {"rule": "point"}, True, "better", "the gain +0.1000 reaches"),
+        (_gate(0.01, -0.02, 0.05), {"rule": "point", "margin": 0.02}, False, "not_better", "does not reach"),
+        (_gate(-0.10, -0.2, -0.03), {}, False, "not_better", "[-0.2000, -0.0300]"),
+        (_gate(0.0, 0.0, 0.0), {}, False, "not_better", "does not reach"),  # a tie never promotes under ci
+        (_gate(0.10, 0.04, 0.16, cand_gap=0.3), {"max_group_gap": 0.2}, False, "group_gap", "on the gate set"),
+        (
+            _gate(0.10, 0.04, 0.16, cand_gap=None),
+            {"max_group_gap": 0.2, "on_missing_group": "block"},
+            False,
+            "missing_group",
+            "cannot be computed",
+        ),
+        (_gate(0.10, 0.04, 0.16, cand_gap=None), {"max_group_gap": 0.2}, True, "better", "allowed by"),
+        (_gate(0.1, 0.04, 0.16, champion=False), {}, True, "first", "no champion yet; gate UAR 0.6000"),
+        (
+            _gate(0.10, 0.04, 0.16, n_unseen=5, champion_seen=75),
+            {"min_utterances": 20},
+            False,
+            "gate_too_small",
+            "trained on 75 of the 80 gate utterances",
+        ),
+        (
+            _gate(0.10, 0.04, 0.16, n_unseen=60, champion_seen=20),
+            {"min_utterances": 20},
+            True,
+            "better",
+            "only the 60 neither model saw count",
+        ),
+        (_gate(0.10, 0.04, 0.16, checked=False), {}, True, "better", "records no training content"),
+    ],
+)
+def test_decide_gate(gate, kw, promote, outcome, why):
+    d = R.decide_gate(gate, **kw)
+    assert (d.promote, d.outcome) == (promote, outcome), d.reason
+    assert why in d.reason
+
+
+def test_decide_gate_names_the_scores_the_ci_and_the_gate_size():
+    d = R.decide_gate(_gate(0.10, 0.04, 0.16))
+    assert "UAR 0.6000 vs the champion v1's 0.5000 on the gate set (80 utterances, 4 speakers)" in d.reason
+    assert "95 % CI of the difference [+0.0400, +0.1600] (speaker bootstrap)" in d.reason
+    not_comparable = {**_gate(0.1, 0.04, 0.16), "comparable": False, "why": "the models' classes differ"}
+    assert R.decide_gate(not_comparable).outcome == "not_comparable"
+
+
 @pytest.fixture
 def model(tmp_path):
     return export_tiny_model(tmp_path / "exported", evaluation=EV)

@@ -97,7 +97,8 @@ def probe(src: Source) -> AudioInfo:
 
 @dataclass(frozen=True)
 class Decoded:
-    """What :func:`decode` returns: ``audio`` mono float32 ``(n,)`` at ``sample_rate``; ``info`` the header;
+    """What :func:`decode` returns: ``audio`` mono float32 ``(n,)`` at ``sample_rate`` (``(channels, n)`` when
+    decoded with ``split_channels``); ``info`` the header;
     ``frames`` the frames actually decoded (at ``info.sample_rate``); ``clipped`` the fraction of decoded
     samples (all channels, native rate) at full scale (:data:`FULL_SCALE`)."""
 
@@ -225,6 +226,7 @@ def decode(
     should_stop: Callable[[], bool] | None = None,
     check: Callable[[AudioInfo], None] | None = None,
     block_frames: int = BLOCK_FRAMES,
+    split_channels: bool = False,
 ) -> Decoded:
     """Decode ``src`` to mono float32 at ``sr`` Hz within ``limits`` (default: only the rate and channel
     ceilings), block by block: each block of ``block_frames`` frames is downmixed and resampled before the next
@@ -234,7 +236,10 @@ def decode(
     before any sample is decoded; the duration and size are checked again as blocks arrive (a header may not
     say). ``should_stop()`` is called before each block: when it returns true, :class:`ser.errors.Cancelled` is
     raised (a timed-out request stops its decoding). Raises :class:`AudioError` (:class:`AudioLimitError` for a
-    bound) for anything not decodable, empty, over a bound, or (unless ``allow_nonfinite``) NaN / Inf."""
+    bound) for anything not decodable, empty, over a bound, or (unless ``allow_nonfinite``) NaN / Inf.
+
+    ``split_channels``: keep the channels apart (a stereo call: agent and customer) instead of downmixing; the
+    result's ``audio`` is then ``(channels, n)``, each channel resampled on its own."""
     limits = limits or DecodeLimits()
     try:
         f = sf.SoundFile(src)
@@ -248,7 +253,9 @@ def decode(
         if check is not None:
             check(info)
         expected = output_length(min(info.frames, _max_frames(info, limits)), info.sample_rate, sr)
-        out, rs = _Growing(expected), BlockResampler(info.sample_rate, sr)
+        lanes = info.channels if split_channels else 1
+        outs = [_Growing(expected) for _ in range(lanes)]
+        rss = [BlockResampler(info.sample_rate, sr) for _ in range(lanes)]
         frames = clipped = 0
         while True:
             if should_stop is not None and should_stop():
@@ -263,14 +270,17 @@ def decode(
             check_length(frames, info.sample_rate, info.channels, limits)
             clipped += full_scale_count(block)
             with np.errstate(invalid="ignore", over="ignore"):  # NaN / Inf are refused just below
-                mono = to_mono(block)
-            if not allow_nonfinite and not np.all(np.isfinite(mono)):
-                raise AudioError("non-finite samples (NaN or Inf)")
-            out.append(_finite(rs(mono), allow_nonfinite))
+                lane_blocks = list(np.ascontiguousarray(block.T)) if split_channels else [to_mono(block)]
+            for out, rs, y in zip(outs, rss, lane_blocks, strict=True):
+                if not allow_nonfinite and not np.all(np.isfinite(y)):
+                    raise AudioError("non-finite samples (NaN or Inf)")
+                out.append(_finite(rs(y), allow_nonfinite))
     if frames == 0:
         raise AudioError("no audio samples (empty stream)")
-    out.append(_finite(rs.flush(), allow_nonfinite))
-    return Decoded(out.result(), sr, info, frames, clipped / (frames * info.channels))
+    for out, rs in zip(outs, rss, strict=True):
+        out.append(_finite(rs.flush(), allow_nonfinite))
+    audio = np.stack([out.result() for out in outs]) if split_channels else outs[0].result()
+    return Decoded(audio, sr, info, frames, clipped / (frames * info.channels))
 
 
 def _finite(y: np.ndarray, allow_nonfinite: bool) -> np.ndarray:

@@ -79,8 +79,48 @@ def render_card(meta: dict[str, Any], evaluation: dict[str, Any], full: dict[str
     lines += _LIMITS_ETHICS_USAGE
     decision = meta.get("decision")
     if decision:
-        lines += ["## Registry decision", "", f"{decision.get('alias')}: {decision.get('reason')}", ""]
+        lines += [*render_decision(decision).splitlines(), ""]
     return "\n".join(lines)
+
+
+def render_decision(decision: dict[str, Any]) -> str:
+    """The card's "Registry decision" section: champion or challenger and why; with a gate set, its size, the
+    overlap found, both models' UAR on it and the CI of the difference (:func:`ser.jobs.release.gate_record`)."""
+    lines = ["## Registry decision", "", f"**{decision.get('alias')}**: {decision.get('reason')}", ""]
+    gate = decision.get("gate")
+    if not gate:
+        if decision.get("basis") == "cross-validation":
+            lines += [
+                "No gate set: the decision compared cross-validation evaluations of the same data and splits.",
+                "",
+            ]
+        return "\n".join(lines).rstrip() + "\n"
+    ov = gate.get("overlap") or {}
+    sources = ", ".join(f"{k} {v}" for k, v in (gate.get("sources") or {}).items())
+    lines += [
+        f"Promotion gate: {gate.get('n')} held-out utterances set aside before training (speaker-disjoint share of "
+        f"the new sources{': ' + sources if sources else ''}); {gate.get('n_unseen')} of them, from "
+        f"{gate.get('speakers')} speakers, were seen by neither model (the champion trained on "
+        f"{ov.get('champion_seen', 0)}, this model on {ov.get('candidate_seen', 0)}). Both scored with onnxruntime.",
+        "",
+    ]
+    rows = []
+    for who in ("candidate", "champion"):
+        sc = decision.get(f"{who}_score")
+        if sc:
+            ci = sc.get("ci") or {}
+            interval = f"{_pct(ci.get('low'))} – {_pct(ci.get('high'))}" if ci.get("low") is not None else "n/a"
+            rows.append([f"{who} v{sc.get('version')}", _pct(sc.get("uar")), interval, _pct(sc.get("group_gap"))])
+    if rows:
+        lines += [*_table(["model", "gate UAR", "95 % CI", f"{gate.get('group')} UAR gap"], rows), ""]
+    d = decision.get("uar_diff")
+    if d:
+        lines += [
+            f"UAR difference (this model − champion): {100 * d['diff']:+.1f} points, 95 % CI "
+            f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] (paired speaker bootstrap, {d.get('n_boot')} resamples).",
+            "",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _header(meta: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
@@ -153,8 +193,26 @@ def _training_data(meta: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k} {v}" for k, v in (training.get("classes") or {}).items()),
         f"- The shipped model was trained on all these speakers, {training.get('final_model', {}).get('n_val')} "
         "utterances of whole held-out speakers kept for early stopping.",
+        *_sources(meta),
         "",
     ]
+
+
+def _sources(meta: dict[str, Any]) -> list[str]:
+    sources = meta.get("data_sources") or []
+    if not sources:
+        return []
+    parts = [
+        f"{s.get('name')} ({s.get('corpus')}, {s.get('utterances')} utterances"
+        + (
+            f", {100 * s['gate_share']:.0f} % of its speakers held out for the promotion gate"
+            if s.get("gate_share")
+            else ""
+        )
+        + ")"
+        for s in sources
+    ]
+    return [f"- Data version `{meta.get('data_version')}`; sources: " + "; ".join(parts) + "."]
 
 
 def _evaluation(evaluation: dict[str, Any], result: dict[str, Any]) -> list[str]:

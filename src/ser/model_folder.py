@@ -13,7 +13,11 @@ on nothing of each other. A *model folder* holds:
   ``name``, ``version``, ``model``, ``training``, ``metrics``, ``code_version``, ``created``;
 - ``MODEL_CARD.md`` (:data:`CARD_FILE`);
 - optional (format 2): ``reference.parquet`` (:data:`REFERENCE_FILE`), the training reference profile the
-  monitoring report compares live inputs and answers with (:mod:`ser.monitor.reference`).
+  monitoring report compares live inputs and answers with (:mod:`ser.monitor.reference`);
+- optional (format 2): ``trained_on.txt`` (:data:`TRAINED_ON_FILE`), the content hashes (``pcm_hash`` of the
+  validated manifest, :func:`ser.audio.pcm_hash` of the file's native PCM) of every utterance the model was trained
+  or cross-validated on, sorted, one per line: the registry's promotion gate checks that no gate utterance is
+  among them (:func:`read_trained_on`).
 
 Format versions (``metadata.json["format"]``): ``ser-model/1`` (to 2026-12), ``ser-model/2`` (adds
 ``format_version``; the folder may hold further files that later stages add, each optional to a reader).
@@ -50,6 +54,7 @@ MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "MODEL_CARD.md"
 REFERENCE_FILE = "reference.parquet"
+TRAINED_ON_FILE = "trained_on.txt"
 INPUT_NAME = "features"
 OUTPUT_NAME = "logits"
 
@@ -186,3 +191,20 @@ class Preprocessing:
         kinds = tuple(dict.fromkeys(("logmel", *input_kinds(self.kind))))
         feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds)
         return frame_input(feats, self.kind, self.trim_db, self.min_frames)
+
+
+def write_trained_on(model_dir: str | Path, hashes: list[str] | set[str]) -> Path:
+    """Write :data:`TRAINED_ON_FILE` (sorted unique content hashes, one per line) into a model folder."""
+    from ser.io import write_text
+
+    lines = sorted({str(h) for h in hashes if str(h)})
+    return write_text(Path(model_dir) / TRAINED_ON_FILE, "".join(f"{h}\n" for h in lines))
+
+
+def read_trained_on(model_dir: str | Path) -> set[str] | None:
+    """The content hashes a model folder records it was trained on; ``None`` when it records none (a folder from
+    before the file existed: what it saw is unknown)."""
+    path = Path(model_dir) / TRAINED_ON_FILE
+    if not path.is_file():
+        return None
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}

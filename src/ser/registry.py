@@ -11,10 +11,16 @@ image stays small and a model folder can be copied anywhere. When tracking is on
 version of the MLflow registered model of the same name (same version number, its source the folder) and the
 aliases are mirrored there (:mod:`ser.tracking`).
 
-Promotion (:func:`decide`): a candidate becomes champion only if there is no champion, or it beats the
-champion's UAR on the *same evaluation* (same dataset fingerprint and split) by at least ``margin``, and its
-largest per-group UAR gap stays within ``max_group_gap``. Otherwise it is the challenger, and the reason is
-recorded in ``events.jsonl`` and in its metadata.
+Promotion, on a **gate set** (:func:`decide_gate`): labelled utterances neither model was trained on (a
+speaker-disjoint share of each new data source, set aside before any split; the utterances either model records in
+its ``trained_on.txt`` are removed first, :func:`unseen_gate`), both models scored with onnxruntime. The candidate
+becomes champion if the speaker-bootstrap 95 % CI of its UAR gain over the champion reaches ``margin`` (``rule =
+"ci"``; ``"point"``: the gain itself) and its largest per-group UAR gap on the gate set stays within
+``max_group_gap``. Without a gate set (:func:`decide`): it must beat the champion's UAR on the *same evaluation*
+(same dataset fingerprint and split) by at least ``margin``. A group gap that cannot be computed (fewer than two
+groups large enough) is an explicit outcome: ``on_missing_group = "block"`` keeps the candidate out, ``"allow"``
+lets it through with the fact in the reason. Otherwise it is the challenger; the decision, both scores, the gate
+set's size and the reason are recorded in ``events.jsonl`` and in its metadata.
 """
 
 from __future__ import annotations
@@ -126,6 +132,37 @@ def resolve(workdir: str | Path, ref: str | None = None) -> Path:
 class Decision:
     promote: bool
     reason: str
+    outcome: str = ""
+    """A short code: ``first``, ``better``, ``not_better``, ``group_gap``, ``missing_group``, ``not_comparable``,
+    ``gate_too_small``."""
+
+
+MISSING_GROUP_CHOICES = ("block", "allow")
+
+
+def _gap_check(
+    gap: float | None, max_group_gap: float | None, on_missing_group: str, group: str, where: str
+) -> tuple[Decision | None, str]:
+    """The group-gap rule: ``(a blocking Decision or None, a note for the reason)``."""
+    if on_missing_group not in MISSING_GROUP_CHOICES:
+        raise ConfigError(f"on_missing_group must be block or allow, got {on_missing_group!r}")
+    if max_group_gap is None:
+        return None, ""
+    if gap is None:
+        why = f"the {group} UAR gap {where} cannot be computed (fewer than two {group} groups with enough utterances)"
+        if on_missing_group == "block":
+            return Decision(False, f"{why}; register.on_missing_group=block", "missing_group"), ""
+        return None, f"{why}; allowed by register.on_missing_group=allow. "
+    if gap > max_group_gap:
+        return (
+            Decision(
+                False,
+                f"largest per-group UAR gap {gap:.3f} {where} exceeds the bound {max_group_gap:.3f}",
+                "group_gap",
+            ),
+            "",
+        )
+    return None, ""
 
 
 def decide(
@@ -134,24 +171,120 @@ def decide(
     *,
     margin: float = 0.0,
     max_group_gap: float | None = None,
+    on_missing_group: str = "allow",
+    note: str = "",
 ) -> Decision:
-    """Should ``candidate`` replace ``champion``? Both are metadata ``evaluation`` blocks: ``key`` (dataset
-    fingerprint + split), ``uar`` (fraction) and ``max_group_gap`` (largest per-group UAR gap, or None)."""
-    gap = candidate.get("max_group_gap")
-    if max_group_gap is not None and gap is not None and gap > max_group_gap:
-        return Decision(False, f"largest per-group UAR gap {gap:.3f} exceeds the bound {max_group_gap:.3f}")
+    """Should ``candidate`` replace ``champion`` when there is no gate set? Both are metadata ``evaluation``
+    blocks: ``key`` (dataset fingerprint + split), ``uar`` (fraction), ``max_group_gap`` (largest per-group UAR
+    gap, or None) and ``group``. ``note`` starts the reason (e.g. why there is no gate set)."""
+    group = str(candidate.get("group") or "group")
+    blocked, gap_note = _gap_check(
+        candidate.get("max_group_gap"), max_group_gap, on_missing_group, group, "in cross-validation"
+    )
+    note = note + gap_note
+    if blocked is not None:
+        return Decision(False, note + blocked.reason, blocked.outcome)
     if champion is None:
-        return Decision(True, "no champion yet")
+        return Decision(True, note + "no champion yet", "first")
     if candidate.get("key") != champion.get("key"):
         return Decision(
             False,
-            "not comparable: the champion was evaluated on other data or splits "
+            note + "not comparable: the champion was evaluated on other data or splits "
             f"({champion.get('key')} vs {candidate.get('key')}); promote by hand after checking",
+            "not_comparable",
         )
     new, old = float(candidate["uar"]), float(champion["uar"])
     if new >= old + margin:
-        return Decision(True, f"UAR {new:.4f} beats the champion's {old:.4f} by at least {margin:.4f}")
-    return Decision(False, f"UAR {new:.4f} does not beat the champion's {old:.4f} by the margin {margin:.4f}")
+        return Decision(True, note + f"UAR {new:.4f} beats the champion's {old:.4f} by at least {margin:.4f}", "better")
+    return Decision(
+        False, note + f"UAR {new:.4f} does not beat the champion's {old:.4f} by the margin {margin:.4f}", "not_better"
+    )
+
+
+def unseen_gate(
+    gate_hashes: list[str], candidate_seen: set[str] | None, champion_seen: set[str] | None
+) -> dict[str, Any]:
+    """Which gate utterances (by content hash) neither model was trained on.
+
+    ``*_seen``: the hashes a model's ``trained_on.txt`` records (None: it records none, so what it saw is unknown
+    and cannot be checked). Returns ``{"keep": [bool per gate utterance], "n", "n_unseen", "candidate_seen",
+    "champion_seen", "champion_checked", "candidate_checked"}``."""
+    keep = []
+    cand = champ = 0
+    for h in gate_hashes:
+        in_cand = candidate_seen is not None and h in candidate_seen
+        in_champ = champion_seen is not None and h in champion_seen
+        cand += in_cand
+        champ += in_champ
+        keep.append(not (in_cand or in_champ))
+    return {
+        "keep": keep,
+        "n": len(gate_hashes),
+        "n_unseen": int(sum(keep)),
+        "candidate_seen": cand,
+        "champion_seen": champ,
+        "candidate_checked": candidate_seen is not None,
+        "champion_checked": champion_seen is not None,
+    }
+
+
+def decide_gate(
+    gate: dict[str, Any],
+    *,
+    margin: float = 0.0,
+    max_group_gap: float | None = None,
+    on_missing_group: str = "allow",
+    rule: str = "ci",
+    min_utterances: int = 1,
+) -> Decision:
+    """Should the candidate replace the champion, on the gate set? ``gate`` is the comparison the register job
+    builds (:class:`ser.jobs.release.GateJob`): ``n`` / ``n_unseen`` / ``speakers`` (the gate set, and the part
+    neither model saw), ``overlap`` (:func:`unseen_gate` without ``keep``), ``group``, ``candidate`` and
+    ``champion`` (each ``{"version", "uar", "ci", "group_gap"}``, champion None when there is none), and
+    ``diff`` (UAR candidate − champion: ``{"diff", "low", "high"}``, the speaker-bootstrap CI), ``comparable``
+    (False with ``why`` when the two models' classes differ)."""
+    if rule not in ("ci", "point"):
+        raise ConfigError(f"rule must be ci or point, got {rule!r}")
+    ov = gate.get("overlap") or {}
+    champ = gate.get("champion")
+    notes = ""
+    if ov.get("champion_seen"):
+        notes += (
+            f"the champion v{champ and champ.get('version')} was trained on {ov['champion_seen']} of the "
+            f"{gate['n']} gate utterances: only the {gate['n_unseen']} neither model saw count. "
+        )
+    if ov.get("candidate_seen"):
+        notes += f"the candidate was trained on {ov['candidate_seen']} gate utterances: left out. "
+    if champ is not None and not ov.get("champion_checked", True):
+        notes += f"the champion v{champ.get('version')} records no training content: overlap not checked. "
+    if gate["n_unseen"] < min_utterances:
+        return Decision(
+            False,
+            notes + f"gate set too small: {gate['n_unseen']} utterances neither model saw, fewer than "
+            f"register.min_gate_utterances={min_utterances}; promote by hand after checking",
+            "gate_too_small",
+        )
+    cand = gate["candidate"]
+    group = str(gate.get("group") or "group")
+    blocked, gap_note = _gap_check(cand.get("group_gap"), max_group_gap, on_missing_group, group, "on the gate set")
+    notes += gap_note
+    where = f"on the gate set ({gate['n_unseen']} utterances, {gate.get('speakers')} speakers)"
+    if blocked is not None:
+        return Decision(False, notes + blocked.reason, blocked.outcome)
+    if champ is None:
+        return Decision(True, notes + f"no champion yet; gate UAR {cand['uar']:.4f} {where}", "first")
+    if not gate.get("comparable", True):
+        return Decision(False, notes + f"not comparable: {gate.get('why')}; promote by hand", "not_comparable")
+    d = gate["diff"]
+    ci = f"95 % CI of the difference [{d['low']:+.4f}, {d['high']:+.4f}] (speaker bootstrap)"
+    head = f"UAR {cand['uar']:.4f} vs the champion v{champ.get('version')}'s {champ['uar']:.4f} {where}: {ci}"
+    if rule == "ci":
+        ok = d["low"] is not None and d["low"] >= margin and d["diff"] > 0
+        test = f"the CI's lower end {'reaches' if ok else 'does not reach'} the margin {margin:.4f}"
+    else:
+        ok = d["diff"] >= margin
+        test = f"the gain {d['diff']:+.4f} {'reaches' if ok else 'does not reach'} the margin {margin:.4f}"
+    return Decision(ok, notes + f"{head}; {test}", "better" if ok else "not_better")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -73,6 +73,7 @@ class Tracker:
                 "evaluation_key": str(evaluation.get("key")),
                 "code_version": code_version(),
                 "protocol": str(evaluation.get("protocol")),
+                "data_version": str((inputs.get("ingest") or {}).get("data_version")),
                 "mlflow.note.content": f"ser pipeline: {evaluation.get('protocol')}",
             }
             metrics = [Metric("uar", float(evaluation["uar"]), 0, 0), Metric("accuracy", evaluation["accuracy"], 0, 0)]
@@ -119,6 +120,33 @@ class Tracker:
                 self.client.delete_registered_model_alias(name, alias)
             return
         self.client.set_registered_model_alias(name, alias, str(version))
+
+    def log_gate(self, run_id: str | None, record: dict[str, Any]) -> None:
+        """The registry decision of a run (:func:`ser.jobs.release.gate_record`): tags ``gate_outcome``,
+        ``gate_basis``, ``gate_reason``; metrics ``gate_n``, ``gate_n_unseen``, ``gate_uar_candidate``,
+        ``gate_uar_champion``, ``gate_uar_diff`` and its CI ``gate_uar_diff_low`` / ``_high``."""
+        if run_id is None:
+            return
+        from mlflow.entities import Metric, RunTag
+
+        tags = {
+            "gate_outcome": record.get("outcome"),
+            "gate_basis": record.get("basis"),
+            "gate_reason": record["reason"],
+        }
+        values: dict[str, Any] = {}
+        gate = record.get("gate") or {}
+        values.update(gate_n=gate.get("n"), gate_n_unseen=gate.get("n_unseen"))
+        for who in ("candidate", "champion"):
+            values[f"gate_uar_{who}"] = (record.get(f"{who}_score") or {}).get("uar")
+        diff = record.get("uar_diff") or {}
+        values.update(
+            gate_uar_diff=diff.get("diff"), gate_uar_diff_low=diff.get("low"), gate_uar_diff_high=diff.get("high")
+        )
+        metrics = [Metric(k, float(v), 0, 0) for k, v in values.items() if v is not None]
+        self.client.log_batch(
+            run_id, metrics=metrics, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items() if v is not None]
+        )
 
     def tag_run(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

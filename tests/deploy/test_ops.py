@@ -289,7 +289,7 @@ class NoTorch:  # the service image has no torch: any attempt to import it fails
 
 sys.meta_path.insert(0, NoTorch())
 from fastapi.testclient import TestClient
-import ser.cli.serve_cmds, ser.serve.app, ser.serve.stream, ser.serve.timeline
+import ser.cli.serve_cmds, ser.serve.app, ser.serve.stream, ser.timeline
 from ser.serve.app import create_app
 from ser.serve.settings import Settings
 

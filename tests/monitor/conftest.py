@@ -99,3 +99,38 @@ def write_reference(model_dir: Path, rng: np.random.Generator, n: int = 400, n_m
             true_labels=labels,
         ),
     )
+
+
+def feedback_for_clips(clips_dir: Path, log_root: Path, *, skip: int = 0, wrong_first: bool = False) -> list[str]:
+    """A prediction log and feedback log under ``log_root`` for the RAVDESS-named clips under ``clips_dir`` (the
+    synthetic corpus): one answered request per clip (its 16 kHz PCM hash, as the service logs it) and feedback
+    with the clip's true emotion; the first ``skip`` clips get no feedback. ``wrong_first``: the first clip gets a
+    wrong label first and the right one later (the latest wins). Returns the prediction ids."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from ser.audio import load_audio, pcm_hash
+    from ser.data.synth import EMOTION_CODES
+    from ser.monitor.feedback import FeedbackRecord, append_feedback
+    from ser.monitor.log import append_records
+
+    by_code = {v: k for k, v in EMOTION_CODES.items()}
+    rng = np.random.default_rng(0)
+    t0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    records, feedback, ids = [], [], []
+    for i, clip in enumerate(sorted(clips_dir.rglob("*.wav"))):
+        rec = fake_record(rng, ts=t0 + timedelta(seconds=i))
+        rec = dataclasses.replace(rec, pcm_sha256=pcm_hash(load_audio(clip)))
+        records.append(rec)
+        ids.append(rec.prediction_id)
+        if i < skip:
+            continue
+        label = by_code[clip.name.split("-")[2]]
+        ts = t0 + timedelta(minutes=5, seconds=i)
+        if wrong_first and i == skip:
+            feedback.append(FeedbackRecord(rec.prediction_id, "calm" if label != "calm" else "sad", ts=ts))
+            ts = ts + timedelta(seconds=1)
+        feedback.append(FeedbackRecord(rec.prediction_id, label, ts=ts, source="annotator"))
+    append_records(log_root, records)
+    append_feedback(log_root, feedback)
+    return ids

@@ -156,3 +156,13 @@ def test_live_uar_equals_uar_score_of_the_labels(tmp_path):
     for c in v["per_class"]:
         assert c["low"] <= c["recall"] <= c["high"]
     assert v["check"]["status"] in ("ok", "flagged")
+
+
+def test_a_uuid7_from_past_year_9999_is_unknown_not_malformed():
+    """The API schema admits any canonical UUIDv7; one whose time no service can have issued is 404, not 422."""
+    from ser.monitor.feedback import InvalidFeedback, UnknownPrediction, check_id
+
+    with pytest.raises(UnknownPrediction, match="past year 9999"):
+        check_id("fd4df578-77eb-719d-8ada-2d20b59e0005")
+    with pytest.raises(InvalidFeedback):
+        check_id("fd4df578-77eb-419d-8ada-2d20b59e0005")  # version 4: malformed

@@ -63,7 +63,7 @@ def test_build_record_refuses_bad_input():
     with pytest.raises(ValueError, match="not one of"):
         build_record(probabilities={"a": 1.0}, label="b", **kw)
     with pytest.raises(ValueError, match="role"):
-        build_record(probabilities={"a": 1.0}, role="canary", **kw)
+        build_record(probabilities={"a": 1.0}, role="blue", **kw)
     with pytest.raises(ValueError):
         build_record(probabilities={"a": 1.0}, prediction_id="not-an-id", **kw)
 

@@ -312,3 +312,71 @@ def test_killed_mid_features_resumes_to_identical_metrics(first_run, tmp_path):
     ev_ref = summary.record("evaluate")
     assert ev_new["evaluation"]["uar_per_fold"] == ev_ref["evaluation"]["uar_per_fold"]
     assert ev_new["evaluation"]["pooled"] == ev_ref["evaluation"]["pooled"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data sources
+
+
+def test_single_source_form_is_one_source_and_a_gate_share_changes_split_not_ingest(tmp_path):
+    from ser.pipeline.runner import stage_keys
+    from ser.pipeline.stages import STAGES, corpus_fingerprint
+
+    cfg = parse_config({})
+    (only,) = cfg.data.all_sources()
+    assert only.corpus == "synthetic" and only.label == "synthetic" and cfg.data.synthetic
+    assert corpus_fingerprint(cfg) is None
+    listed = parse_config({"data": {"sources": [{"corpus": "synthetic"}]}})
+    assert listed.train.model == "cnn-small" and listed.data.synthetic
+    csv = tmp_path / "new.csv"
+    csv.write_text("path,label\n")
+
+    def keys(share):
+        src = [{"corpus": "synthetic"}, {"name": "new", "corpus": "csv", "path": str(csv), "gate_share": share}]
+        return stage_keys(STAGES, parse_config({"data": {"sources": src}}))
+
+    a, b = keys(0.3), keys(0.4)
+    assert a["ingest"] == b["ingest"] and a["validate"] == b["validate"] and a["split"] != b["split"]
+    assert parse_config({"data": {"sources": [{"corpus": "csv", "path": str(csv)}]}}).train.model == "cnn"
+    csv.write_text("path,label\nx.wav,angry\n")  # a changed source file (its size) changes the ingest key
+    assert keys(0.3)["ingest"] != a["ingest"]
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ({"sources": []}, "data.sources"),
+        ({"corpus": "ravdess", "path": "/x", "sources": [{"corpus": "synthetic"}]}, "either sources or"),
+        ({"sources": [{"corpus": "synthetic"}, {"corpus": "synthetic"}]}, "must be unique"),
+        ({"sources": [{"corpus": "feedback", "path": "/clips"}]}, "needs log"),
+        ({"sources": [{"corpus": "csv"}]}, "needs a path"),
+        ({"sources": [{"corpus": "synthetic", "gate_share": 1.0}]}, "gate_share"),
+        ({"sources": [{"name": "a b", "corpus": "synthetic"}]}, "name"),
+        ({"corpus": "feedback", "path": "/x"}, "needs data.sources"),
+    ],
+)
+def test_bad_sources_name_the_problem(data, why):
+    with pytest.raises(ConfigError, match="data") as err:
+        parse_config({"data": data})
+    assert why in str(err.value)
+
+
+def test_register_gate_options_are_validated():
+    assert parse_config({}).register_.on_missing_group == "allow"
+    with pytest.raises(ConfigError, match=r"register\.on_missing_group"):
+        parse_config({"register": {"on_missing_group": "maybe"}})
+    with pytest.raises(ConfigError, match=r"register\.rule"):
+        parse_config({"register": {"rule": "vibes"}})
+
+
+def test_relative_source_paths_are_relative_to_the_config_file(tmp_path):
+    cfg_file = _write_cfg(
+        tmp_path / "p.yaml",
+        {
+            "data": {
+                "sources": [{"corpus": "feedback", "path": "clips", "log": "runs/monitor"}, {"corpus": "synthetic"}]
+            }
+        },
+    )
+    src = load_config(cfg_file).data.all_sources()[0]
+    assert src.path == str(tmp_path / "clips") and src.log == str(tmp_path / "runs" / "monitor")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ser import timeline as T
 from ser.errors import ConfigError
-from ser.serve import timeline as T
 from tests.conftest import RAVDESS8, export_tiny_model, write_wav
 
 SR = 16_000

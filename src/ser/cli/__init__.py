@@ -11,7 +11,7 @@ from ser.errors import SerError
 
 # Register commands (import for side effects), one module per stage.
 from ser.cli import data_cmds, demo_cmds, features_cmds, model_cmds, pipeline_cmds, serve_cmds, train_cmds, tune_cmds  # noqa: F401  isort: skip
-from ser.cli import listen_cmds, monitor_cmds  # noqa: F401  isort: skip
+from ser.cli import batch_cmds, listen_cmds, loop_cmds, monitor_cmds  # noqa: F401  isort: skip
 
 try:  # typer >= 0.29 vendors click; older typer uses the click package
     from typer._click import exceptions as _click_exc

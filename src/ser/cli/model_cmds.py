@@ -1,4 +1,4 @@
-"""``ser model``: the registry — list, show, promote, rollback."""
+"""``ser model``: the registry — list, show, promote, rollback, and evaluate a version on a labelled manifest."""
 
 from __future__ import annotations
 
@@ -120,3 +120,38 @@ def rollback_cmd(
     set_alias(wd, name, "champion", prev, f"rollback from v{current}")
     _mirror(wd, name, "champion", prev)
     console.print(f"{name}: champion v{current} → v{prev}")
+
+
+@model_app.command("evaluate")
+def evaluate_cmd(
+    ref: str = typer.Argument(..., help="NAME@ALIAS, NAME/VERSION, ALIAS, VERSION or a model folder"),
+    manifest: Path = typer.Option(
+        ..., "--manifest", help="labelled manifest: manifest.parquet or a CSV (path,label[,speaker,gender])"
+    ),
+    out: Path = typer.Option(..., "--out", help="report folder"),
+    workdir: Path | None = WORKDIR,
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="speaker-bootstrap resamples for the 95 % CIs (0: none)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Score a registered model with onnxruntime (the served path) on a labelled manifest: the training report
+    (UAR with speaker-bootstrap CIs, per class, per group, confusion matrix and reliability plots).
+
+    Example: ser model evaluate ser-emotion@champion --manifest new/manifest.parquet --out reports/champion
+    """
+    from ser.jobs.evaluate import ModelEvaluateJob
+    from ser.registry import resolve
+
+    folder = Path(ref) if Path(ref).is_dir() else resolve(_wd(workdir), ref)
+    res = ModelEvaluateJob(folder, manifest, out, n_boot=n_boot, seed=seed, progress=not as_json).run()
+    summary = res.summary()
+    if as_json:
+        print_json(summary)
+        return
+    ci = summary["ci"] or {}
+    interval = f" (95 % CI {100 * ci['uar']['low']:.1f} – {100 * ci['uar']['high']:.1f})" if ci.get("uar") else ""
+    console.print(
+        f"{folder}: UAR {100 * summary['uar']:.1f} %{interval}, accuracy {100 * summary['accuracy']:.1f} % "
+        f"on {summary['n']} utterances, {summary['speakers']} speakers"
+    )
+    console.print(f"report: {summary['report']}")

@@ -58,7 +58,9 @@ def compare_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The served model against its shadow on the same requests: how often they agree, and with feedback both
-    models' live UAR on the same labelled answers (95 % bootstrap CIs). Exits 1 when no answer is paired.
+    models' live UAR on the same labelled answers (95 % bootstrap CIs); or against its canary: each side's answers
+    and live UAR on its own labelled answers, the difference's CI, and the canary's rollbacks. Exits 1 when there
+    is neither a shadow answer paired with a served one nor a canary answer.
 
     Example: ser monitor compare --log runs/monitor --since 7d
     """
@@ -67,9 +69,11 @@ def compare_cmd(
     res = CompareJob(log, since, until).run()
     if as_json:
         print_json(res.to_dict())
+    elif res.canary is not None:
+        _print_canary(res.canary)
     elif res.paired == 0:
         console.print("no answer of a shadow model paired with the served model's in this window")
-    else:
+    if not as_json and res.paired:
         lo, hi = res.agreement_ci
         console.print(
             f"v{res.primary_version} vs shadow v{res.shadow_version}: {res.paired} paired answers, "
@@ -82,8 +86,29 @@ def compare_cmd(
                 f"{100 * a1:.1f}), shadow {100 * res.uar_shadow:.1f} % ({100 * b0:.1f}-{100 * b1:.1f}); "
                 f"shadow − served 95 % CI {100 * d0:+.1f} to {100 * d1:+.1f} points"
             )
-    if res.paired == 0:
+    if res.paired == 0 and res.canary is None:
         raise typer.Exit(1)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def _print_canary(c: dict) -> None:
+    champ, can = c["champion"], c["canary"]
+    console.print(
+        f"canary v{c['canary_version']} vs champion v{c['champion_version']}: {can['answers']} vs "
+        f"{champ['answers']} answers (canary share {100 * c['share']:.1f} %)"
+    )
+    console.print(
+        f"live UAR: champion {_pct(champ['uar'])} on {champ['labelled']} labelled, canary {_pct(can['uar'])} on "
+        f"{can['labelled']} labelled"
+    )
+    if c["uar_difference_ci"] is not None:
+        lo, hi = c["uar_difference_ci"]
+        console.print(f"canary − champion UAR 95 % CI {100 * lo:+.1f} to {100 * hi:+.1f} points")
+    for e in c["rollbacks"]:
+        console.print(f"[bold red]rolled back[/] v{e.get('version')} at {e.get('time')}: {e.get('reason')}")
 
 
 @monitor_app.command("purge")

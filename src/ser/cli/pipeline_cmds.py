@@ -55,7 +55,7 @@ def run_cmd(
         elif status is not None:
             status.stop()
 
-    if not as_json and cfg.data.corpus == "synthetic":
+    if not as_json and cfg.data.synthetic:
         console.print(
             "[bold yellow]SYNTHETIC demo corpus[/] — made by code, not speech; its numbers say nothing about real data."
         )

@@ -266,7 +266,7 @@ def timeline(
     Example: ser timeline call.wav --workdir runs --plot call.png
     """
     from ser.audio import load_audio
-    from ser.serve.timeline import TimelineConfig, analyze, plot_timeline
+    from ser.timeline import TimelineConfig, analyze, plot_timeline
     from ser.vad import VadConfig
 
     cfg = TimelineConfig(

@@ -23,6 +23,9 @@ def train(
     workers: int = typer.Option(2, "--workers", help="feature-extraction processes"),
     threads: int = typer.Option(2, "--threads", help="torch CPU threads"),
     seed: int = typer.Option(0, "--seed"),
+    noise_dir: Path | None = typer.Option(
+        None, "--noise-dir", help="noise recordings for a robust recipe's variants (default $SER_NOISE_DIR)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
 ) -> None:
     """Cross-validate a model recipe speaker-independently, then write the evaluation report.
@@ -48,7 +51,11 @@ def train(
         if not as_json:
             console.print(f"{name} fold {k}: {len(o.y)} test utterances, {o.info.get('seconds')} s")
 
-    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json)
+    if noise_dir is not None and not noise_dir.is_dir():
+        from ser.errors import ConfigError
+
+        raise ConfigError(f"noise folder not found: {noise_dir}")
+    features = FeatureSource(cache or out / "cache", workers=workers, progress=not as_json, noise_dir=noise_dir)
     cv = CrossValidateJob(frame, split_frame, spec, classes, out, features, fold_list, seed, log).run()
     _report(cv.outputs, frame, classes, out / spec.name, spec.name, as_json)
 

@@ -342,3 +342,20 @@ def write_outputs(result: IngestResult, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     write_parquet(out_dir / "manifest.parquet", result.manifest)
     write_parquet(out_dir / "quarantine.parquet", result.quarantine)
+
+
+def combine_sources(manifests: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One manifest of several sources' manifests (``{source name: manifest}``, in order), with a ``source``
+    column. With two or more sources, ``utt_id`` and ``speaker`` are prefixed ``<source>/`` so that two sources
+    never share an id (two ``folder`` corpora, the same corpus twice); a single source keeps its ids."""
+    parts = []
+    for name, m in manifests.items():
+        m = m.copy()
+        if len(manifests) > 1:
+            m["utt_id"] = f"{name}/" + m["utt_id"].astype(str)
+            m["speaker"] = f"{name}/" + m["speaker"].astype(str)
+        m["source"] = name
+        parts.append(m)
+    if not parts:
+        return schema.empty()
+    return schema.conform(pd.concat(parts, ignore_index=True))

@@ -162,3 +162,47 @@ def fold_frames(manifest: pd.DataFrame, splits: pd.DataFrame, fold: int) -> dict
         raise SerError(f"fold {fold} is not in the splits (folds: {sorted(splits['fold'].unique())})")
     by_id = manifest.set_index("utt_id", drop=False)
     return {r: by_id.loc[s.loc[s["role"] == r, "utt_id"]].reset_index(drop=True) for r in ROLES}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the promotion gate set
+
+
+def gate_holdout(manifest: pd.DataFrame, shares: dict[str, float], seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Set aside the promotion gate set before any split: from each source named in ``shares`` (the manifest's
+    ``source`` column; a manifest without one is the single source ``""``), a speaker-disjoint ``share`` of its
+    speaker groups (speakers joined by byte-identical files, as in the folds), drawn per gender so both genders
+    are in the gate set when the source has two or more speakers of each. At least one group per source is held
+    out and at least one stays in training.
+
+    Returns ``(pool, gate)``: the rows training and cross-validation may see, and the gate rows; a speaker or a
+    byte-identical file never sits on both sides. Deterministic for ``seed``.
+    """
+    m = manifest.reset_index(drop=True)
+    source = m["source"].astype(str) if "source" in m.columns else pd.Series("", index=m.index)
+    groups = pd.Series(_groups(m), index=m.index)
+    gender = m["gender"].astype(str) if "gender" in m.columns else pd.Series("unknown", index=m.index)
+    held: set[str] = set()
+    for name, share in sorted(shares.items()):
+        if share <= 0:
+            continue
+        rows = source == name
+        if not rows.any():
+            raise SerError(f"gate source {name!r} has no utterances in the manifest")
+        group_gender = gender[rows].groupby(groups[rows]).first()
+        n_total = len(group_gender)
+        if n_total < 2:
+            raise SerError(f"gate source {name!r} has {n_total} speaker: a speaker-disjoint gate share needs two")
+        rng = np.random.default_rng([seed, *name.encode()])
+        chosen: list[str] = []
+        for g in sorted(group_gender.unique()):
+            pool = sorted(group_gender.index[group_gender == g])
+            n = round(share * len(pool)) if len(pool) >= 2 else 0
+            chosen += list(rng.permutation(pool)[:n])
+        if not chosen:  # few speakers: still hold one out
+            chosen = [str(rng.permutation(sorted(group_gender.index))[0])]
+        if len(chosen) >= n_total:
+            chosen = chosen[: n_total - 1]
+        held |= set(chosen)
+    is_gate = groups.isin(held).to_numpy()
+    return m[~is_gate].reset_index(drop=True), m[is_gate].reset_index(drop=True)

@@ -54,6 +54,47 @@ class IngestJob:
 
 
 @dataclass(frozen=True)
+class FeedbackIngestJob:
+    """Feedback labels in the prediction log under ``log`` joined by PCM hash to the clips in ``audio`` →
+    ``out/feedback.csv`` (path, label, speaker, group) → ``out/manifest.parquet`` through the ``csv`` corpus adapter
+    (so labels map into the unified vocabulary as any corpus). Its ``corpus`` column is ``feedback``."""
+
+    log: str | Path
+    audio: Path
+    out: Path
+    workers: int = 4
+    progress: bool = False
+
+    def run(self) -> IngestOutcome:
+        from ser.data.ingest import IngestResult, summarize
+        from ser.data.schema import conform, quarantine_frame
+        from ser.monitor.feedback import labelled_clips
+
+        clips = labelled_clips(self.log, self.audio, workers=self.workers)
+        if not clips.rows:
+            raise SerError(
+                f"feedback source: no feedback label in {self.log} matches a clip in {self.audio} ({clips.summary()})"
+            )
+        csv = self.out / "feedback.csv"
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(clips.rows)[["path", "label", "speaker", "group"]].to_csv(csv, index=False)
+        res = IngestJob("csv", csv, self.out, workers=self.workers, progress=self.progress).run()
+        manifest = conform(res.result.manifest.assign(corpus="feedback"))
+        quarantine = pd.concat(
+            [
+                res.result.quarantine,
+                quarantine_frame([{"path": p, "stage": "ingest", "reason": r} for p, r in clips.undecodable]),
+            ],
+            ignore_index=True,
+        )
+        write_parquet(res.manifest, manifest)
+        write_parquet(res.quarantine, quarantine)
+        result = IngestResult(manifest, quarantine, res.result.dropped, False, "feedback")
+        summary = {**summarize(manifest), **clips.summary(), "manifest": str(res.manifest)}
+        return IngestOutcome(result, summary, res.manifest, res.quarantine)
+
+
+@dataclass(frozen=True)
 class ValidateOutcome:
     result: Any  # ser.data.validate.ValidationResult
     manifest: Path
@@ -101,6 +142,9 @@ class SplitOutcome:
     classes: list[str]
     dropped_labels: Any
     fingerprint: str
+    gate: pd.DataFrame | None = None
+    """The promotion gate set (``gate_shares``): rows set aside before the split, never in ``manifest``."""
+    gate_path: Path | None = None
 
     def per_fold(self) -> pd.DataFrame:
         """Utterances and speakers per (fold, role)."""
@@ -113,6 +157,8 @@ class SplitJob:
 
     ``profile``: a label profile applied first (its manifest is then written beside the splits, and fewer than two
     classes left is an error); ``None`` splits the manifest as it is. ``method``: ravdess6, kfold, loso or holdout.
+    ``gate_shares``: ``{source: share}`` of speakers set aside first as the promotion gate set
+    (:func:`ser.data.split.gate_holdout`, ``out/gate.parquet``); the splits and ``manifest`` never hold them.
     """
 
     manifest: pd.DataFrame | Path
@@ -124,6 +170,8 @@ class SplitJob:
     test_fraction: float = 0.2
     val_speakers: int = 0
     profile: str | None = None
+    gate_shares: dict[str, float] = field(default_factory=dict)
+    gate_seed: int = 0
 
     def run(self) -> SplitOutcome:
         from ser.data.labels import apply_profile
@@ -132,7 +180,16 @@ class SplitJob:
 
         frame = self.manifest if isinstance(self.manifest, pd.DataFrame) else read_manifest(self.manifest)
         dropped: Any = {}
-        manifest_path = None
+        manifest_path = gate_path = None
+        gate = None
+        if any(v > 0 for v in self.gate_shares.values()):
+            from ser.data.split import gate_holdout
+
+            frame, gate = gate_holdout(frame, self.gate_shares, self.gate_seed)
+            if self.profile is not None:
+                gate, _ = apply_profile(gate, self.profile)
+            gate_path = self.out / "gate.parquet"
+            write_parquet(gate_path, gate)
         if self.profile is not None:
             frame, dropped = apply_profile(frame, self.profile)
             classes = present_classes(frame, self.profile)
@@ -155,7 +212,15 @@ class SplitJob:
             write_parquet(manifest_path, frame)
         write_parquet(self.out / "splits.parquet", splits)
         return SplitOutcome(
-            frame, splits, self.out / "splits.parquet", manifest_path, classes, dropped, manifest_fingerprint(frame)
+            frame,
+            splits,
+            self.out / "splits.parquet",
+            manifest_path,
+            classes,
+            dropped,
+            manifest_fingerprint(frame),
+            gate,
+            gate_path,
         )
 
 
@@ -172,3 +237,17 @@ def manifest_fingerprint(manifest: pd.DataFrame) -> str:
     cols = [c for c in ("utt_id", "sha256", "emotion", "speaker") if c in manifest.columns]
     rows = manifest[cols].astype(str).sort_values(cols).to_csv(index=False)
     return hashlib.sha256(rows.encode()).hexdigest()[:16]
+
+
+def source_fingerprints(manifest: pd.DataFrame) -> dict[str, str]:
+    """``{source: fingerprint of its rows}`` (:func:`manifest_fingerprint`); a manifest without a ``source``
+    column is one source ``""``."""
+    if "source" not in manifest.columns:
+        return {"": manifest_fingerprint(manifest)}
+    return {str(k): manifest_fingerprint(g) for k, g in manifest.groupby("source", sort=True)}
+
+
+def data_version(fingerprints: dict[str, str]) -> str:
+    """One version of the data of a run: a hash of every source's name and content fingerprint."""
+    text = "\n".join(f"{k}\0{v}" for k, v in sorted(fingerprints.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

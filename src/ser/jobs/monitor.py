@@ -160,8 +160,9 @@ class MonitorReportJob:
 
 @dataclass(frozen=True)
 class CompareJob:
-    """The champion and the shadow (or canary) model on the same logged answers over ``[since, until)``: agreement,
-    and both models' live UAR on the answers that got feedback (:mod:`ser.monitor.compare`)."""
+    """The champion and the shadow model on the same logged answers over ``[since, until)`` (agreement, both
+    models' live UAR on the answers that got feedback), and a canary against the champion on their own answers
+    with the rollbacks recorded for it (:mod:`ser.monitor.compare`)."""
 
     log: str
     since: Any = None
@@ -177,7 +178,16 @@ class CompareJob:
         predictions = read_log(self.log, self.since, self.until, cols).to_pandas()
         fb = latest(read_feedback(self.log)).to_pandas()
         truth = fb.set_index("prediction_id")["label"] if len(fb) else None
-        return compare(predictions, truth, n_boot=self.n_boot)
+        res = compare(predictions, truth, n_boot=self.n_boot)
+        if res.canary is None:
+            return res
+        from dataclasses import replace
+
+        from ser.monitor.canary import read_rollbacks
+
+        versions = set(res.canary["canary_version"].split(", "))
+        rollbacks = [e for e in read_rollbacks(self.log) if str(e.get("version")) in versions]
+        return replace(res, canary={**res.canary, "rollbacks": rollbacks})
 
 
 @dataclass(frozen=True)

@@ -51,12 +51,31 @@ def feature_kinds(spec: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class FeatureSource:
-    """Where frame features come from: the per-kind cache and its configuration (``None``: the defaults)."""
+    """Where frame features come from: the per-kind cache and its configuration (``None``: the defaults), and
+    the noise recordings robustness variants mix in (``None``: ``$SER_NOISE_DIR``)."""
 
     cache_dir: Path
     feature_cfg: Any = None
     workers: int | None = 2
     progress: bool = False
+    noise_dir: Path | None = None
+
+    def variants(self, spec: Any) -> Any:
+        """The :class:`~ser.train.robust.VariantSource` of a model spec with a ``robust`` field (cached beside the
+        features), or None."""
+        from ser.train.robust import VariantSource, make_robust_config
+
+        if getattr(spec, "robust", None) is None:
+            return None
+        return VariantSource(
+            make_robust_config(spec.robust),
+            kinds=(spec.features,),
+            feature_cfg=self.feature_cfg,
+            cache_dir=self.cache_dir,
+            noise_dir=self.noise_dir,
+            workers=self.workers or 1,
+            progress=self.progress,
+        )
 
     def load(self, manifest: pd.DataFrame, kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         from ser.train.cv import load_frame_features
@@ -73,12 +92,14 @@ class FeatureSource:
 
 @dataclass
 class CVOutcome:
-    """Fold outputs per member and the recipe's own (an ensemble's fused folds), in fold order."""
+    """Fold outputs per member and the recipe's own (an ensemble's fused folds), in fold order; ``features``: where
+    they came from (the model that ships takes its robustness variants from there too)."""
 
     spec: Any
     members: dict[str, list[Any]]
     outputs: list[Any]
     feats: dict[str, dict[str, Any]]
+    features: FeatureSource | None = None
 
 
 @dataclass(frozen=True)
@@ -115,15 +136,16 @@ class CrossValidateJob:
                 folds=self.folds,
                 seed=self.seed,
                 log=self.log,
+                variants=self.features.variants(s),
             )
             for s in specs
         }
         if not isinstance(self.spec, EnsembleSpec):
-            return CVOutcome(self.spec, outs, outs[self.spec.name], feats)
+            return CVOutcome(self.spec, outs, outs[self.spec.name], feats, self.features)
         fused = ensemble_folds([outs[m] for m in self.spec.members], self.spec.weights)
         for k, out in zip(self.folds or list(range(len(fused))), fused, strict=True):
             save_fold(self.out, self.spec.name, k, out)
-        return CVOutcome(self.spec, outs, fused, feats)
+        return CVOutcome(self.spec, outs, fused, feats, self.features)
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,7 @@ class ShipJob:
     model_path: Path
     ckpt_dir: Path
     seed: int = 0
+    features: FeatureSource | None = None  # robustness variants of a ``robust`` recipe come from here
 
     def run(self) -> dict[str, Any]:
         """Facts about the final training (``info`` of :func:`ser.train.cv.fit_shipped`) plus a one-line metric."""
@@ -147,7 +170,14 @@ class ShipJob:
 
         specs = member_specs(self.spec)
         model, info = fit_shipped(
-            self.spec, specs, self.manifest, self.feats, self.classes, seed=self.seed, out_dir=self.ckpt_dir
+            self.spec,
+            specs,
+            self.manifest,
+            self.feats,
+            self.classes,
+            seed=self.seed,
+            out_dir=self.ckpt_dir,
+            variants_for=None if self.features is None else self.features.variants,
         )
         save_model(self.model_path, model, {"classes": self.classes, "recipe": self.spec.model_dump(mode="json")})
         if info["best_val_uar"] is None:

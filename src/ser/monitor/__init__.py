@@ -14,6 +14,8 @@ module                             what
 :mod:`ser.monitor.reference`       the training reference profile (``reference.parquet`` in the model folder)
 :mod:`ser.monitor.drift`           PSI, KS, category mixes, quality shares; ``DriftConfig`` thresholds
 :mod:`ser.monitor.report`          the monitoring report (JSON + HTML, plots from :mod:`ser.monitor.plots`)
+:mod:`ser.monitor.compare`         the served model against its shadow (paired) or its canary
+:mod:`ser.monitor.canary`          canary assignment (sticky / random), the rollback rule and its events
 =================================  ==================================================================================
 
 How the service is meant to use it (the wiring itself lives in ``ser.serve``)::

@@ -1,9 +1,15 @@
-"""Champion vs shadow (or canary) model on the same live traffic: how often they agree, and, where feedback says
-what the right answer was, both models' live UAR on the same labelled answers (a paired comparison).
+"""Champion vs shadow or canary model on live traffic.
 
-Pure core over the prediction log's columns: a table of ``prediction_id``, ``role`` (``primary`` / ``shadow``),
-``model_version``, ``label``; feedback rows joined by :func:`ser.monitor.feedback.join`. Bootstrap CIs resample
-answers (the log has no speaker), 1,000 draws, seeded.
+- **Shadow** (same requests): how often they agree, and, where feedback says what the right answer was, both
+  models' live UAR on the same labelled answers (a paired comparison).
+- **Canary** (``role = canary``: other requests of the same traffic, :mod:`ser.monitor.canary`): each side's
+  answers, the canary's share, both sides' live UAR on their own labelled answers and a CI of the difference
+  (independent bootstraps: the answers are not paired), and the rollbacks recorded for it
+  (:attr:`Comparison.canary`).
+
+Pure core over the prediction log's columns: a table of ``prediction_id``, ``role`` (``primary`` / ``shadow`` /
+``canary``), ``model_version``, ``label``; feedback rows joined by :func:`ser.monitor.feedback.join`. Bootstrap
+CIs resample answers (the log has no speaker), 1,000 draws, seeded.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Comparison:
     uar_primary_ci: tuple[float, float] | None = None
     uar_shadow_ci: tuple[float, float] | None = None
     uar_difference_ci: tuple[float, float] | None = None
+    canary: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,8 +72,9 @@ def compare(
     """Compare the primary and shadow answers of ``predictions``; ``truth``: true labels indexed by prediction id
     (the latest feedback), or None."""
     pairs = pair(predictions)
+    canary = compare_canary(predictions, truth, n_boot=n_boot, seed=seed)
     if pairs.empty:
-        return Comparison(None, None, 0, None, None)
+        return Comparison(None, None, 0, None, None, canary=canary)
     rng = np.random.default_rng(seed)
     agree = (pairs["label_primary"] == pairs["label_shadow"]).to_numpy()
     idx = rng.integers(0, len(agree), size=(n_boot, len(agree)))
@@ -98,4 +106,44 @@ def compare(
                 uar_shadow_ci=_ci(ub),
                 uar_difference_ci=_ci(ub - ua),
             )
-    return Comparison(**out)
+    return Comparison(**out, canary=canary)
+
+
+def _side(rows: pd.DataFrame, truth: pd.Series | None, rng: np.random.Generator, n_boot: int) -> tuple[dict, Any]:
+    """One side of a canary: its answers, labelled answers, live UAR with a CI; and its bootstrap draws."""
+    out: dict[str, Any] = {"answers": len(rows), "labelled": 0, "uar": None, "uar_ci": None}
+    if truth is None or not len(truth):
+        return out, None
+    lab = rows[rows["prediction_id"].isin(truth.index)]
+    if lab.empty:
+        return out, None
+    y = truth.loc[lab["prediction_id"]].astype(str).to_numpy()
+    a = lab["label"].astype(str).to_numpy()
+    draws = np.array([uar_score(y[d], a[d]) for d in rng.integers(0, len(y), size=(n_boot, len(y)))])
+    out.update(labelled=len(lab), uar=uar_score(y, a), uar_ci=_ci(draws))
+    return out, draws
+
+
+def compare_canary(
+    predictions: pd.DataFrame, truth: pd.Series | None = None, *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any] | None:
+    """The canary against the champion (module docstring), or None when no answer has ``role = canary``. The
+    champion side is the primary answers (no-speech answers left out on both sides)."""
+    p = predictions.dropna(subset=["label"])
+    role = p["role"].fillna("primary")
+    canary = p[role == "canary"].drop_duplicates("prediction_id")
+    if canary.empty:
+        return None
+    champion = p[role == "primary"].drop_duplicates("prediction_id")
+    rng = np.random.default_rng(seed)
+    champ, dc = _side(champion, truth, rng, n_boot)
+    can, dk = _side(canary, truth, rng, n_boot)
+    return {
+        "champion_version": ", ".join(sorted(champion["model_version"].astype(str).unique())),
+        "canary_version": ", ".join(sorted(canary["model_version"].astype(str).unique())),
+        "share": len(canary) / (len(canary) + len(champion)),
+        "champion": champ,
+        "canary": can,
+        "uar_difference_ci": _ci(dk - dc) if dc is not None and dk is not None else None,
+        "rollbacks": [],
+    }

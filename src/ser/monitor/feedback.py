@@ -35,7 +35,7 @@ import pyarrow.dataset as ds
 
 from ser.errors import SerError
 from ser.monitor import store
-from ser.monitor.ids import is_valid, ts_of
+from ser.monitor.ids import UUID7_FORM, is_valid, ts_of
 from ser.monitor.log import FEEDBACK, LOG_FORMAT, RecentIds, issued, read_log, table_root
 
 FEEDBACK_SCHEMA = pa.schema(
@@ -91,7 +91,11 @@ class FeedbackRecord:
 def check_id(prediction_id: Any) -> str:
     """``prediction_id`` if it is a well-formed prediction id (UUIDv7 string), else :class:`InvalidFeedback`."""
     if not is_valid(prediction_id):
-        raise InvalidFeedback(f"prediction_id is not a well-formed prediction id: {str(prediction_id)[:64]!r}")
+        text = str(prediction_id)[:64]
+        if isinstance(prediction_id, str) and UUID7_FORM.match(prediction_id):
+            # the UUIDv7 form, with a time no service of ours can have issued (past year 9999): unknown, not malformed
+            raise UnknownPrediction(f"unknown prediction_id {text!r} (its time is past year 9999)")
+        raise InvalidFeedback(f"prediction_id is not a well-formed prediction id: {text!r}")
     return str(prediction_id)
 
 
@@ -340,3 +344,94 @@ __all__ = [
     "read_feedback",
     "validate_feedback",
 ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# feedback as training / gate data
+
+
+@dataclass
+class LabelledClips:
+    """Feedback labels joined to audio clips: ``rows`` (``path``, ``label``, ``speaker``, ``prediction_id``,
+    ``pcm_sha256``, ``group``), and what did not join (``no_audio``: labelled answers whose clip is not in the
+    folder; ``unlabelled``: clips in the folder without feedback; ``duplicates``: further files of audio already
+    used; ``undecodable``: files that could not be read)."""
+
+    rows: list[dict[str, Any]]
+    no_audio: int
+    unlabelled: int
+    undecodable: list[tuple[str, str]]
+    duplicates: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "labelled_clips": len(self.rows),
+            "feedback_without_audio": self.no_audio,
+            "clips_without_feedback": self.unlabelled,
+            "duplicate_clips": self.duplicates,
+            "undecodable": len(self.undecodable),
+        }
+
+
+def clip_hashes(audio_dir: str | Path, workers: int = 4) -> dict[str, list[Path]]:
+    """``{pcm hash: files}`` of the audio files under ``audio_dir``, hashed as the service hashes an upload:
+    :func:`ser.audio.pcm_hash` of the clip decoded to 16 kHz mono (:func:`ser.audio.load_audio`). Undecodable
+    files are under the key ``""`` ."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ser import TARGET_SR
+    from ser.audio import load_audio, pcm_hash
+    from ser.data.ingest import AUDIO_EXTENSIONS
+    from ser.errors import AudioError
+
+    root = Path(audio_dir)
+    if not root.is_dir():
+        raise SerError(f"feedback audio folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+    def one(path: Path) -> str:
+        try:
+            return pcm_hash(load_audio(path, TARGET_SR))
+        except (AudioError, OSError):
+            return ""
+
+    out: dict[str, list[Path]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, h in zip(files, pool.map(one, files), strict=True):
+            out.setdefault(h, []).append(path)
+    return out
+
+
+def labelled_clips(root: str | Path, audio_dir: str | Path, *, workers: int = 4) -> LabelledClips:
+    """The latest feedback label of every answered request (primary role) in the log under ``root``, joined through
+    the prediction log's ``pcm_sha256`` to the clips the user supplies in ``audio_dir`` (the log never stores
+    audio). Several answers of the same audio: the latest feedback wins. The speaker of a clip is its first
+    sub-folder under ``audio_dir`` (e.g. a caller id); a clip directly in ``audio_dir`` is its own speaker."""
+    fb = latest(read_feedback(root))
+    preds = read_log(root, columns=["prediction_id", "role", "pcm_sha256"])
+    preds = preds.filter(pc.and_(pc.equal(preds["role"], "primary"), pc.is_valid(preds["pcm_sha256"])))
+    joined = join(preds, fb).to_pylist()
+    by_hash: dict[str, dict[str, Any]] = {}
+    for r in sorted(joined, key=lambda r: r["feedback_ts"]):
+        by_hash[r["pcm_sha256"]] = r  # the latest feedback of this audio wins
+    hashes = clip_hashes(audio_dir, workers)
+    base = Path(audio_dir)
+    rows = []
+    for h, rec in sorted(by_hash.items()):
+        for path in hashes.get(h, [])[:1]:  # the same audio twice in the folder: one utterance
+            rel = path.relative_to(base)
+            speaker = rel.parts[0] if len(rel.parts) > 1 else f"clip-{h[:12]}"
+            rows.append(
+                {
+                    "path": str(path.resolve()),
+                    "label": rec["true_label"],
+                    "speaker": speaker,
+                    "prediction_id": rec["prediction_id"],
+                    "pcm_sha256": h,
+                    "group": rec.get("feedback_group") or "",
+                }
+            )
+    undecodable = [(str(p), "undecodable audio") for p in hashes.get("", [])]
+    unlabelled = sum(len(v) for k, v in hashes.items() if k and k not in by_hash)
+    duplicates = sum(len(hashes[h]) - 1 for h in by_hash if h in hashes)
+    return LabelledClips(rows, sum(h not in hashes for h in by_hash), unlabelled, undecodable, duplicates)

@@ -15,12 +15,17 @@ Because the timestamp is inside the id, the log partition that holds a predictio
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+"""The canonical lower-case UUIDv7 form of a prediction id (the API schema's pattern)."""
+UUID7_FORM = re.compile(UUID7_PATTERN)
+
 _MAX_TS_MS = (1 << 48) - 1
 _COUNTER_MAX = (1 << 12) - 1
 _lock = threading.Lock()

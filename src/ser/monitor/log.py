@@ -8,7 +8,8 @@ Parquet tables (:mod:`ser.monitor.store`)::
 
 **What a record holds** (:data:`PREDICTION_SCHEMA`): ``prediction_id`` (UUIDv7, :mod:`ser.monitor.ids`), ``ts``
 (UTC, ms; by default the id's own time, so the id names the partition), ``route`` (``/v1/predict``...), ``role``
-(``primary``, or ``shadow`` for a shadow model's answer to the same request, under the same id), ``model_name``,
+(``primary``; ``shadow`` for a shadow model's answer to the same request, under the same id; ``canary`` for an
+answer a canary model gave instead of the served one, :mod:`ser.monitor.canary`), ``model_name``,
 ``model_version``, ``duration_s`` (decoded audio, s), ``processing_ms``, the input statistics of
 :class:`~ser.monitor.stats.InputStats` as columns, ``pcm_sha256`` (SHA-256 of the decoded 16 kHz PCM,
 :func:`ser.audio.pcm_hash`: finds repeated uploads and serves deletion requests that come with the audio),
@@ -55,7 +56,7 @@ from ser.uri import is_remote
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 LOG_FORMAT = "ser-log/1"
-ROLES = ("primary", "shadow")
+ROLES = ("primary", "shadow", "canary")
 
 _STAT_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("native_sr", pa.int32()),

@@ -5,10 +5,10 @@ live accuracy, against the model's training reference. Writes ``report.json`` an
 :mod:`ser.monitor.drift`, so it covers every prediction of the window in bounded memory (a million predictions in
 seconds; ``benchmarks/monitor.py``):
 
-- **data drift** (primary answers only; a shadow model's rows repeat the same inputs): each continuous input
-  statistic (``duration_s``, levels, clipping, speech share, SNR, high-band share), each log-mel band (mean and
-  std over time, rows of the reference model's band count), the file facts (sample rate, channels, container,
-  codec) as category mixes;
+- **data drift** (served answers: primary and canary rows; a shadow model's rows repeat the same inputs): each
+  continuous input statistic (``duration_s``, levels, clipping, speech share, SNR, high-band share), each log-mel
+  band (mean and std over time, rows of the reference model's band count), the file facts (sample rate, channels,
+  container, codec) as category mixes;
 - **prediction drift**: the predicted-label mix and the confidence against the reference's out-of-fold answers,
   on the rows of the reference model's version (all primary rows when that version is absent from the window);
 - **input quality**: shares of silence, clipping, low SNR and narrow-band audio against the reference's shares;
@@ -167,9 +167,10 @@ class WindowDrift:
         self.versions: dict[str, int] = {}
 
     def update(self, batch: pa.RecordBatch | pa.Table, pool: Executor | None = None) -> None:
-        """Add one batch of log rows (its primary rows). ``pool``: threads to spread the columns over (numpy's
-        searches release the GIL)."""
-        is_primary = pc.equal(pc.fill_null(batch["role"], "primary"), "primary")
+        """Add one batch of log rows (its served answers: primary and canary rows, each a request of its own; a
+        shadow row repeats its primary's input). ``pool``: threads to spread the columns over (numpy's searches
+        release the GIL)."""
+        is_primary = pc.not_equal(pc.fill_null(batch["role"], "primary"), "shadow")
         primary = batch if pc.all(is_primary).as_py() else batch.filter(is_primary)
         n = primary.num_rows
         if n == 0:

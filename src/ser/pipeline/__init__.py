@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from ser.pipeline.config import PipelineConfig, load_config, parse_config
 from ser.pipeline.runner import RunSummary, run_pipeline
@@ -47,4 +48,11 @@ def copy_model_folder(summary: RunSummary, dest_uri: str) -> str:
     return publish_folder(result["model_dir"], dest_uri)
 
 
-__all__ = ["PipelineConfig", "RunSummary", "copy_model_folder", "load_config", "parse_config", "run"]
+def retrain(config: str | Path | None, workdir: str | Path) -> dict[str, Any]:
+    """One pipeline run of the YAML ``config`` in ``workdir`` for the closed loop (:class:`ser.jobs.loop.LoopJob`;
+    the jobs layer does not import the pipeline): the run summary (:meth:`RunSummary.to_dict`), whose ``result``
+    is the register stage's record (the promotion gate's decision)."""
+    return run(load_config(config), workdir).to_dict()
+
+
+__all__ = ["PipelineConfig", "RunSummary", "copy_model_folder", "load_config", "parse_config", "retrain", "run"]

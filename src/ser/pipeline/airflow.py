@@ -227,3 +227,91 @@ def add_decision_task(
     out = decision()
     upstream >> out
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the monitoring DAG: the closed loop's check, and an asset event that schedules ser_retraining
+
+LOOP_CONFIG_VARIABLE = "ser_loop_config"
+RETRAIN_REQUEST = "ser_retraining_request"
+"""Name of the Airflow asset the monitoring DAG emits when retraining is due; ``ser_retraining`` is scheduled on
+it (and weekly)."""
+MONITOR_TASK, GATE_TASK, REQUEST_TASK = "monitor", "drift_or_feedback", "request_retraining"
+
+
+def retrain_request() -> Any:
+    """The asset that requests a retraining (:data:`RETRAIN_REQUEST`)."""
+    from airflow.sdk import Asset
+
+    return Asset(name=RETRAIN_REQUEST, group="ser")
+
+
+def retraining_schedule(cron: str = "@weekly") -> Any:
+    """``ser_retraining``'s schedule: every time the monitoring DAG requests it, and on ``cron`` (UTC)."""
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=retrain_request())
+
+
+def loop_config_of(context: Any) -> Any:
+    """The :class:`~ser.jobs.loop.LoopConfig` of a running task: the run's ``loop_config`` param, else the Variable
+    :data:`LOOP_CONFIG_VARIABLE`; missing or bad fails the task at once."""
+    from airflow.sdk import Variable
+
+    from ser.jobs.loop import load_loop_config
+
+    path = context["params"].get("loop_config") or Variable.get(LOOP_CONFIG_VARIABLE, default=None)
+    if not path:
+        raise _fail(
+            f"no loop config: set the Airflow Variable {LOOP_CONFIG_VARIABLE!r} or trigger with conf "
+            '{"loop_config": "/path/to/loop.yaml"}'
+        )
+    try:
+        return load_loop_config(path)
+    except Exception as exc:
+        raise _fail(exc) from exc
+
+
+def add_monitoring_tasks() -> dict[str, Any]:
+    """``monitor`` → ``drift_or_feedback`` (short-circuit) → ``request_retraining`` (outlet: the
+    :func:`retrain_request` asset). ``monitor`` runs the loop's check (:meth:`ser.jobs.loop.LoopJob.check`: the
+    monitoring report of the window and the new feedback) and returns it; a pass without a trigger is recorded in
+    the loop's events file there. When it triggered, ``request_retraining`` records the pass (events, the feedback
+    watermark) and succeeds, which emits the asset event (its ``extra``: the reasons); otherwise it is skipped and
+    no event is emitted."""
+    from airflow.sdk import get_current_context, task
+
+    from ser.jobs.loop import LoopCheck, LoopJob
+
+    asset = retrain_request()
+
+    @task(task_id=MONITOR_TASK, doc_md="The monitoring report of the window, and the feedback since the last retrain.")
+    def monitor() -> dict[str, Any]:
+        cfg = loop_config_of(get_current_context())
+        try:
+            check = LoopJob(cfg).check()
+        except Exception as exc:
+            raise _fail(exc) from exc
+        if not check.triggered:
+            LoopJob(cfg).request(check, "")
+        log.info("monitor: %s", " | ".join(check.reasons) or "no trigger")
+        return check.to_dict()
+
+    @task.short_circuit(task_id=GATE_TASK, doc_md="Goes on only when drift was flagged or enough feedback arrived.")
+    def gate(check: dict[str, Any]) -> bool:
+        return bool(check["triggered"])
+
+    @task(task_id=REQUEST_TASK, outlets=[asset], doc_md=f"Records the pass and emits the asset `{RETRAIN_REQUEST}`.")
+    def request(check: dict[str, Any]) -> dict[str, Any]:
+        context = get_current_context()
+        cfg = loop_config_of(context)
+        outcome = LoopJob(cfg).request(LoopCheck.from_dict(check), RETRAIN_REQUEST)
+        context["outlet_events"][asset].extra = {"reasons": check["reasons"], "started": check["started"]}
+        log.info("retraining requested: %s (recorded in %s)", " | ".join(check["reasons"]), outcome.events_path)
+        return {"requested": RETRAIN_REQUEST, "reasons": check["reasons"]}
+
+    checked = monitor()
+    gated = gate(checked)
+    requested = request(checked)
+    gated >> requested
+    return {MONITOR_TASK: checked, GATE_TASK: gated, REQUEST_TASK: requested}

@@ -6,6 +6,15 @@ small CNN, 3 speaker-independent folds, tracking in ``WORKDIR/mlflow.db``. Examp
     data: {corpus: ravdess, path: ../shared/data/ravdess, profile: ravdess8}
     split: {method: ravdess6}
     train: {model: cnn}
+
+Several data sources in one run (``data.sources``; the single-source form above is one source)::
+
+    data:
+      profile: ravdess8
+      sources:
+        - {name: ravdess, corpus: ravdess, path: ../shared/data/ravdess}
+        - {name: calls-2026-12, corpus: csv, path: calls.csv, gate_share: 0.3}       # a NEW source: 30 % of its
+        - {name: feedback, corpus: feedback, log: runs/monitor, path: clips/, gate_share: 0.3}  # speakers gate
 """
 
 from __future__ import annotations
@@ -25,6 +34,51 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+_SOURCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class SourceConfig(_Section):
+    """One data source: a corpus adapter over a folder or CSV manifest, the synthetic corpus, or ``feedback``
+    (labels from the prediction log's feedback joined by PCM hash to the audio clips in ``path``)."""
+
+    name: str | None = Field(
+        None, pattern=_SOURCE_NAME, description="source name (default: the corpus); prefixes its ids"
+    )
+    corpus: str = Field(
+        "synthetic", description="adapter: synthetic, ravdess, cremad, tess, savee, emodb, folder, csv, feedback"
+    )
+    path: str | None = Field(
+        None,
+        description="corpus folder (csv: the file; feedback: the folder of audio clips); a URI with a scheme is "
+        "fetched by fsspec",
+    )
+    log: str | None = Field(None, description="feedback: the prediction log root (holding predictions/, feedback/)")
+    demographics: str | None = Field(None, description="CREMA-D VideoDemographics.csv")
+    synth_speakers: int = Field(8, ge=2, description="synthetic corpus: speakers")
+    synth_per_emotion: int = Field(4, ge=1, description="synthetic corpus: clips per emotion and speaker")
+    seed: int = 0
+    gate_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of this source's speakers set aside (before splitting and training) as the promotion "
+        "gate set; > 0 marks a NEW source",
+    )
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> SourceConfig:
+        if self.corpus != "synthetic" and not self.path:
+            raise ValueError(f"corpus {self.corpus!r} needs a path")
+        if self.corpus == "feedback" and not self.log:
+            raise ValueError("a feedback source needs log (the prediction log root)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The source's name: ``name``, else the corpus."""
+        return self.name or self.corpus
+
+
 class DataConfig(_Section):
     corpus: str = Field("synthetic", description="adapter: synthetic, ravdess, cremad, tess, savee, emodb, folder, csv")
     path: str | None = Field(
@@ -35,12 +89,47 @@ class DataConfig(_Section):
     synth_speakers: int = Field(8, ge=2, description="synthetic corpus: speakers")
     synth_per_emotion: int = Field(4, ge=1, description="synthetic corpus: clips per emotion and speaker")
     seed: int = 0
+    sources: list[SourceConfig] | None = Field(
+        None, min_length=1, description="several sources in one manifest (instead of corpus/path above)"
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
+        if self.sources is not None:
+            single = {"corpus", "path", "demographics", "synth_speakers", "synth_per_emotion", "seed"}
+            if single & self.model_fields_set:
+                given = ", ".join(sorted(single & self.model_fields_set))
+                raise ValueError(f"give either sources or the single-source fields ({given}), not both")
+            names = [s.label for s in self.sources]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"source names must be unique ({', '.join(dup)} repeats); set name")
+            return self
         if self.corpus != "synthetic" and not self.path:
             raise ValueError(f"corpus {self.corpus!r} needs data.path")
+        if self.corpus == "feedback":
+            raise ValueError("a feedback source needs data.sources (with log and path)")
         return self
+
+    def all_sources(self) -> list[SourceConfig]:
+        """Every source: ``sources``, or the single-source form as one source."""
+        if self.sources is not None:
+            return list(self.sources)
+        return [
+            SourceConfig(
+                corpus=self.corpus,
+                path=self.path,
+                demographics=self.demographics,
+                synth_speakers=self.synth_speakers,
+                synth_per_emotion=self.synth_per_emotion,
+                seed=self.seed,
+            )
+        ]
+
+    @property
+    def synthetic(self) -> bool:
+        """Every source is the synthetic demo corpus."""
+        return all(s.corpus == "synthetic" for s in self.all_sources())
 
 
 class ValidateConfig(_Section):
@@ -83,6 +172,21 @@ class RegisterConfig(_Section):
     margin: float = Field(0.0, ge=0, description="UAR a challenger must gain over the champion to replace it")
     max_group_gap: float | None = Field(0.25, ge=0, le=1, description="largest per-group UAR gap allowed")
     group: str = Field("gender", description="group attribute whose gap is bounded")
+    on_missing_group: Literal["block", "allow"] = Field(
+        "allow",
+        description="when the group gap cannot be computed (fewer than two groups large enough): block the "
+        "promotion or allow it (recorded either way)",
+    )
+    rule: Literal["ci", "point"] = Field(
+        "ci",
+        description="on a gate set: ci = the lower end of the 95 % speaker-bootstrap CI of the UAR difference must "
+        "reach margin; point = the difference itself must",
+    )
+    gate_seed: int = Field(0, description="seed of the gate speakers drawn from sources with gate_share")
+    min_gate_utterances: int = Field(
+        20, ge=1, description="fewest gate utterances neither model saw; fewer blocks the promotion"
+    )
+    n_boot: int = Field(1000, ge=1, description="speaker-bootstrap resamples for the gate's CIs")
     publish: str | None = Field(
         None, description="also copy each registered version to this location (path or URI: s3://, gs://, ...)"
     )
@@ -112,7 +216,7 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _default_model(self) -> PipelineConfig:
         if self.train.model is None:
-            self.train.model = "cnn-small" if self.data.corpus == "synthetic" else "cnn"
+            self.train.model = "cnn-small" if self.data.synthetic else "cnn"
         return self
 
     def dump(self) -> dict[str, Any]:
@@ -146,8 +250,23 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections (data, split, train, ...)")
     cfg = parse_config(data, str(p))
-    if cfg.data.path and "://" not in cfg.data.path and not Path(cfg.data.path).is_absolute():
-        # relative corpus paths are relative to the config file
-        resolved = (p.parent / cfg.data.path).resolve()
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(resolved)})})
+    # relative corpus paths are relative to the config file
+    data_update: dict[str, Any] = {}
+    if _relative(cfg.data.path):
+        data_update["path"] = _resolve(p, cfg.data.path)
+    if cfg.data.sources is not None:
+        data_update["sources"] = [
+            s.model_copy(update={k: _resolve(p, getattr(s, k)) for k in ("path", "log") if _relative(getattr(s, k))})
+            for s in cfg.data.sources
+        ]
+    if data_update:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data_update)})
     return cfg
+
+
+def _relative(path: str | None) -> bool:
+    return bool(path) and "://" not in str(path) and not Path(str(path)).is_absolute()
+
+
+def _resolve(config_file: Path, path: str | None) -> str:
+    return str((config_file.parent / str(path)).resolve())

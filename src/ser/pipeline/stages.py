@@ -20,7 +20,7 @@ from ser.io import read_parquet, write_json, write_parquet
 from ser.jobs.data import IngestJob, SplitJob, ValidateJob
 from ser.jobs.evaluate import CVReportJob, load_folds
 from ser.jobs.train import CrossValidateJob, FeatureSource, ShipJob, feature_kinds, member_specs
-from ser.pipeline.config import PipelineConfig, config_hash
+from ser.pipeline.config import PipelineConfig, SourceConfig, config_hash
 from ser.pipeline.runner import Stage, StageContext
 
 if TYPE_CHECKING:
@@ -31,24 +31,35 @@ if TYPE_CHECKING:
 # helpers
 
 
-def corpus_fingerprint(cfg: PipelineConfig) -> str | None:
-    """A cheap fingerprint of the corpus files (relative path, size, mtime), so new or changed audio re-runs
-    ingest. ``None`` for the synthetic corpus (made from the config alone)."""
-    if cfg.data.corpus == "synthetic" or not cfg.data.path:
+def source_fingerprint(source: SourceConfig) -> str | None:
+    """A cheap fingerprint of one source's files (relative path, size, mtime), so new or changed audio re-runs
+    ingest; a feedback source also lists its log's files (new feedback re-runs it). ``None`` for the synthetic
+    corpus (made from the config alone)."""
+    if source.corpus == "synthetic" or not source.path:
         return None
     from ser.uri import is_remote
 
-    if is_remote(cfg.data.path):
-        return cfg.data.path  # remote listings are fetched by the stage; the URI names the snapshot
-    root = Path(cfg.data.path)
-    if not root.exists():
-        raise SerError(f"data.path not found: {root}")
+    if is_remote(source.path):
+        return source.path  # remote listings are fetched by the stage; the URI names the snapshot
+    roots = [Path(source.path)] + ([Path(source.log)] if source.corpus == "feedback" and source.log else [])
     h = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for p in files:
-        st = p.stat()
-        h.update(f"{p.relative_to(root) if p != root else p.name}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+    for root in roots:
+        if not root.exists():
+            raise SerError(f"data path of source {source.label!r} not found: {root}")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(root) if p != root else p.name}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def corpus_fingerprint(cfg: PipelineConfig) -> str | dict[str, str | None] | None:
+    """The ingest stage's run-time key material: the fingerprint of the one source (as it has always been), or
+    ``{source: fingerprint}`` of several (:func:`source_fingerprint`)."""
+    sources = cfg.data.all_sources()
+    if cfg.data.sources is None:
+        return source_fingerprint(sources[0])
+    return {s.label: source_fingerprint(s) for s in sources}
 
 
 def recipe(cfg: PipelineConfig, extra: dict[str, Any] | None = None) -> ModelSpec | EnsembleSpec:
@@ -87,28 +98,75 @@ def _kinds(cfg: PipelineConfig) -> tuple[str, ...]:
 # stages
 
 
-def ingest_stage(ctx: StageContext) -> dict[str, Any]:
-    d = ctx.cfg.data
-    if d.corpus == "synthetic":
+def _ingest_source(ctx: StageContext, source: SourceConfig, out: Path):
+    """One source → its manifest under ``out`` (:class:`~ser.jobs.data.IngestJob`, or
+    :class:`~ser.jobs.data.FeedbackIngestJob` for feedback)."""
+    from ser.uri import local_copy
+
+    workers = ctx.cfg.workers
+    if source.corpus == "feedback":
+        from ser.jobs.data import FeedbackIngestJob
+
+        assert source.path is not None and source.log is not None  # SourceConfig requires both for feedback
+        audio = local_copy(source.path, ctx.workdir / "cache" / "remote")
+        return FeedbackIngestJob(source.log, audio, out, workers=workers, progress=ctx.progress).run()
+    if source.corpus == "synthetic":
         from ser.data.synth import synthesize
 
-        root = synthesize(ctx.out / "corpus", n_speakers=d.synth_speakers, per_emotion=d.synth_per_emotion, seed=d.seed)
+        root = synthesize(
+            out / "corpus", n_speakers=source.synth_speakers, per_emotion=source.synth_per_emotion, seed=source.seed
+        )
         corpus = "ravdess"
     else:
-        from ser.uri import local_copy
+        assert source.path is not None  # SourceConfig requires a path for every corpus but the synthetic one
+        root = local_copy(source.path, ctx.workdir / "cache" / "remote")
+        corpus = source.corpus
+    demographics = Path(source.demographics) if source.demographics else None
+    return IngestJob(corpus, root, out, demographics=demographics, workers=workers, progress=ctx.progress).run()
 
-        assert d.path is not None  # DataConfig requires a path for every corpus but the synthetic one
-        root = local_copy(d.path, ctx.workdir / "cache" / "remote")
-        corpus = d.corpus
-    demographics = Path(d.demographics) if d.demographics else None
-    job = IngestJob(corpus, root, ctx.out, demographics=demographics, workers=ctx.cfg.workers, progress=ctx.progress)
-    res = job.run()
-    s = res.summary
+
+def ingest_stage(ctx: StageContext) -> dict[str, Any]:
+    """Every source of ``data`` → one manifest with a ``source`` column (ids prefixed ``<source>/`` when there
+    are several), and the run's data version: a hash of every source's content fingerprint."""
+    from ser.data.ingest import combine_sources
+    from ser.data.schema import QUARANTINE_COLUMNS, conform
+    from ser.jobs.data import data_version, source_fingerprints
+
+    sources = ctx.cfg.data.all_sources()
+    single = ctx.cfg.data.sources is None
+    done = {}
+    for source in sources:
+        done[source.label] = _ingest_source(ctx, source, ctx.out if single else ctx.out / "sources" / source.label)
+    manifest = combine_sources({k: r.result.manifest for k, r in done.items()})
+    quarantine = conform(pd.concat([r.result.quarantine for r in done.values()], ignore_index=True), QUARANTINE_COLUMNS)
+    write_parquet(ctx.out / "manifest.parquet", manifest)
+    write_parquet(ctx.out / "quarantine.parquet", quarantine)
+    fingerprints = source_fingerprints(manifest)
+    per_source = [
+        {
+            "name": s.label,
+            "corpus": s.corpus,
+            "path": s.path,
+            "utterances": int(done[s.label].summary["files"]),
+            "speakers": int(done[s.label].summary["speakers"]),
+            "gate_share": s.gate_share,
+            "fingerprint": fingerprints.get(s.label),
+        }
+        for s in sources
+    ]
+    n_q = len(quarantine)
     return {
-        "outputs": {"manifest": str(res.manifest), "quarantine": str(res.quarantine)},
-        "summary": {k: s[k] for k in ("files", "speakers", "total_hours") if k in s}
-        | {"synthetic": res.result.synthetic},
-        "metric": f"{s['files']} files, {s['speakers']} speakers, {len(res.result.quarantine)} quarantined",
+        "outputs": {"manifest": str(ctx.out / "manifest.parquet"), "quarantine": str(ctx.out / "quarantine.parquet")},
+        "summary": {
+            "files": len(manifest),
+            "speakers": int(manifest["speaker"].nunique()),
+            "total_hours": round(float(manifest["duration_s"].sum()) / 3600, 4),
+            "synthetic": all(r.result.synthetic for r in done.values()),
+        },
+        "sources": per_source,
+        "data_version": data_version(fingerprints),
+        "metric": f"{len(manifest)} files, {manifest['speaker'].nunique()} speakers, {n_q} quarantined"
+        + (f", {len(sources)} sources" if not single else ""),
     }
 
 
@@ -139,16 +197,34 @@ def split_stage(ctx: StageContext) -> dict[str, Any]:
         seed=c.seed,
         test_fraction=c.test_fraction,
         profile=ctx.cfg.data.profile,
+        gate_shares=_gate_shares(ctx.cfg),
+        gate_seed=ctx.cfg.register_.gate_seed,
     ).run()
+    gate: dict[str, Any] = {}
+    if res.gate is not None:
+        g = res.gate
+        gate = {"utterances": len(g), "speakers": int(g["speaker"].nunique()), "path": str(res.gate_path)}
+        gate["by_source"] = {str(k): int(v) for k, v in g["source"].value_counts().items()} if "source" in g else {}
     return {
-        "outputs": {"manifest": str(res.manifest_path), "splits": str(res.splits_path)},
+        "outputs": {
+            "manifest": str(res.manifest_path),
+            "splits": str(res.splits_path),
+            **({"gate": str(res.gate_path)} if res.gate_path else {}),
+        },
+        "gate": gate or None,
         "classes": res.classes,
         "dropped_labels": res.dropped_labels,
         "dataset_fingerprint": res.fingerprint,
         "evaluation_key": f"{res.fingerprint}-{config_hash(c.model_dump(mode='json'))}",
         "metric": f"{int(res.splits['fold'].nunique())} folds, {res.manifest['speaker'].nunique()} speakers, "
-        "leakage guard ok",
+        "leakage guard ok"
+        + (f"; gate set {gate['utterances']} utterances, {gate['speakers']} speakers held out" if gate else ""),
     }
+
+
+def _gate_shares(cfg: PipelineConfig) -> dict[str, float]:
+    """``{source: gate_share}`` of the sources that set one (the new sources the gate set is drawn from)."""
+    return {s.label: s.gate_share for s in cfg.data.all_sources() if s.gate_share > 0}
 
 
 def features_stage(ctx: StageContext) -> dict[str, Any]:
@@ -226,7 +302,14 @@ def train_stage(ctx: StageContext) -> dict[str, Any]:
         log=log,
     ).run()
     info = ShipJob(
-        spec, manifest, cv.feats, classes, ctx.out / "model.pt", ctx.out / "final_ckpt", seed=ctx.cfg.train.seed
+        spec,
+        manifest,
+        cv.feats,
+        classes,
+        ctx.out / "model.pt",
+        ctx.out / "final_ckpt",
+        seed=ctx.cfg.train.seed,
+        features=cv.features,
     ).run()
     metric = info.pop("metric")
     return {
@@ -310,8 +393,11 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
             "evaluation": ctx.inputs["evaluate"]["evaluation"],
             "dataset_fingerprint": ctx.inputs["split"]["dataset_fingerprint"],
             "label_profile": ctx.cfg.data.profile,
+            "data_version": ctx.inputs["ingest"].get("data_version"),
+            "data_sources": ctx.inputs["ingest"].get("sources"),
         },
     ).run()
+    _write_trained_on(out, manifest)
     ref = _reference(ctx, out, manifest)
     return {
         "outputs": {"model_dir": str(out)},
@@ -319,6 +405,16 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
         "reference": ref.to_dict(),
         "metric": f"ONNX parity {diff:.1e} on {n} corpus clips; reference of {ref.clips} clips",
     }
+
+
+def _write_trained_on(model_dir: Path, manifest: pd.DataFrame) -> None:
+    """Record in the model folder the content hashes of every utterance it was trained or cross-validated on (the
+    split stage's manifest: the gate set is never in it), for the promotion gate's overlap check."""
+    from ser.model_folder import write_trained_on
+
+    if "pcm_hash" not in manifest.columns:
+        raise SerError("the training manifest has no content hashes (pcm_hash): it did not pass validation")
+    write_trained_on(model_dir, manifest["pcm_hash"].astype(str).tolist())
 
 
 def _reference(ctx: StageContext, model_dir: Path, manifest: pd.DataFrame):
@@ -339,7 +435,7 @@ def _training_facts(manifest: pd.DataFrame, cfg: PipelineConfig, final: dict[str
     hours = float(manifest["duration_s"].sum() / 3600) if "duration_s" in manifest.columns else None
     return {
         "corpora": sorted(manifest["corpus"].astype(str).unique().tolist()) if "corpus" in manifest.columns else [],
-        "synthetic": cfg.data.corpus == "synthetic",
+        "synthetic": cfg.data.synthetic,
         "utterances": len(manifest),
         "speakers": int(manifest["speaker"].nunique()),
         "speakers_by_gender": by_gender,
@@ -365,9 +461,10 @@ def card_stage(ctx: StageContext) -> dict[str, Any]:
 
 
 def register_stage(ctx: StageContext) -> dict[str, Any]:
-    from ser.jobs.release import RegisterJob
+    from ser.jobs.release import GateRules, RegisterJob
 
     cfg = ctx.cfg
+    r = cfg.register_
     model_dir = ctx.path("card", "model_dir")
     evaluation = ctx.inputs["evaluate"]["evaluation"]
     tracker = run_id = None
@@ -376,21 +473,41 @@ def register_stage(ctx: StageContext) -> dict[str, Any]:
 
         tracker = Tracker(cfg.tracking.uri or default_tracking_uri(ctx.workdir), cfg.tracking.experiment)
         run_id = tracker.log_pipeline_run(cfg, ctx.inputs, evaluation, model_dir)
+    gate_file = ctx.inputs["split"]["outputs"].get("gate")
+    rules = GateRules(
+        margin=r.margin,
+        max_group_gap=r.max_group_gap,
+        group=r.group,
+        on_missing_group=r.on_missing_group,
+        rule=r.rule,
+        min_utterances=r.min_gate_utterances,
+        n_boot=r.n_boot,
+        seed=cfg.train.seed,
+    )
     reg = RegisterJob(
         ctx.workdir,
         model_dir,
         cfg.name,
         evaluation,
-        margin=cfg.register_.margin,
-        max_group_gap=cfg.register_.max_group_gap,
+        margin=r.margin,
+        max_group_gap=r.max_group_gap,
         tracker=tracker,
         run_id=run_id,
-        publish=cfg.register_.publish,
+        publish=r.publish,
+        gate=read_parquet(Path(gate_file)) if gate_file else None,
+        rules=rules,
     ).run()
     result = {**reg.to_dict(), "uar": evaluation["uar"], "mlflow_run_id": run_id}
     result = {
         k: result[k] for k in ("name", "version", "alias", "reason", "uar", "model_dir", "mlflow_run_id", "published")
     }
+    from ser.model_folder import read_metadata
+
+    decision = read_metadata(reg.model_dir)["decision"]
+    result["gate"] = {
+        k: decision.get(k) for k in ("outcome", "basis", "gate", "candidate_score", "champion_score", "uar_diff")
+    }
+    result["data_version"] = ctx.inputs["ingest"].get("data_version")
     return {
         "outputs": {"model_dir": str(reg.model_dir)},
         "result": result,
@@ -405,16 +522,29 @@ def default_tracking_uri(workdir: Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # the DAG
 
+
+def _ingest_key(cfg: PipelineConfig) -> dict[str, Any]:
+    """The config ingest reads: the single-source fields as before (its key is unchanged), or every source but its
+    ``gate_share`` (read by split)."""
+    if cfg.data.sources is None:
+        return cfg.data.model_dump(mode="json", exclude={"sources"})
+    return {
+        "profile": cfg.data.profile,
+        "sources": [s.model_dump(mode="json", exclude={"gate_share"}) for s in cfg.data.sources],
+    }
+
+
 STAGES: list[Stage] = [
-    Stage(
-        "ingest", ingest_stage, (), lambda c: {"data": c.data.model_dump(mode="json")}, fingerprint=corpus_fingerprint
-    ),
+    Stage("ingest", ingest_stage, (), lambda c: {"data": _ingest_key(c)}, fingerprint=corpus_fingerprint),
     Stage("validate", validate_stage, ("ingest",), lambda c: c.validate_.model_dump(mode="json")),
     Stage(
         "split",
         split_stage,
         ("validate",),
-        lambda c: {"split": c.split.model_dump(mode="json", exclude={"folds"}), "profile": c.data.profile},
+        lambda c: (
+            {"split": c.split.model_dump(mode="json", exclude={"folds"}), "profile": c.data.profile}
+            | ({"gate": _gate_shares(c), "gate_seed": c.register_.gate_seed} if _gate_shares(c) else {})
+        ),
     ),
     Stage("features", features_stage, ("split",), lambda c: {"features": c.features, "kinds": _kinds(c)}),
     Stage(
@@ -451,15 +581,15 @@ STAGES: list[Stage] = [
     Stage(
         "export",
         export_stage,
-        ("split", "features", "train", "evaluate"),
+        ("ingest", "split", "features", "train", "evaluate"),
         lambda c: {"name": c.name},
-        version="2",  # 2: reference.parquet (the monitoring reference profile) in the model folder
+        version="3",  # 2: reference.parquet (the monitoring reference profile); 3: trained_on.txt, data version
     ),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="3"),  # 3: EU AI Act scope
     Stage(
         "register",
         register_stage,
-        ("card", "evaluate"),
+        ("ingest", "split", "card", "evaluate"),
         lambda c: {"name": c.name, "register": c.register_.model_dump(), "tracking": c.tracking.model_dump()},
     ),
 ]

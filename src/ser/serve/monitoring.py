@@ -20,6 +20,19 @@ artefact, often read-only, and not the place for traffic. Feedback is written be
 **Shadow** (``shadow_ref``): the second model's records carry ``role = "shadow"`` (a column of the log schema),
 its own ``model_name`` / ``model_version`` and the primary answer's ``prediction_id``; the input statistics are
 the primary's (same input).
+
+**Canary** (``shadow_ref`` with ``shadow_mode = canary``, :class:`CanaryRunner`): the second model answers
+``canary_share`` of ``/v1/predict`` and ``/v1/predict/batch`` requests itself (sticky per ``X-Client-Id``, else
+random per request: :func:`ser.monitor.canary.assigned`); its answers carry its version (``model_version``) and
+are logged with ``role = "canary"``. A canary that fails in the model (an exception) is counted as an error and
+the champion answers instead; a time-out is counted and answered 504. Streams and timelines stay on the champion.
+**Automatic rollback** (:class:`ser.monitor.canary.RollbackRule`): when its error rate or its live UAR (from
+``POST /v1/feedback``) is worse than the champion's by the set margin over the minimum counts, this process stops
+routing to it and records why: a WARNING log line, ``ser_canary_active{model_version} 0`` and
+``ser_canary_rollbacks_total{model_version,cause}``, and an event file under ``<log root>/canary/``
+(:func:`ser.monitor.canary.record_rollback`), which every worker process and every restart reads: a rolled-back
+version is never routed to again (a new canary version starts afresh). The registry is not touched (the service
+only reads it): the challenger alias stays where it is, and the event says which version to demote.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import random
 import secrets
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +50,15 @@ from typing import Any
 import numpy as np
 
 from ser.inference import Predictor
+from ser.monitor.canary import (
+    CANARY,
+    CHAMPION,
+    CanaryGuard,
+    RollbackRule,
+    assigned,
+    read_rollbacks,
+    record_rollback,
+)
 from ser.monitor.feedback import FeedbackLog, FeedbackRecord, UnknownPrediction, check_id, validate_feedback
 from ser.monitor.ids import new_id, ts_ms_of
 from ser.monitor.live import LiveMonitor
@@ -49,6 +72,8 @@ from ser.uri import is_remote
 log = logging.getLogger("ser.serve")
 
 OFF = {"off", "none", "0", "false", "no"}
+CANARY_ROUTES = ("/v1/predict", "/v1/predict/batch")
+"""The routes a canary answers (streams and timelines stay on the champion)."""
 
 
 def log_root(settings: Settings, workdir: str | Path | None = None) -> str | None:
@@ -175,6 +200,144 @@ class ShadowRunner:
         self.holder.stop_polling()
 
 
+class CanaryRunner:
+    """The canary (module docstring): which requests it answers (:meth:`pick`), whose answer a predictor gave
+    (:meth:`owns`), both sides' counts and labelled answers (a :class:`~ser.monitor.canary.CanaryGuard` per canary
+    version), and the rollback."""
+
+    def __init__(self, block: SecondModel, holder: ModelHolder, monitor: ServiceMonitor):
+        from prometheus_client import Counter, Gauge
+
+        self.block, self.holder, self.monitor = block, holder, monitor
+        self._rng = random.Random()
+        self._lock = threading.Lock()
+        self._mine: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.version: str | None = None
+        self.guard: CanaryGuard | None = None
+        self.rollback: dict[str, Any] | None = None
+        r = monitor.metrics.registry
+        self.active = Gauge(
+            "ser_canary_active", "1 while the canary version gets traffic", ["model_version"], registry=r
+        )
+        self.requests = Counter(
+            "ser_canary_requests",
+            "Requests routed while a canary runs, by side (champion / canary), model version and result (ok / error)",
+            ["side", "model_version", "result"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "ser_canary_rollbacks",
+            "Canary rollbacks by version and cause (error_rate / live_uar)",
+            ["model_version", "cause"],
+            registry=r,
+        )
+
+    def _sync(self, p: Any) -> CanaryGuard:
+        """The guard of the canary version ``p`` has (a new version: a new guard, unless it was rolled back)."""
+        version = str(p.version)
+        with self._lock:
+            if self.guard is None or version != self.version:
+                s = self.monitor.settings
+                self.version, self.rollback = version, None
+                rule = self.block.rollback or RollbackRule()
+                self.guard = CanaryGuard(rule, max_ids=s.live_ids, window=s.drift_window)
+                earlier = self._earlier_rollback(version)
+                if earlier is not None:
+                    self.rollback = earlier
+                    self.guard.reason = str(earlier.get("reason"))
+                    log.info(
+                        "canary v%s stays off: rolled back at %s (%s)", version, earlier.get("time"), self.guard.reason
+                    )
+                self.active.labels(version).set(0 if self.rollback else 1)
+            return self.guard
+
+    def _earlier_rollback(self, version: str) -> dict[str, Any] | None:
+        root = self.monitor.root
+        if root is None:
+            return None
+        try:
+            return next((e for e in reversed(read_rollbacks(root)) if str(e.get("version")) == version), None)
+        except Exception as exc:  # an unreadable store must not stop the service
+            log.warning("canary rollback events not readable under %s (%s)", root, exc)
+            return None
+
+    def pick(self, client_id: str | None = None) -> Any | None:
+        """The canary's predictor when this request goes to it, else None (the champion answers): none loaded, rolled
+        back, or not drawn."""
+        p = self.holder.predictor
+        if p is None:
+            return None
+        self._sync(p)
+        if self.rollback is not None or not assigned(self.block.share, str(p.version), client_id, self._rng):
+            return None
+        self._mine.add(p)
+        return p
+
+    def owns(self, p: Any) -> bool:
+        """Whether predictor ``p`` is a canary's (its answers are logged with ``role = canary``)."""
+        return p in self._mine
+
+    @property
+    def running(self) -> bool:
+        return self.guard is not None and self.rollback is None
+
+    def served(self, side: str, version: str, ok: bool) -> None:
+        guard = self.guard
+        if guard is None or self.rollback is not None:
+            return
+        guard.served(side, ok)
+        self.requests.labels(side, version, "ok" if ok else "error").inc()
+        self._check(guard, uar=False)  # the error rates only: O(1) per request
+
+    def predicted(self, pid: str, side: str, label: str | None) -> None:
+        if self.running and self.guard is not None:
+            self.guard.predicted(pid, side, label)
+
+    def feedback(self, pid: str, label: str) -> None:
+        guard = self.guard
+        if guard is not None and self.rollback is None and guard.feedback(pid, label):
+            self._check(guard, uar=True)
+
+    def _check(self, guard: CanaryGuard, *, uar: bool) -> None:
+        reason = guard.check(uar=uar)
+        if reason is None:
+            return
+        with self._lock:
+            if self.rollback is not None or guard is not self.guard:
+                return
+            sides = guard.sides()
+            self.rollback = {
+                "event": "canary_rollback",
+                "time": _now_iso(),
+                "version": self.version,
+                "ref": self.block.ref,
+                "champion_version": getattr(self.monitor.holder.predictor, "version", None),
+                "cause": "error_rate" if reason.startswith("error rate") else "live_uar",
+                "reason": reason,
+                "sides": {k: v.to_dict() for k, v in sides.items()},
+                "rule": self.block.rollback.model_dump() if self.block.rollback is not None else None,
+            }
+            event = self.rollback
+        version = str(event["version"])
+        self.active.labels(version).set(0)
+        self.rollbacks.labels(version, event["cause"]).inc()
+        log.warning("canary v%s rolled back, no more traffic to it: %s", version, reason)
+        if self.monitor.root is not None:
+            try:
+                event["file"] = record_rollback(self.monitor.root, event)
+            except Exception as exc:
+                log.warning("canary rollback event not written under %s (%s)", self.monitor.root, exc)
+
+    def close(self) -> None:
+        self.holder.stop_polling()
+
+
+def _now_iso() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
 class ServiceMonitor:
     """What the routes use to issue ids, log answers, take feedback and feed the live gauges (module docstring)."""
 
@@ -193,6 +356,7 @@ class ServiceMonitor:
             max_ids=settings.live_ids,
         )
         self.shadow: ShadowRunner | None = None
+        self.canary: CanaryRunner | None = None
         self.started = False
         metrics.stream_capacity.set(settings.max_streams)
         metrics.log_dropped.attach(lambda: self.log.dropped if self.log is not None else 0)
@@ -222,10 +386,14 @@ class ServiceMonitor:
             self.on_model(self.holder.predictor)
         block = self.settings.second_model()
         if block is not None:
-            self.shadow = ShadowRunner(block, self.second_holder(block), self)
-            threading.Thread(target=self.shadow.holder.reload, name="ser-shadow-load", daemon=True).start()
+            runner: ShadowRunner | CanaryRunner
+            if block.mode == "canary":
+                runner = self.canary = CanaryRunner(block, self.second_holder(block), self)
+            else:
+                runner = self.shadow = ShadowRunner(block, self.second_holder(block), self)
+            threading.Thread(target=runner.holder.reload, name=f"ser-{block.mode}-load", daemon=True).start()
             if self.settings.poll_s > 0:
-                self.shadow.holder.start_polling(self.settings.poll_s)
+                runner.holder.start_polling(self.settings.poll_s)
 
     def second_holder(self, block: SecondModel) -> ModelHolder:
         """The second model's holder: ``block.ref`` as a model folder when it is one, else a registry reference in
@@ -242,6 +410,8 @@ class ServiceMonitor:
         """Stop the shadow model, flush and close the logs, stop the gauges' thread."""
         if self.shadow is not None:
             self.shadow.close()
+        if self.canary is not None:
+            self.canary.close()
         for w in (self.log, self.feedback_log):
             if w is not None:
                 try:
@@ -326,11 +496,14 @@ class ServiceMonitor:
         label = out.get("label")
         probs = out.get("probabilities")
         version = str(p.version)
+        canary = self.canary is not None and self.canary.owns(p)
         self.metrics.observe_input(stats)
         conf = out.get("confidence") if label is not None else None
         values = {name: getattr(stats, name) for name in SCALAR_FIELDS}
         self.live.observe(version, {**values, "confidence": conf, "label": label})
         self.live.predicted(pid, version, label)
+        if self.canary is not None and route in CANARY_ROUTES:  # both sides on the same kind of traffic
+            self.canary.predicted(pid, CANARY if canary else CHAMPION, label)
         if self.log is not None:
             from ser.audio import pcm_hash
 
@@ -349,6 +522,7 @@ class ServiceMonitor:
                 prediction_id=pid,
                 client_name=client_name,
                 salt=self.salt,
+                role=CANARY if canary else "primary",
             )
             self.log.log(rec)
             self.metrics.log_dropped.sync()  # this process's drops into the counter (several processes: their files)
@@ -372,7 +546,20 @@ class ServiceMonitor:
         rec = validate_feedback(pid, label, classes, source=source, group=group)
         stored = self.feedback_log.log(rec) if self.feedback_log is not None else False
         self.live.feedback(rec.prediction_id, rec.label)
+        if self.canary is not None:
+            self.canary.feedback(rec.prediction_id, rec.label)
         return rec, stored
+
+    # ------------------------------------------------------------------------------------------- canary
+
+    def canary_pick(self, client_id: str | None) -> Any | None:
+        """The canary's predictor when this request goes to it (:meth:`CanaryRunner.pick`), else None."""
+        return self.canary.pick(client_id) if self.canary is not None else None
+
+    def served(self, side: str, version: str, ok: bool) -> None:
+        """One request answered (``ok``) or failed in the model on ``side`` while a canary runs (else nothing)."""
+        if self.canary is not None:
+            self.canary.served(side, version, ok)
 
 
 def _issued_on_disk(root: str, pid: str) -> bool:

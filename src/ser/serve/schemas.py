@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ser.monitor.ids import UUID7_PATTERN
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="machine-readable error code, e.g. undecodable_audio")
@@ -111,6 +113,27 @@ class TimelineOut(BaseModel):
     summary: SummaryOut
 
 
+class ChannelTimelineOut(BaseModel):
+    """One channel's timeline of a recording timed per channel (``channels=split``)."""
+
+    channel: str = Field(description="the channel's name (channel_names, else ch0, ch1, ...)")
+    segments: list[SegmentOut]
+    timeline: TimelineGrid
+    summary: SummaryOut
+
+
+class TimelineSplitOut(BaseModel):
+    """``channels=split``: one timeline per channel of a multi-channel recording (a stereo call: agent and
+    customer), in channel order."""
+
+    model_name: str
+    model_version: str
+    labels: list[str]
+    duration_s: float
+    processing_ms: float
+    channels: list[ChannelTimelineOut]
+
+
 class ModelInfo(BaseModel):
     """The served model, for clients: no file-system path, no code revision (those stay in the server's logs)."""
 
@@ -126,9 +149,6 @@ class ModelInfo(BaseModel):
     created: str | None = None
     registered: str | None = None
     loaded_at: str | None = None
-
-
-UUID7_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
 
 class FeedbackIn(BaseModel):

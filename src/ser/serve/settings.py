@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ser.monitor.canary import RollbackRule
 from ser.serve import platform
 
 ENV_PREFIX = "SER_"
@@ -118,7 +119,22 @@ class Settings(BaseSettings):
         "folder; its answers are logged, never returned",
     )
     shadow_share: float = Field(1.0, ge=0, le=1, description="share of /v1/predict answers the second model also runs")
-    shadow_mode: Literal["shadow"] = Field("shadow", description="what the second model does (shadow: log only)")
+    shadow_mode: Literal["shadow", "canary"] = Field(
+        "shadow",
+        description="what the second model does: shadow (runs beside the served model, logged, never returned) or "
+        "canary (answers canary_share of /v1/predict and /v1/predict/batch requests itself)",
+    )
+    canary_share: float = Field(
+        0.1, ge=0, le=1, description="canary: share of requests it answers (sticky per X-Client-Id, else random)"
+    )
+    canary_min_requests: int = Field(200, ge=1, description="canary: requests per side before error rates count")
+    canary_max_error_increase: float = Field(
+        0.02, ge=0, le=1, description="canary: roll back when its error rate exceeds the champion's by more than this"
+    )
+    canary_min_feedback: int = Field(100, ge=1, description="canary: labelled answers per side before UARs count")
+    canary_uar_margin: float = Field(
+        0.05, ge=0, le=1, description="canary: roll back when its live UAR is below the champion's by more than this"
+    )
     # hosting platforms (issue 16): Vertex AI's custom-container contract (ser.serve.platform)
     vertex_predict_route: str | None = Field(
         None,
@@ -201,19 +217,35 @@ class Settings(BaseSettings):
         """The second model's settings block (None without ``shadow_ref``)."""
         if not self.shadow_ref:
             return None
-        return SecondModel(ref=self.shadow_ref, share=self.shadow_share, mode=self.shadow_mode)
+        canary = self.shadow_mode == "canary"
+        return SecondModel(
+            ref=self.shadow_ref,
+            share=self.canary_share if canary else self.shadow_share,
+            mode=self.shadow_mode,
+            rollback=RollbackRule(
+                min_requests=self.canary_min_requests,
+                max_error_increase=self.canary_max_error_increase,
+                min_feedback=self.canary_min_feedback,
+                uar_margin=self.canary_uar_margin,
+            )
+            if canary
+            else None,
+        )
 
 
 class SecondModel(BaseModel):
     """The second model a server runs beside the served one: a registry reference or a model folder (``ref``),
-    the share of answers it also runs on, and its ``mode`` (``shadow``: answers logged under its own version with
-    the same prediction id, never returned). One block, so that a canary mode can share it."""
+    its ``mode`` and ``share``. ``shadow``: it also runs on ``share`` of the answers, logged under its own version
+    with the same prediction id, never returned. ``canary``: it answers ``share`` of the requests itself (logged
+    with ``role = canary``, its version in the answer) until ``rollback`` (:class:`ser.monitor.canary.
+    RollbackRule`) says it is worse than the champion."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     ref: str
     share: float = Field(1.0, ge=0, le=1)
-    mode: Literal["shadow"] = "shadow"
+    mode: Literal["shadow", "canary"] = "shadow"
+    rollback: RollbackRule | None = None
 
 
 def _split_commas(value: Any) -> Any:

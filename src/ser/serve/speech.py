@@ -2,7 +2,7 @@
 ``ser predict``): a clip that is mostly clipping, or holds no voice, gets no emotion at all instead of a confident
 one the model would invent (an untrained-on input such as 3 s of digital silence comes out "sad" at 0.9999).
 
-Voice is found by the VAD the stream and the timeline use (:func:`ser.serve.timeline.segment`: webrtcvad plus an
+Voice is found by the VAD the stream and the timeline use (:func:`ser.timeline.segment`: webrtcvad plus an
 energy gate, short pauses merged, segments under 0.25 s dropped), with the energy gate at -60 dBFS instead of the
 timeline's -50: the quietest RAVDESS speakers (actors 9 and 20, peaks near -42 dBFS) speak below -50 dBFS, and
 every one of RAVDESS's 1440 clips has at least 0.42 s of voice at -60. webrtcvad takes steady tones (a 440 Hz
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ser.errors import AudioError, Cancelled
-from ser.serve.timeline import VadConfig, segment
+from ser.timeline import VadConfig, segment
 
 Reason = Literal["no_speech", "clipped"]
 

@@ -184,18 +184,24 @@ def decode_audio(
     limits: DecodeLimits,
     should_stop: StopFlag = None,
     check: Callable[[AudioInfo], None] | None = None,
+    *,
+    split_channels: bool = False,
 ) -> Decoded:
-    """Upload bytes → :class:`ser.audio.Decoded` (mono float32 at ``sr``); :class:`ApiError` for every bad input.
-    The header is checked against ``limits`` (and ``check``) before a sample is decoded; decoding runs in blocks,
-    so memory follows the 16 kHz mono result, not what the file declares."""
+    """Upload bytes → :class:`ser.audio.Decoded` (mono float32 at ``sr``, or ``(channels, n)`` with
+    ``split_channels``); :class:`ApiError` for every bad input. The header is checked against ``limits`` (and
+    ``check``) before a sample is decoded; decoding runs in blocks, so memory follows the 16 kHz result, not what
+    the file declares."""
     from ser.audio import decode
+    from ser.timeline import ChannelError
 
     if not data:
         raise ApiError(400, "empty_audio", "empty file (0 bytes)")
     try:
-        return decode(io.BytesIO(data), sr, limits, should_stop=should_stop, check=check)
+        return decode(io.BytesIO(data), sr, limits, should_stop=should_stop, check=check, split_channels=split_channels)
     except AudioLimitError as exc:
         raise ApiError(422, exc.code, str(exc)) from None
+    except ChannelError as exc:
+        raise ApiError(422, "bad_channels", str(exc)) from None
     except AudioError as exc:
         code = "undecodable_audio" if str(exc).startswith("undecodable") else "invalid_audio"
         raise ApiError(422, code, str(exc)) from None
@@ -276,10 +282,11 @@ def predict_many(
 @dataclass(frozen=True)
 class TimelineAnswer:
     """What :func:`timeline_bytes` returns: the response ``body`` (JSON bytes, serialised in the worker thread),
-    the :class:`ser.serve.timeline.Timeline` (for the metrics) and ``processing_ms`` (decoding + analysis)."""
+    the :class:`ser.timeline.Timeline` of each channel (one for ``mix``; for the metrics) and ``processing_ms``
+    (decoding + analysis)."""
 
     body: bytes
-    timeline: Any
+    timelines: list[Any]
     processing_ms: float
 
 
@@ -306,29 +313,72 @@ def timeline_bytes(
     *,
     monitor: Any = None,
     client_name: str | None = None,
+    channels: str = "mix",
+    channel_names: tuple[str, ...] = (),
 ) -> TimelineAnswer:
-    """Decode one upload, run :func:`ser.serve.timeline.analyze` and serialise the answer (here, off the event
-    loop). The number of grid points is checked on the header, before decoding. Each segment's answer gets a
+    """Decode one upload, run :func:`ser.timeline.analyze` and serialise the answer (here, off the event loop):
+    one timeline of the downmix (``channels="mix"``, :class:`ser.serve.schemas.TimelineOut`), or one per channel
+    named by ``channel_names`` (``"split"``, :class:`ser.serve.schemas.TimelineSplitOut`; a mono upload, or one
+    with another number of channels than names, is a 422 ``bad_channels`` read from the header). The number of
+    grid points (per channel) is checked on the header, before decoding. Each segment's answer gets a
     ``prediction_id`` (and, with ``monitor``, a record of its own: the segment's audio statistics and output)."""
-    from ser.monitor.ids import new_id
-    from ser.serve.monitoring import FeatureTap
-    from ser.serve.schemas import TimelineOut
-    from ser.serve.timeline import analyze
+    from ser.serve.schemas import TimelineOut, TimelineSplitOut
+    from ser.timeline import MIX, analyze
+    from ser.timeline import channel_names as names_of
 
-    def header_points(info: AudioInfo) -> None:
+    split = channels == "split"
+    names: list[str] = []
+
+    def header(info: AudioInfo) -> None:
+        names[:] = names_of(info.channels, channel_names) if split else [MIX]
         if info.frames < UNKNOWN_FRAMES:
             check_points(info.duration_s, cfg.step_s, max_points)
 
     t0 = time.perf_counter()
-    decoded = decode_audio(data, predictor.sample_rate, limits, should_stop, header_points)
-    audio = decoded.audio
-    check_points(audio.size / predictor.sample_rate, cfg.step_s, max_points)
-    ids: list[str] = []
+    decoded = decode_audio(data, predictor.sample_rate, limits, should_stop, header, split_channels=split)
+    lanes = decoded.audio if split else decoded.audio[None]
+    check_points(lanes.shape[1] / predictor.sample_rate, cfg.step_s, max_points)
+    timelines, bodies = [], []
+    for lane in lanes:
+        ids: list[str] = []
+        classify = _segment_classifier(predictor, ids, monitor, decoded.info, client_name)
+        try:
+            tl = analyze(lane, predictor.sample_rate, classify, predictor.labels, cfg, should_stop=should_stop)
+        except AudioError as exc:
+            raise ApiError(422, "invalid_audio", str(exc)) from None
+        body = tl.to_dict()
+        for seg_out, pid in zip(body["segments"], ids, strict=True):
+            seg_out["prediction_id"] = pid
+        timelines.append(tl)
+        bodies.append(body)
+    ms = (time.perf_counter() - t0) * 1e3
+    head = {"model_name": predictor.name, "model_version": predictor.version, "processing_ms": round(ms, 3)}
+    if not split:
+        return TimelineAnswer(TimelineOut(**head, **bodies[0]).model_dump_json().encode(), timelines, ms)
+    out = TimelineSplitOut(
+        **head,
+        labels=bodies[0]["labels"],
+        duration_s=bodies[0]["duration_s"],
+        channels=[
+            {"channel": n, "segments": b["segments"], "timeline": b["timeline"], "summary": b["summary"]}
+            for n, b in zip(names, bodies, strict=True)
+        ],
+    )
+    return TimelineAnswer(out.model_dump_json().encode(), timelines, ms)
+
+
+def _segment_classifier(
+    predictor: Any, ids: list[str], monitor: Any, info: AudioInfo, client_name: str | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The model on one segment, appending the segment's ``prediction_id`` to ``ids``; with a monitor, the
+    segment's answer is recorded (only segments the model accepted reach the end, so ids stay aligned with the
+    timeline's segments)."""
+    from ser.monitor.ids import new_id
+    from ser.serve.monitoring import FeatureTap
+
     sr = int(predictor.sample_rate)
 
     def classify(clip: np.ndarray) -> np.ndarray:
-        """The model on one segment; with a monitor, the segment's answer is recorded (only segments the model
-        accepted reach the end, so ids stay aligned with the timeline's segments)."""
         if monitor is None:
             p = np.asarray(predictor.predict_proba(clip))
             ids.append(new_id())
@@ -344,20 +394,8 @@ def timeline_bytes(
             "duration_s": clip.size / sr,
             "processing_ms": (time.perf_counter() - s0) * 1e3,
         }
-        ids.append(
-            monitor.answered(
-                "/v1/timeline", predictor, clip, seg, logmel=tap.logmel(), info=decoded.info, client_name=client_name
-            )
-        )
+        route, logmel = "/v1/timeline", tap.logmel()
+        ids.append(monitor.answered(route, predictor, clip, seg, logmel=logmel, info=info, client_name=client_name))
         return p
 
-    try:
-        tl = analyze(audio, predictor.sample_rate, classify, predictor.labels, cfg, should_stop=should_stop)
-    except AudioError as exc:
-        raise ApiError(422, "invalid_audio", str(exc)) from None
-    ms = (time.perf_counter() - t0) * 1e3
-    body = tl.to_dict()
-    for seg_out, pid in zip(body["segments"], ids, strict=True):
-        seg_out["prediction_id"] = pid
-    out = TimelineOut(model_name=predictor.name, model_version=predictor.version, processing_ms=round(ms, 3), **body)
-    return TimelineAnswer(out.model_dump_json().encode(), tl, ms)
+    return classify

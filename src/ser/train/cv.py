@@ -2,9 +2,10 @@
 
 For each fold of ``splits`` (see :mod:`ser.data.split`): validation speakers are carved out of the fold's
 *training* speakers (early stopping and model selection never see the test speakers), the leakage guard is run,
-the model is trained on the remaining training speakers (augmentation on training data only) and the test
-speakers are predicted whole-clip. Each fold's predictions are written atomically to
-``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
+the model is trained on the remaining training speakers (augmentation on training data only: SpecAugment on
+training crops, and with a recipe's ``robust`` field degraded variants of the training clips, see
+:func:`training_variants`) and the test speakers are predicted whole-clip. Each fold's predictions are written
+atomically to ``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
 Ensembles average the members' saved fold probabilities (late fusion).
 
 The specs are :mod:`ser.train.spec` objects; :func:`fit_spec` is where one becomes a training run (cross-validation
@@ -28,6 +29,10 @@ from ser.errors import ConfigError, SerError
 from ser.io import atomic_path, write_json
 from ser.model_folder import frame_input
 from ser.train.spec import EnsembleSpec, ModelSpec, eval_settings, input_rows, model_input, train_config
+
+VariantFn = Callable[[pd.DataFrame], dict[str, list[dict[str, np.ndarray]]]]
+"""``variants(train_rows) -> {utt_id: [{kind: array}, ...]}``: degraded variants of the training clips it is handed
+(:class:`ser.train.robust.VariantSource`)."""
 
 
 @dataclass
@@ -83,8 +88,84 @@ def utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], u
     return [frame_input(feats[u], spec.features, spec.trim_db) for u in utt_ids]
 
 
+def training_variants(
+    spec: ModelSpec, variants: VariantFn | None, roles: dict[str, pd.DataFrame], train_ids: list[str]
+) -> tuple[list[np.ndarray], list[str]]:
+    """Model inputs of the robustness variants of the training clips, and the ``utt_id`` each one copies.
+
+    Only the training rows (``roles["train"]`` restricted to ``train_ids``) are ever handed to ``variants``, so a
+    validation or test clip cannot get a variant; what comes back is checked anyway: a variant of a clip outside
+    ``train_ids`` is a :class:`~ser.errors.LeakageError`, and the variants, as augmented rows of their clip's
+    speaker, go through :func:`~ser.data.split.check_leakage` with every role. ``([], [])`` when ``variants`` is
+    None or the recipe has no ``robust`` field.
+    """
+    from ser.data.split import check_leakage
+    from ser.errors import LeakageError
+    from ser.features import FRAME_KINDS
+
+    if variants is None or spec.robust is None:
+        return [], []
+    if spec.model == "classical" or spec.features not in FRAME_KINDS:
+        raise ConfigError(f"recipe {spec.name}: robust variants need a torch model on frame features")
+    train = roles["train"][roles["train"]["utt_id"].isin(set(train_ids))].reset_index(drop=True)
+    made = variants(train)
+    outside = sorted(set(made) - set(train_ids))
+    if outside:
+        raise LeakageError(
+            f"robust variants came back for {len(outside)} clip(s) outside the training set: {outside[0]}"
+        )
+    speaker = dict(zip(train["utt_id"], train["speaker"], strict=True))
+    sources = [u for u in train_ids for _ in made.get(u, [])]
+    copies = pd.DataFrame(
+        {
+            "utt_id": [f"{u}#robust{j}" for u in train_ids for j in range(len(made.get(u, [])))],
+            "speaker": [speaker[u] for u in sources],
+            "role": "train",
+            "augmented": True,
+        }
+    )
+    frames = [df[["utt_id", "speaker"]].assign(role=r, augmented=False) for r, df in roles.items() if len(df)]
+    check_leakage(pd.concat([*frames, copies], ignore_index=True).assign(fold=0))
+    arrays = [frame_input(v, spec.features, spec.trim_db) for u in train_ids for v in made.get(u, [])]
+    return arrays, sources
+
+
+def add_variants(
+    spec: ModelSpec,
+    variants: VariantFn | None,
+    roles: dict[str, pd.DataFrame],
+    train_ids: list[str],
+    x: dict[str, list],
+    y: dict[str, np.ndarray],
+) -> int:
+    """Append the training clips' variants (:func:`training_variants`) to ``x/y["train"]``, each with its clip's
+    label (``train_ids`` in the order of ``x/y["train"]``); returns how many. ``val`` and ``test`` are untouched."""
+    extra, sources = training_variants(spec, variants, roles, train_ids)
+    if extra:
+        label = dict(zip(train_ids, y["train"], strict=True))
+        x["train"] = x["train"] + extra
+        y["train"] = np.concatenate([y["train"], np.array([label[u] for u in sources], dtype=y["train"].dtype)])
+    return len(extra)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # one fold
+
+
+def fold_inputs(
+    spec: ModelSpec,
+    roles: dict[str, pd.DataFrame],
+    feats: dict[str, dict[str, np.ndarray]],
+    classes: list[str],
+    variants: VariantFn | None = None,
+) -> tuple[dict[str, list[str]], dict[str, list], dict[str, np.ndarray], int]:
+    """``(ids, x, y, n_variants)`` of a fold: per role the utterances with features, their model inputs and class
+    indices; ``x/y["train"]`` end with the training clips' robustness variants (:func:`add_variants`)."""
+    index = {c: i for i, c in enumerate(classes)}
+    ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
+    y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
+    x = {r: utterance_arrays(spec, feats, ids[r]) for r in ids}
+    return ids, x, y, add_variants(spec, variants, roles, ids["train"], x, y)
 
 
 def run_fold(
@@ -96,13 +177,13 @@ def run_fold(
     seed: int = 0,
     out_dir: Path | None = None,
     progress: bool = False,
+    variants: VariantFn | None = None,
 ) -> FoldOutput:
-    """Train ``spec`` on ``roles['train']`` (early stopping on ``roles['val']``), predict ``roles['test']``."""
-    index = {c: i for i, c in enumerate(classes)}
-    ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
-    y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
-    x = {r: utterance_arrays(spec, feats, ids[r]) for r in ids}
+    """Train ``spec`` on ``roles['train']`` (early stopping on ``roles['val']``), predict ``roles['test']``.
+    With ``variants`` and a ``robust`` recipe, the training clips' variants train beside them
+    (:func:`training_variants`)."""
     start = time.perf_counter()
+    ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
     if spec.model == "classical":
         from ser.models.classical import ClassicalModel
 
@@ -115,6 +196,7 @@ def run_fold(
     info.update(
         seconds=round(time.perf_counter() - start, 2),
         n_train=len(ids["train"]),
+        n_train_variants=n_variants,
         n_val=len(ids["val"]),
         n_test=len(ids["test"]),
         val_speakers=sorted(roles["val"]["speaker"].unique().tolist()),
@@ -237,8 +319,10 @@ def cross_validate(
     seed: int = 0,
     progress: bool = False,
     log=None,
+    variants: VariantFn | None = None,
 ) -> list[FoldOutput]:
-    """Run (or resume) every fold of ``spec``; returns the fold outputs in fold order."""
+    """Run (or resume) every fold of ``spec``; returns the fold outputs in fold order. ``variants``: the source of
+    robustness variants for a ``robust`` recipe (handed each fold's training rows only)."""
     from ser.data.split import n_folds
 
     out_dir = Path(out_dir)
@@ -254,7 +338,9 @@ def cross_validate(
         if done is None:
             roles = fold_roles(manifest, splits, k, spec.val_speakers, seed)
             ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
-            done = run_fold(spec, roles, feats, classes, seed=seed + k, out_dir=ckpt, progress=progress)
+            done = run_fold(
+                spec, roles, feats, classes, seed=seed + k, out_dir=ckpt, progress=progress, variants=variants
+            )
             done.info["spec"] = fingerprint
             save_fold(out_dir, spec.name, k, done)
         if log is not None:
@@ -293,6 +379,7 @@ def fit_final(
     seed: int = 0,
     out_dir: Path | None = None,
     progress: bool = False,
+    variants: VariantFn | None = None,
 ):
     """Train the model that ships on *every* speaker of ``manifest`` (``spec.val_speakers`` whole speakers carved
     out for early stopping), after cross-validation has estimated how such a model does on unseen speakers.
@@ -312,6 +399,7 @@ def fit_final(
     x = {r: utterance_arrays(spec, feats, df["utt_id"].tolist()) for r, df in roles.items()}
     y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in roles.items()}
     start = time.perf_counter()
+    n_variants = add_variants(spec, variants, roles, train["utt_id"].tolist(), x, y)
     result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress)
     info = {
         "seconds": round(time.perf_counter() - start, 2),
@@ -319,6 +407,7 @@ def fit_final(
         "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),
         "n_train": len(train),
+        "n_train_variants": n_variants,
         "n_val": len(val),
         "train_speakers": sorted(train["speaker"].unique().tolist()),
         "val_speakers": sorted(val["speaker"].unique().tolist()),
@@ -338,16 +427,21 @@ def fit_shipped(
     seed: int = 0,
     out_dir: Path | None = None,
     progress: bool = False,
+    variants_for: Callable[[ModelSpec], VariantFn | None] | None = None,
 ):
     """The model that ships for ``spec``: :func:`fit_final` of a model spec, or of every member of an ensemble
     (each in ``out_dir/<member>``) joined into one :class:`~ser.models.ensemble.Ensemble` module.
 
     Returns ``(model, info)``; ``info["input"]`` is the model's input (:func:`model_input`: the frame kind, or
     the kinds an ensemble of members on different features reads stacked, and the trimming). An ensemble's
-    ``info`` is its first member's facts plus ``members`` (each member's).
+    ``info`` is its first member's facts plus ``members`` (each member's). ``variants_for(member)``: the source
+    of robustness variants of a member with a ``robust`` field.
     """
+    source = variants_for or (lambda _m: None)
     if isinstance(spec, ModelSpec):
-        model, info = fit_final(spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress)
+        model, info = fit_final(
+            spec, manifest, feats, classes, seed=seed, out_dir=out_dir, progress=progress, variants=source(spec)
+        )
         return model, {**info, "input": {"kind": spec.features, "trim_db": spec.trim_db}}
     from ser.models.ensemble import Ensemble
 
@@ -361,7 +455,9 @@ def fit_shipped(
     models, infos = [], {}
     for m in member_specs:
         sub = None if out_dir is None else Path(out_dir) / m.name
-        model, infos[m.name] = fit_final(m, manifest, feats, classes, seed=seed, out_dir=sub, progress=progress)
+        model, infos[m.name] = fit_final(
+            m, manifest, feats, classes, seed=seed, out_dir=sub, progress=progress, variants=source(m)
+        )
         models.append(model)
     first = infos[member_specs[0].name]
     info = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ser.errors import ConfigError
 
@@ -32,11 +32,27 @@ class ModelSpec(BaseModel):
     augment: dict[str, Any] | None = Field(
         default_factory=dict, description="AugmentConfig fields for SpecAugment on training crops; None = off"
     )
+    robust: dict[str, Any] | None = Field(
+        None,
+        description="robustness augmentation: degraded variants of each training clip "
+        "(ser.train.robust.RobustConfig fields: copies, seed, noises, degrade, p_pitch, ...); None = off",
+    )
     trim_db: float | None = Field(40.0, description="trim leading/trailing frames this far below the loudest")
     val_speakers: int = Field(
         2, ge=0, description="validation speakers carved out of each training fold (0: none, keep the last epoch)"
     )
     seed: int = Field(0, description="added to the run's seed: members of a seed ensemble differ only here")
+
+    @field_validator("robust")
+    @classmethod
+    def _robust(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Every field filled in, so a recipe's fingerprint does not depend on how its defaults were spelled."""
+        from ser.train.robust import make_robust_config
+
+        try:
+            return None if v is None else make_robust_config(v).model_dump(mode="json")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     def fingerprint(self) -> str:
         """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it).
@@ -48,6 +64,8 @@ class ModelSpec(BaseModel):
 
         data = self.model_dump(mode="json", exclude={"name"})  # the name is where results go, not what they are
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("device", "num_threads")}
+        if data["robust"] is None:  # added later: recipes without it keep their fingerprints (and saved folds)
+            del data["robust"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -34,7 +34,7 @@ object, no type, too long), ``unknown_type``, ``bad_start`` (rate, encoding, hop
 not whole samples), ``invalid_audio`` (NaN or Inf float32), ``frame_too_large``. The session asks to close (1008,
 policy violation) only when it cannot go on: ``stream_too_long`` or ``too_many_errors``.
 
-Voice activity is :mod:`ser.serve.timeline`'s: webrtcvad on 16-bit PCM frames with the same energy gate
+Voice activity is :mod:`ser.timeline`'s: webrtcvad on 16-bit PCM frames with the same energy gate
 (:func:`~ser.vad.to_pcm16`, :func:`~ser.vad.frame_levels_db`, :class:`VadConfig`), run on
 the model-rate stream (or a 16 kHz copy when webrtcvad does not take the model's rate); one ``webrtcvad.Vad`` per
 session keeps its adaptive state across frames. Times are seconds from the first sample of the stream, counted on

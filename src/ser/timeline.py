@@ -36,6 +36,12 @@ from ser.errors import AudioError, ConfigError
 from ser.vad import VadConfig, check_stop, vad_flags
 
 Smoothing = Literal["ema", "median", "none"]
+Channels = Literal["mix", "split"]
+"""How a multi-channel recording is timed: ``mix`` (channels averaged, one timeline) or ``split`` (one timeline
+per channel: a stereo call with the agent on one channel and the customer on the other)."""
+MIX = "mix"
+"""The channel name of a downmixed timeline."""
+MAX_CHANNEL_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,39 @@ class TimelineConfig:
             raise ConfigError(f"min_coverage must be in [0, 1], got {self.min_coverage}")
         if not 0.0 <= self.peak_threshold <= 1.0:
             raise ConfigError(f"peak_threshold must be in [0, 1], got {self.peak_threshold}")
+
+
+class ChannelError(AudioError):
+    """A recording whose channels do not fit a per-channel timeline (mono, or not as many channels as names)."""
+
+
+def parse_channel_names(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Channel names from ``"agent,customer"`` (or a sequence): unique, non-empty, at most
+    :data:`MAX_CHANNEL_NAME` characters each; ``()`` for None or an empty string. :class:`ConfigError` otherwise."""
+    if text is None:
+        return ()
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    if names == [""]:
+        return ()
+    for n in names:
+        if not n or len(n) > MAX_CHANNEL_NAME:
+            raise ConfigError(f"channel names must be 1..{MAX_CHANNEL_NAME} characters, got {n!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"channel names must be unique, got {','.join(names)}")
+    return tuple(names)
+
+
+def channel_names(n_channels: int, names: Sequence[str] = ()) -> list[str]:
+    """The names of the ``n_channels`` channels of a recording timed per channel (``split``): ``names`` when given
+    (one per channel), else ``ch0``, ``ch1``, ... A mono recording, or a count that differs from ``names``, is a
+    :class:`ChannelError`."""
+    if n_channels < 2:
+        raise ChannelError(
+            "mono recording: a per-channel timeline (channels=split) needs one channel per speaker; use channels=mix"
+        )
+    if names and len(names) != n_channels:
+        raise ChannelError(f"{n_channels} channels but {len(names)} channel names ({','.join(names)})")
+    return list(names) if names else [f"ch{i}" for i in range(n_channels)]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,416 @@
+"""Robustness of RAVDESS-8 models to real channels: clean vs degraded test folds, with and without robustness
+augmentation (the ``robust`` recipe field, :mod:`ser.train.robust`).
+
+Usage (the full protocol is the default: 6 folds x 2 recipes at their own epochs, about 12 min per cnn fold on an
+idle 2-core machine and roughly three times that for ``cnn-robust``, which trains on two variants per clip)::
+
+    .venv/bin/python benchmarks/robustness.py
+    nice -n 10 .venv/bin/python benchmarks/robustness.py --folds 0 --epochs 3   # a cut run (marked "cut" in the JSON)
+
+Protocol: split ``ravdess6`` (test actors 1-4, 5-8, ..., 21-24); each recipe is trained per fold on the other
+actors (``cnn-robust`` also on seeded degraded variants of its training clips, drawn from the *training* noises:
+babble, volvo_car, pink, white, generated), then the fold's test clips are scored clean and through each test
+condition (:data:`CONDITIONS`): the telephone channel, the *held-out* noise recordings (factory1, icra5_speechlike,
+never used in training) at 10 and 0 dB SNR, a room the training draws never place (RT60 0.7 s, position seed 7;
+training uses seeds 0-3), and an MP3 round trip. Test-side degradations are fixed and seeded per (clip, condition)
+from :data:`TEST_SEED`, a namespace the training draws never use. For each noise condition the score is also given
+with the silence trim taken from the clean clip ("clean trim"): how much of the loss is the level trim being
+defeated by noise (it keeps every frame of a noisy clip).
+
+Reported per recipe and condition: UAR pooled over the folds run, with a 95 % speaker-cluster bootstrap CI
+(:func:`ser.evaluate.bootstrap_ci`), accuracy, per-gender UAR and the gender gap (female - male); per condition
+the difference robust - baseline with a paired speaker bootstrap CI. Resumable: each fold's model
+(``benchmarks/runs/robustness/<tag>/<recipe>/fold_k/model.pt``, mid-training checkpoints beside it) and each
+(fold, condition)'s probabilities are kept; degraded test features are cached by (clip, condition, seed).
+Results: ``benchmarks/results/robustness.json`` and the "Robustness" section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+
+RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
+NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
+RUNS = HERE / "runs" / "robustness"
+CACHE = HERE / "runs" / "feature_cache"
+RESULTS_JSON = RESULTS_DIR / "robustness.json"
+
+RECIPES = ("cnn", "cnn-robust")
+"""Baseline and the same recipe with robustness augmentation (its ``robust`` field)."""
+CONDITIONS: tuple[str, ...] = (
+    "clean",
+    "telephone",
+    "noise-10db:factory1",
+    "noise-0db:factory1",
+    "noise-10db:icra5_speechlike",
+    "noise-0db:icra5_speechlike",
+    "reverb:0.7@7",
+    "codec:mp3",
+)
+"""Test-side conditions (condition strings of :func:`ser.degrade.parse`); noises are the held-out recordings."""
+SMALL_PARAMS: dict[str, Any] = {"channels": [8, 16, 32], "convs": [1, 1, 1], "time_pool": [2, 2, 2]}
+"""``--small``: the network of the ``cnn-small`` recipe (pooling and input normalisation stay ``cnn``'s)."""
+TEST_SEED = 20261202
+"""Seeds every test-side degradation (with the clip's content hash and the condition)."""
+CLEAN_TRIM = "|clean trim"
+"""Suffix of a noise condition scored with the silence trim of the clean clip."""
+
+
+# ---- pure parts ------------------------------------------------------------------------------------------------
+
+
+def condition_seed(sha: str, condition: str) -> int:
+    """The seed of ``condition`` on the clip with content hash ``sha``: fixed, and apart from any training draw."""
+    text = f"{TEST_SEED}:{str(sha).lower()}:{condition}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def check_test_condition(condition: str) -> None:
+    """A test condition must parse and may mix only held-out noises (the training noises would test seen noise)."""
+    from ser import degrade as d
+
+    for step in d.parse(condition):
+        if isinstance(step, d.Noise) and step.noise not in d.HELD_OUT_NOISES:
+            raise SystemExit(f"test condition {condition!r}: noise {step.noise!r} is not held out from training")
+
+
+def degrade_clip(y: np.ndarray, sr: int, sha: str, condition: str, noises: Any) -> np.ndarray:
+    """``y`` through ``condition``, seeded by :func:`condition_seed`: the same clip and condition, the same samples."""
+    from ser import degrade as d
+
+    return d.apply(y, sr, condition, condition_seed(sha, condition), noises=noises)
+
+
+def score(
+    y: np.ndarray, pred: np.ndarray, speakers: np.ndarray, genders: np.ndarray, n_classes: int, n_boot: int = 1000
+) -> dict[str, Any]:
+    """UAR with a 95 % speaker-cluster bootstrap CI, accuracy, UAR per gender and the gap (female - male)."""
+    from ser.evaluate import bootstrap_ci, uar_score
+
+    ci = bootstrap_ci(y, pred, classes=list(range(n_classes)), speakers=speakers, n_boot=n_boot, seed=0)
+    by_gender = {g: float(uar_score(y[genders == g], pred[genders == g])) for g in sorted(set(genders))}
+    gap = by_gender["female"] - by_gender["male"] if {"female", "male"} <= set(by_gender) else None
+    return {
+        "n": len(y),
+        "uar": ci["uar"]["estimate"],
+        "uar_ci": [ci["uar"]["low"], ci["uar"]["high"]],
+        "accuracy": ci["accuracy"]["estimate"],
+        "uar_by_gender": by_gender,
+        "gender_gap_uar": gap,
+    }
+
+
+def paired_difference(
+    y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, speakers: np.ndarray, n_classes: int, n_boot: int = 1000
+) -> dict[str, Any]:
+    """UAR(b) - UAR(a) on the same clips, with a 95 % CI from resampling speakers (the same draw for both): a
+    difference whose CI excludes 0 is not explained by which speakers happened to be tested."""
+    from ser.evaluate.metrics import metrics_from_confusion
+
+    _, codes = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
+    s, k = int(codes.max()) + 1, n_classes
+    per = np.zeros((2, s, k * k))
+    for i, pred in enumerate((pred_a, pred_b)):
+        np.add.at(per[i], (codes, np.asarray(y) * k + np.asarray(pred)), 1.0)
+    weights = np.random.default_rng(0).multinomial(s, np.full(s, 1.0 / s), size=n_boot)
+    uar = [metrics_from_confusion((weights @ per[i]).reshape(n_boot, k, k))["uar"] for i in (0, 1)]
+    point = [metrics_from_confusion(per[i].sum(0).reshape(k, k))["uar"] for i in (0, 1)]
+    diff = uar[1] - uar[0]
+    diff = diff[np.isfinite(diff)]
+    low, high = np.quantile(diff, [0.025, 0.975])
+    return {"uar_diff": float(point[1] - point[0]), "ci": [float(low), float(high)]}
+
+
+def trim_overlap(clean_logmel: np.ndarray, logmel: np.ndarray, top_db: float | None) -> tuple[float, float]:
+    """``(share of frames the level trim keeps, IoU of the kept span with the clean clip's)``: the trim keeps the
+    frames within ``top_db`` of the loudest, which noise fills in."""
+    from ser.model_folder import trim_bounds
+
+    n = logmel.shape[1]
+    spans = []
+    for lm in (clean_logmel, logmel):
+        lo, hi = trim_bounds(lm, top_db)
+        m = np.zeros(n, dtype=bool)
+        m[lo:hi] = True
+        spans.append(m)
+    return float(spans[1].mean()), float((spans[0] & spans[1]).sum() / max(1, (spans[0] | spans[1]).sum()))
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------
+
+
+def _test_features(rows, condition: str, cfg, cache_root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Log-mel of every test clip through ``condition`` (cached by clip, condition and seed); ``clean`` is the
+    clean cache. Entries go to ``<cache_root>/<condition key>`` in the feature-cache layout."""
+    from ser.audio import load_audio
+    from ser.features.cache import FeatureCache
+    from ser.features.frames import compute
+
+    cache = FeatureCache(cache_root)
+    kind_hash = cfg.kind_hash("logmel")
+    out = {}
+    for utt, path, sha in rows:
+        key = hashlib.sha256(f"{sha}:{condition}:{condition_seed(sha, condition)}".encode()).hexdigest()
+        hit = cache.get("logmel", kind_hash, key)
+        if hit is None:
+            x = degrade_clip(load_audio(path, cfg.sr), cfg.sr, sha, condition, NOISE_DIR)
+            data = compute(x, cfg, ("logmel",))["logmel"]
+            cache.put("logmel", kind_hash, key, {"data": data})
+        else:
+            data = hit["data"]
+        out[utt] = {"logmel": data}
+    return out
+
+
+def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int):
+    """The fold's model: read back when saved, else trained (resumable from its checkpoints) and saved."""
+    from ser.models.factory import load_model, save_model
+    from ser.train.cv import fit_spec, fold_inputs
+
+    path = fold_dir / "model.pt"
+    if path.is_file():
+        return load_model(path)[0], json.loads((fold_dir / "train.json").read_text())
+    start = time.perf_counter()
+    ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
+    result, _ = fit_spec(spec, x, y, len(classes), seed, fold_dir / "ckpt", progress=True)
+    info = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "n_train": len(ids["train"]),
+        "n_train_variants": n_variants,
+        "epochs_run": int(result.epochs_run),
+        "test_speakers": sorted(roles["test"]["speaker"].unique().tolist()),
+    }
+    save_model(path, result.model, {"classes": classes, "spec": spec.fingerprint()})
+    (fold_dir / "train.json").write_text(json.dumps(info, indent=2))
+    return result.model.cpu().eval(), info
+
+
+def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: bool) -> np.ndarray:
+    from ser.model_folder import trim_bounds
+    from ser.train.cv import utterance_arrays
+    from ser.train.data import ArrayDataset
+    from ser.train.predict import predict_proba
+
+    if clean_trim:  # the degraded frames inside the clean clip's trim bounds
+        xs = []
+        for u in ids:
+            lo, hi = trim_bounds(clean_feats[u]["logmel"], spec.trim_db)
+            xs.append(np.ascontiguousarray(test_feats[u]["logmel"][:, lo:hi]))
+    else:
+        xs = utterance_arrays(spec, test_feats, ids)
+    return predict_proba(model, ArrayDataset(xs, y, n_classes=len(classes)))
+
+
+def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> None:
+    """Train (or read back) fold ``k`` of ``spec`` and save the test probabilities of every missing condition."""
+    from ser.features import FeatureConfig
+
+    fold_dir = RUNS / tag / spec.name / f"fold_{k}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    wanted = [(c, False) for c in args.conditions] + [(c, True) for c in args.conditions if c.startswith("noise")]
+    todo = [(c, t) for c, t in wanted if not (fold_dir / f"{c}{CLEAN_TRIM if t else ''}.npz").is_file()]
+    if not todo:
+        return
+    variants = None
+    if spec.robust is not None:
+        from ser.train.robust import VariantSource, make_robust_config
+
+        variants = VariantSource(
+            make_robust_config(spec.robust), cache_dir=CACHE, noise_dir=NOISE_DIR, workers=args.workers, progress=True
+        )
+    model, info = _train_fold(spec, roles, feats, classes, variants, fold_dir, seed=k)
+    print(f"{spec.name} fold {k}: trained ({info})", flush=True)
+    test = roles["test"][roles["test"]["utt_id"].isin(feats)]
+    ids = test["utt_id"].tolist()
+    y = np.array([classes.index(e) for e in test["emotion"]])
+    rows = list(zip(ids, test["path"].astype(str), test["sha256"].astype(str), strict=True))
+    cfg = FeatureConfig()
+    for condition, clean_trim in todo:
+        t0 = time.perf_counter()
+        test_feats = feats if condition == "clean" else _test_features(rows, condition, cfg, RUNS / "test_cache")
+        proba = _predict(model, spec, test_feats, feats, ids, y, classes, clean_trim)
+        name = f"{condition}{CLEAN_TRIM if clean_trim else ''}"
+        np.savez(fold_dir / f"{name}.npz", proba=proba, y=y, utt_ids=np.array(ids))
+        uar = float(np.mean([np.mean(proba[y == c].argmax(1) == c) for c in np.unique(y)]))
+        print(f"  {name}: UAR {uar:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def trim_stats(args, test_rows, feats, top_db: float | None) -> dict[str, Any]:
+    """Per condition, over the test clips: the share of frames the level trim keeps and the IoU of the kept span
+    with the clean clip's (degraded features from the test cache)."""
+    from ser.features import FeatureConfig
+
+    out = {}
+    for condition in args.conditions:
+        test = (
+            feats
+            if condition == "clean"
+            else _test_features(test_rows, condition, FeatureConfig(), RUNS / "test_cache")
+        )
+        pairs = [trim_overlap(feats[u]["logmel"], test[u]["logmel"], top_db) for u, _, _ in test_rows]
+        out[condition] = {
+            "kept": float(np.mean([p[0] for p in pairs])),
+            "iou_clean": float(np.mean([p[1] for p in pairs])),
+        }
+    return out
+
+
+def collect(args, tag, manifest, classes) -> dict[str, Any]:
+    """Pool the saved probabilities over the folds run, per recipe and condition; score them."""
+    meta = manifest.set_index("utt_id")
+    names = [c for c in args.conditions] + [f"{c}{CLEAN_TRIM}" for c in args.conditions if c.startswith("noise")]
+    pooled: dict[str, dict[str, tuple]] = {}
+    results: dict[str, Any] = {}
+    for recipe in args.recipes:
+        results[recipe] = {}
+        for name in names:
+            parts = [np.load(RUNS / tag / recipe / f"fold_{k}" / f"{name}.npz") for k in args.folds]
+            y = np.concatenate([p["y"] for p in parts])
+            pred = np.concatenate([p["proba"].argmax(1) for p in parts])
+            ids = np.concatenate([p["utt_ids"] for p in parts])
+            spk = meta.loc[ids, "speaker"].astype(str).to_numpy()
+            gender = meta.loc[ids, "gender"].astype(str).to_numpy()
+            pooled.setdefault(name, {})[recipe] = (y, pred, spk, ids)
+            results[recipe][name] = score(y, pred, spk, gender, len(classes), args.n_boot)
+    diffs = {}
+    if len(args.recipes) == 2:
+        a, b = args.recipes
+        for name, by in pooled.items():
+            (ya, pa, sa, ia), (_, pb, _, ib) = by[a], by[b]
+            if list(ia) != list(ib):
+                raise SystemExit(f"{name}: the recipes were scored on different clips")
+            diffs[name] = paired_difference(ya, pa, pb, sa, len(classes), args.n_boot)
+    return {"scores": results, "difference": {"of": f"{args.recipes[1]} - {args.recipes[0]}", **diffs}}
+
+
+def write_results(payload: dict[str, Any]) -> None:
+    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_JSON.write_text(json.dumps(payload, indent=2) + "\n")
+    scores, recipes = payload["scores"], list(payload["scores"])
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    cut = payload["cut"]
+    lines = [
+        "## Robustness: RAVDESS-8 under degraded test conditions",
+        "",
+        f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/robustness.py` "
+        f"(`{payload['command']}`). "
+        + (
+            f"**Cut run** ({cut}): numbers show the benchmark works, not what the recipes reach; the full protocol "
+            "is the script's default. "
+            if cut
+            else ""
+        )
+        + f"Folds: {payload['folds']} of ravdess6 (test actors {payload['test_actors']}); "
+        "UAR pooled over those folds' test clips with a 95 % speaker-bootstrap CI; gap = UAR(female) - UAR(male); "
+        "diff = robust - baseline with a paired speaker-bootstrap CI. Test noises factory1 and icra5_speechlike are "
+        "held out from training; the test room (RT60 0.7 s, position 7) is not one the training draws place. "
+        "'clean trim': the noisy frames inside the clean clip's silence-trim bounds.",
+        "",
+        "| condition | "
+        + " | ".join(f"{r} UAR [95 % CI] | {r} gap" for r in recipes)
+        + " | diff [95 % CI] | level trim keeps (IoU with clean span) |",
+        "|---|" + "---|---|" * len(recipes) + "---|---|",
+    ]
+    for name in scores[recipes[0]]:
+        cells = []
+        for r in recipes:
+            s = scores[r][name]
+            cells += [f"{pct(s['uar'])} [{pct(s['uar_ci'][0])}, {pct(s['uar_ci'][1])}]", pct(s["gender_gap_uar"])]
+        d = payload["difference"].get(name)
+        diff = "-" if d is None else f"{100 * d['uar_diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+        t = payload.get("trim", {}).get(name)
+        trim = "-" if t is None else f"{100 * t['kept']:.0f} % ({t['iou_clean']:.2f})"
+        label = name.replace("|", "\\|")  # the clean-trim suffix's bar, escaped in a Markdown cell
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {trim} |")
+    replace_section("## Robustness", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folds", default="0,1,2,3,4,5", help="comma-separated fold indices (default: all 6)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipes' epochs (a cut run)")
+    ap.add_argument(
+        "--small", action="store_true", help="a cut run on a busy machine: cnn-small's 8-16-32 network, 150-frame crops"
+    )
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="baseline,robust recipe names")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    args = ap.parse_args(argv)
+    args.folds = [int(f) for f in args.folds.split(",")]
+    args.recipes = args.recipes.split(",")
+    args.conditions = args.conditions.split(",")
+    for c in args.conditions:
+        if c != "clean":
+            check_test_condition(c)
+
+    import torch
+
+    from ser.data.ingest import ingest
+    from ser.data.labels import get_profile
+    from ser.data.split import make_splits
+    from ser.train.cv import fold_roles, load_frame_features
+    from ser.train.recipes import get_recipe
+
+    torch.set_num_threads(args.threads)
+    overrides: dict[str, Any] = {"train": {"epochs": args.epochs}} if args.epochs else {}
+    if args.small:
+        overrides["params"] = SMALL_PARAMS
+        overrides["train"] = {**overrides.get("train", {}), "crop_frames": 150}
+    specs = [get_recipe(r, overrides or None) for r in args.recipes]
+    tag = ("full" if args.epochs is None else f"epochs{args.epochs}") + ("-small" if args.small else "")
+    manifest = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True).manifest
+    classes = list(get_profile("ravdess8").classes)
+    splits = make_splits(manifest, "ravdess6")
+    feats = load_frame_features(manifest, ("logmel",), cache_dir=CACHE, workers=args.workers, progress=True)
+    for spec in specs:
+        for k in args.folds:
+            roles = fold_roles(manifest, splits, k, spec.val_speakers, seed=0)
+            run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag)
+    payload = collect(args, tag, manifest, classes)
+    test = pd.concat([fold_roles(manifest, splits, k, 0, 0)["test"] for k in args.folds], ignore_index=True)
+    test = test[test["utt_id"].isin(feats)]
+    test_rows = [(u, str(p), str(h)) for u, p, h in zip(test["utt_id"], test["path"], test["sha256"], strict=True)]
+    payload["trim"] = trim_stats(args, test_rows, feats, specs[0].trim_db)
+    test_actors = sorted({s for k in args.folds for s in fold_roles(manifest, splits, k, 0, 0)["test"]["speaker"]})
+    cut = [] if args.epochs is None else [f"{args.epochs} epochs instead of the recipe's"]
+    if args.small:
+        cut.append("cnn-small's 8-16-32 network and 150-frame crops instead of cnn's")
+    if len(args.folds) < 6:
+        cut.append(f"{len(args.folds)} of 6 folds")
+    payload = {
+        "benchmark": "robustness",
+        "cut": "; ".join(cut) or None,
+        "command": "benchmarks/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "folds": args.folds,
+        "test_actors": ", ".join(test_actors),
+        "recipes": {s.name: {"fingerprint": s.fingerprint(), "robust": s.robust} for s in specs},
+        "conditions": args.conditions,
+        "test_seed": TEST_SEED,
+        "train_noises": list(get_recipe("cnn-robust").robust["noises"]),
+        "held_out_test_noises": ["factory1", "icra5_speechlike"],
+        **payload,
+    }
+    write_results(payload)
+    print(json.dumps(payload["difference"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

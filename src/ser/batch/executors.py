@@ -1,0 +1,203 @@
+"""Where the per-file work runs: in-process, a local process pool (``--workers N``), or Ray (``--ray``).
+
+Every executor runs the same :class:`ser.batch.worker.FileProcessor` (one model load per worker process, then
+file after file) and yields :class:`ser.batch.core.FileResult` objects as files finish, in any order; the driver
+(:class:`ser.jobs.batch.BatchJob`) writes the Parquet parts and keeps the resume state. So the local and the Ray
+paths give the same rows (the model, its threads and the per-file code are the same).
+
+**Ray: tasks, one per file, with the model cached per worker process** (not Ray Data, not an actor pool):
+
+- a task per file maps each failure to its file: a file that crashes its worker process (a decoder fault, out of
+  memory) fails that task alone, Ray restarts the process and retries it (``max_retries``), and the file is then
+  recorded ``failed``; with an actor pool a dead actor loses track of which file killed it;
+- Ray reuses worker processes for tasks of the same function, so the module-level cache (:func:`_ray_process`)
+  loads the model once per worker process, as an actor would; the model's bytes travel once through the object
+  store (:class:`ser.batch.worker.ModelFiles`: workers need not see the driver's disk), and files are read by the
+  workers from their URI (the driver ships names, never audio);
+- tasks go wherever a CPU is free, so nodes added to the cluster (autoscaling) take work at once, where an actor
+  pool has a fixed size;
+- Ray Data (``read_binary_files`` → ``map_batches`` with onnxruntime actors → ``write_parquet``) was left out:
+  its Parquet sink writes blocks, not per-file commits, so resuming would need a second record of which files are
+  done and its failure handling drops rows or stops the dataset, where one bad call in a thousand must become a
+  row with its reason; and its streaming executor adds seconds of start-up for nothing this job needs (there is
+  no shuffle or repartition: each file is independent).
+
+The driver keeps at most a few tasks per CPU in flight (``ray.wait``, the backpressure pattern of Ray's own
+documentation), so memory stays flat over thousands of files. Each task asks for ``threads`` CPUs and its
+process pins onnxruntime and BLAS to that many threads (:func:`ser.batch.worker.pin_threads`).
+
+The local pool is :class:`concurrent.futures.ProcessPoolExecutor` (spawned processes: onnxruntime and BLAS
+thread pools do not survive ``fork``), with the same bound on files in flight. A worker that dies breaks the pool:
+the files in flight are recorded ``failed`` ("worker process died") and a fresh pool takes the rest
+(``--retry-failed`` runs them again).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ser.batch.archive import Recording
+from ser.batch.core import FileInfo, FileResult, failed_row
+from ser.batch.worker import FileProcessor, ModelFiles, WorkerSettings
+from ser.errors import ConfigError, SerError
+
+DIED = "worker process died (a crash or out of memory) while analysing this file"
+IN_FLIGHT_PER_WORKER = 2
+"""Files handed out per worker at once: one running, one queued, so no worker waits for the driver."""
+
+
+def _failed(rec: Recording, reason: str) -> FileResult:
+    return FileResult(rec.file, summaries=[failed_row(FileInfo(rec.file, rec.bytes), reason)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# in-process and the local process pool
+
+
+def run_inline(model_dir: Path, settings: WorkerSettings, recordings: Sequence[Recording]) -> Iterator[FileResult]:
+    """One worker in this process (``--workers 1``)."""
+    proc = FileProcessor(model_dir, settings)
+    for rec in recordings:
+        yield proc(rec.uri, rec.file, rec.bytes)
+
+
+_LOCAL: FileProcessor | None = None
+
+
+def _init_local(model_dir: Path, settings: WorkerSettings) -> None:
+    global _LOCAL
+    _LOCAL = FileProcessor(model_dir, settings)
+
+
+def _ready() -> bool:
+    return _LOCAL is not None
+
+
+def _local_process(rec: Recording) -> FileResult:
+    if _LOCAL is None:  # pragma: no cover - the pool's initializer sets it
+        raise SerError("batch worker used before its initializer ran")
+    return _LOCAL(rec.uri, rec.file, rec.bytes)
+
+
+def run_pool(
+    model_dir: Path, settings: WorkerSettings, recordings: Sequence[Recording], workers: int
+) -> Iterator[FileResult]:
+    """``workers`` spawned processes, each with its own model; results as files finish."""
+    import multiprocessing
+
+    todo = list(reversed(recordings))
+    while todo:
+        spawn = multiprocessing.get_context("spawn")
+        pool = cf.ProcessPoolExecutor(workers, spawn, initializer=_init_local, initargs=(model_dir, settings))
+        running: dict[cf.Future[FileResult], Recording] = {}
+        try:
+            pool.submit(_ready).result()  # the workers start (and load the model) before a file is handed out
+        except cf.process.BrokenProcessPool as exc:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise SerError(f"the batch worker processes did not start: {exc}") from None
+        try:
+            while todo or running:
+                while todo and len(running) < IN_FLIGHT_PER_WORKER * workers:
+                    running[pool.submit(_local_process, todo[-1])] = todo[-1]
+                    todo.pop()
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    rec = running.pop(fut)
+                    try:
+                        yield fut.result()
+                    except cf.process.BrokenProcessPool:
+                        yield _failed(rec, DIED)
+        except cf.process.BrokenProcessPool:  # submit on a pool that just broke: a fresh pool takes the rest
+            todo.extend(running.values())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ray
+
+
+_RAY_CACHE: dict[str, FileProcessor] = {}
+"""The loaded model of this Ray worker process, keyed by the model's SHA-256 (a worker runs one task at a time;
+tasks of several jobs with the same model share it)."""
+
+
+def _ray_process(key: str, model_ref: list[Any], settings: WorkerSettings, rec: Recording) -> FileResult:
+    """A Ray task: one file, with the model loaded at the worker process' first task and kept for the next ones.
+    ``model_ref`` wraps the :class:`ModelFiles` reference in a list so Ray does not fetch the bytes for every task
+    (only a worker that has not loaded the model yet calls ``ray.get``)."""
+    proc = _RAY_CACHE.get(key)
+    if proc is None or proc.settings.threads != settings.threads:
+        import ray
+
+        _RAY_CACHE.clear()
+        proc = _RAY_CACHE[key] = FileProcessor(ray.get(model_ref[0]), settings)
+    elif proc.settings != settings:  # the same model for another job (other channels or timeline parameters)
+        proc.settings = settings
+    return proc(rec.uri, rec.file, rec.bytes)
+
+
+@dataclass(frozen=True)
+class RayTarget:
+    """Which Ray cluster: ``auto`` (the running one: ``RAY_ADDRESS`` or this machine's), ``local`` (start one in
+    this process with ``num_cpus`` CPUs) or a GCS address ``host:port`` / ``ray://host:port``."""
+
+    address: str
+    num_cpus: int | None = None
+
+    def connect(self) -> bool:
+        """``ray.init`` unless this process is already a Ray driver; True when this call started the
+        connection (and should shut it down)."""
+        try:
+            import ray
+        except ImportError as exc:
+            raise ConfigError("--ray needs Ray: pip install 'ser[scale]'") from exc
+        if ray.is_initialized():
+            return False
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        try:
+            if self.address == "local":
+                ray.init(num_cpus=self.num_cpus, **kw)
+            else:
+                ray.init(address=self.address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SerError(f"cannot reach the Ray cluster at {self.address}: {str(exc).splitlines()[0]}") from None
+        return True
+
+
+def run_ray(
+    model_dir: Path, settings: WorkerSettings, recordings: Sequence[Recording], target: RayTarget, key: str
+) -> Iterator[FileResult]:
+    """One Ray task per file on the cluster ``target`` names; results as files finish. ``key``: the model's
+    SHA-256 (the workers' cache key)."""
+    import ray
+    from ray.exceptions import RayError, RayTaskError
+
+    started = target.connect()
+    try:
+        task = ray.remote(num_cpus=settings.threads, max_retries=2)(_ray_process)
+        model_ref = [ray.put(ModelFiles.read(model_dir))]
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // settings.threads)
+        todo = list(reversed(recordings))
+        running: dict[Any, Recording] = {}
+        while todo or running:
+            while todo and len(running) < IN_FLIGHT_PER_WORKER * cpus:
+                rec = todo.pop()
+                running[task.remote(key, model_ref, settings, rec)] = rec
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for ref in finished:
+                rec = running.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except RayTaskError as exc:  # the model did not load on the worker: nothing will work
+                    raise SerError(f"batch worker on Ray: {str(exc.cause or exc).splitlines()[0]}") from None
+                except RayError:  # the worker process died on this file, retries included
+                    yield _failed(rec, DIED)
+    finally:
+        if started:
+            ray.shutdown()
