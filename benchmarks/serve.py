@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/serve.py [--model DIR] [--quick] [--calls 300] [--levels 10,25,50,100,150,200,300]
+        [--processes 2] [--ramps 3]
 
 (a) **In-process latency** per 3 s clip (centre crops of real RAVDESS clips) through :class:`ser.inference.Predictor`
     with 1 onnxruntime thread and BLAS limited to 1 thread, the process pinned to one core when the OS allows:
@@ -17,6 +18,9 @@ Usage::
     ``--level-s`` seconds of audio; a level passes when update latency p95 <= 150 ms, no frame is dropped (every
     expected partial arrives, no error message, ``done`` at the end, every connection accepted) and the client kept
     real time. ``max_streams`` is the last level that passed; the ramp stops at the first that does not.
+    ``--processes N`` serves with ``ser serve --processes N`` (CPU reported per worker process too, which shows how
+    evenly the streams were spread); ``--ramps K`` runs the ramp K times on the same server (the machine is shared:
+    each ramp and the load average before each level are reported).
 
 Without ``--model`` the product's ``cnn`` recipe (src/ser/train/recipes.py) is built with **untrained** (random,
 seeded) weights and exported to ONNX: the timing is that of the real architecture, the predictions mean nothing.
@@ -206,6 +210,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc; [] elsewhere): the worker processes of ``--processes N``."""
+    try:
+        pids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+    # not multiprocessing's resource tracker, a helper of the supervisor
+    return [p for p in pids if b"resource_tracker" not in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc; 0 elsewhere)."""
     try:
@@ -222,7 +243,11 @@ class Server:
     log_path: Path
 
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """CPU seconds of the server: its own and its worker processes' (several processes)."""
+        return cpu_seconds(self.proc.pid) + sum(self.cpu_per_process().values())
+
+    def cpu_per_process(self) -> dict[int, float]:
+        return {pid: cpu_seconds(pid) for pid in children(self.proc.pid)}
 
     def log_tail(self) -> str:
         return self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
@@ -240,7 +265,7 @@ class Server:
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def start_server(model_dir: Path, workdir: Path, max_streams: int, blas_threads: int) -> Server:
+def start_server(model_dir: Path, workdir: Path, max_streams: int, blas_threads: int, processes: int = 1) -> Server:
     import httpx
 
     port = free_port()
@@ -250,6 +275,7 @@ def start_server(model_dir: Path, workdir: Path, max_streams: int, blas_threads:
         env.update({k: str(blas_threads) for k in BLAS_ENV})
     log_path = workdir / "server.log"
     cmd = [*SERVE_CMD, "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--processes", str(processes)]
     with log_path.open("w") as out:
         proc = subprocess.Popen(
             [*cmd, "--log-level", "warning"],
@@ -530,11 +556,22 @@ def bench_streams(server: Server, audio: np.ndarray, levels: list[int], seconds:
     rows = []
     max_ok = 0
     for i, n in enumerate(levels):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         cpu0, wall0, client0 = server.cpu(), time.perf_counter(), time.process_time()
+        per0 = server.cpu_per_process()
         row = run_async(stream_level(uri, audio, n, seconds, seed=i))
         wall = time.perf_counter() - wall0
-        row["server_cpu_pct"] = round(100 * (server.cpu() - cpu0) / wall, 1)
+        used = server.cpu() - cpu0
+        row["server_cpu_pct"] = round(100 * used / wall, 1)
         row["client_cpu_pct"] = round(100 * (time.process_time() - client0) / wall, 1)
+        # CPU the server spent per stream-second of audio: what a stream costs, whether or not the cores were free
+        row["server_cpu_ms_per_stream_s"] = round(1e3 * used / (n * seconds), 2)
+        if len(per0) > 1:  # several processes: how evenly the kernel spread the streams shows in their CPU
+            per1 = server.cpu_per_process()
+            row["server_cpu_pct_per_process"] = sorted(
+                (round(100 * (per1[p] - per0[p]) / wall, 1) for p in per0 if p in per1), reverse=True
+            )
+        row["load_1m_before"] = round(load, 2) if load is not None else None
         rows.append(row)
         log(
             f"  streams {n:>4}: {'ok  ' if row['ok'] else 'FAIL'} update latency p50 {row['update_latency_ms_p50']} "
@@ -542,7 +579,9 @@ def bench_streams(server: Server, audio: np.ndarray, levels: list[int], seconds:
             f"{row['partials_expected']}, dropped {'yes' if row['dropped_frames'] else 'no'}, "
             f"errors {row['errors'] or 0}, failed "
             f"{row['failed_streams']}, real-time x{row['realtime_factor']} (server CPU {row['server_cpu_pct']} %, "
-            f"client {row['client_cpu_pct']} %)"
+            f"client {row['client_cpu_pct']} %; per process {row.get('server_cpu_pct_per_process', '-')}; "
+            f"{row['server_cpu_ms_per_stream_s']} ms CPU per stream-second; load "
+            f"{row['load_1m_before']})"
         )
         if not row["ok"]:
             break
@@ -601,21 +640,27 @@ def markdown(row: dict[str, Any]) -> str:
     if st.get("status") != "measured":
         lines.append(f"Real-time streams: not measured ({st.get('status')}).\n")
     else:
+        procs = row["args"].get("processes", 1)
         lines += [
             f"`WS /v1/stream`: 20 ms PCM16 frames at real-time pace, hop {HOP_S:g} s, window {WINDOW_S:g} s, "
             f"{row['args']['level_s']:g} s per level; update latency = frame completing a hop sent → its partial "
-            "received.\n",
+            f"received. Server: `ser serve --processes {procs}`"
+            + (" (CPU per worker process in brackets: how evenly the streams were spread)" if procs > 1 else "")
+            + "; load = the machine's 1-minute load average before the level (other jobs share it).\n",
             "| streams | ok | update p50 ms | update p95 ms | server partial p95 ms | partials | errors / failed "
-            "streams | real-time x | server CPU % | client CPU % |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "streams | real-time x | server CPU % | server CPU ms per stream-s | client CPU % | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in st["levels"]:
+            per = r.get("server_cpu_pct_per_process")
             lines.append(
                 f"| {r['streams']} | {'yes' if r['ok'] else 'no'} | {r['update_latency_ms_p50']} | "
                 f"{r['update_latency_ms_p95']} | {r['server_partial_ms_p95']} | {r['partials_received']}/"
                 f"{r['partials_expected']} | {sum(r['errors'].values())} / {r['failed_streams']} | "
                 f"{r['realtime_factor']} | "
-                f"{r['server_cpu_pct']} | {r['client_cpu_pct']} |"
+                f"{r['server_cpu_pct']}{f' ({per})' if per else ''} | {r.get('server_cpu_ms_per_stream_s')} | "
+                f"{r['client_cpu_pct']} | "
+                f"{r.get('load_1m_before')} |"
             )
         lines += [
             "",
@@ -623,6 +668,14 @@ def markdown(row: dict[str, Any]) -> str:
             f"**{row['max_streams']}**; aim >= {AIM_STREAMS}: **{'met' if row['meets']['streams'] else 'not met'}**."
             "\n",
         ]
+        for i, rep in enumerate(st.get("repeats") or [], 2):
+            lines.append(
+                f"- ramp {i} (same server, right after): held **{rep['max_streams']}**"
+                + (f", failed at {rep['stopped_at']}" if rep["stopped_at"] else "")
+                + f" (load before its levels: {[r.get('load_1m_before') for r in rep['levels']]})"
+            )
+        if st.get("repeats"):
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -640,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", help="stream counts to ramp (default 10,25,50,100,150,200,300; quick 2,5)")
     ap.add_argument("--level-s", type=float, help="audio seconds per stream level (default 10; quick 3)")
     ap.add_argument("--max-streams", type=int, default=100_000, help="server's SER_MAX_STREAMS during the run")
+    ap.add_argument("--processes", type=int, default=1, help="server worker processes (ser serve --processes)")
+    ap.add_argument("--ramps", type=int, default=1, help="run the stream ramp this many times (reported each)")
     ap.add_argument(
         "--server-blas-threads",
         type=int,
@@ -689,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         http: list[dict] = []
         streams: dict[str, Any] = {"status": "skipped"}
         if not {"http", "streams"} <= skip:
-            server = start_server(model_dir, tmp_path, args.max_streams, args.server_blas_threads)
+            server = start_server(model_dir, tmp_path, args.max_streams, args.server_blas_threads, args.processes)
             try:
                 if "http" not in skip:
                     log(f"(b) HTTP POST /v1/predict, clients {http_levels} ...")
@@ -698,6 +753,11 @@ def main(argv: list[str] | None = None) -> int:
                     if stream_route_present(model_dir):
                         log(f"(c) WS /v1/stream, levels {levels}, {level_s:g} s each ...")
                         streams = bench_streams(server, stream_audio, levels, level_s)
+                        streams["repeats"] = []
+                        for k in range(args.ramps - 1):  # the same ramp again: how much the shared machine moved it
+                            log(f"(c) ramp {k + 2} of {args.ramps} ...")
+                            again = bench_streams(server, stream_audio, levels, level_s)
+                            streams["repeats"].append({x: again[x] for x in ("max_streams", "stopped_at", "levels")})
                     else:
                         streams = {"status": "not run: this checkout has no WS /v1/stream route yet"}
                         log("NOTE: (c) not run: WS /v1/stream is not in src/ser/serve/app.py yet; rerun later.")
@@ -724,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
             "levels": levels,
             "level_s": level_s,
             "server_blas_threads": args.server_blas_threads or "unset",
+            "processes": args.processes,
         },
         "load_average_before": [round(x, 2) for x in load_before] if load_before else None,
         "seconds": round(time.perf_counter() - t_all, 1),

@@ -92,6 +92,21 @@ def test_logmel_is_db_with_a_fixed_reference():
     assert np.allclose(F.logmel(np.zeros(SR // 4, dtype=np.float32), SR), -100.0, atol=0.01)
 
 
+def test_logmel_with_the_cached_mel_basis_equals_librosa_bit_for_bit():
+    """The cached filterbank (frames.mel_basis) changes no value: the log-mel is librosa's melspectrogram +
+    power_to_db exactly, on speech-like, tonal, silent and short inputs, and on another band layout."""
+    rng = np.random.default_rng(0)
+    clips = [tone(2.0), sine(300.0, 0.5), rng.standard_normal(SR * 3).astype(np.float32) * 0.1, np.zeros(400, "f4")]
+    for y in clips:
+        for n_mels, fmin, fmax in ((64, 50.0, 8000.0), (40, 0.0, 7600.0)):
+            S = F.spectrogram(y)
+            ref = librosa.feature.melspectrogram(S=S**2, sr=SR, n_fft=512, n_mels=n_mels, fmin=fmin, fmax=fmax)
+            ref_db = librosa.power_to_db(ref, ref=1.0, amin=1e-10, top_db=None).astype(np.float32)
+            assert np.array_equal(F.logmel(y, SR, n_mels=n_mels, fmin=fmin, fmax=fmax), ref_db)
+    assert F.mel_basis(SR, 512, 64, 50.0, 8000.0) is F.mel_basis(SR, 512, 64, 50.0, 8000.0)  # built once
+    assert not F.mel_basis(SR, 512, 64, 50.0, 8000.0).flags.writeable
+
+
 def test_mfcc_with_deltas_and_short_clips():
     y = tone(0.5)
     lm = F.logmel(y, SR)

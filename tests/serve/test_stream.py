@@ -270,6 +270,42 @@ def test_split_path_gives_the_same_messages_and_calls_the_model_only_when_due():
     assert pending <= len(of_type(out, "partial")) + len(of_type(out, "final")) < frames / 10
 
 
+def test_the_cheap_per_frame_path_answers_as_the_full_one():
+    """The per-frame shortcuts (FrameVad.push returning early when no VAD frame completes, work_pending deciding
+    without copying the endpointer when no VAD frame is new) change nothing: the flags equal one push of the whole
+    signal, and work_pending equals the full check (a copy of the endpointer run over every analysed frame)."""
+    import copy
+
+    y = quantize(np.concatenate([silence(0.4), voice(1.2), silence(0.7), voice(0.6, f0=300), silence(0.9)]))
+    whole = S.FrameVad(SR, S.StreamLimits().vad).push(y)
+    chunked = S.FrameVad(SR, S.StreamLimits().vad)
+    rng = np.random.default_rng(0)
+    flags, i = [], 0
+    while i < y.size:
+        n = int(rng.integers(1, 1200))
+        flags.append(chunked.push(y[i : i + n]))
+        i += n
+    assert np.array_equal(np.concatenate(flags), whole)
+
+    def full_check(s: S.StreamSession) -> bool:  # work_pending as it was: always on a copy
+        if s._buf.end >= s._next_partial:
+            return True
+        ep, upto = copy.copy(s._endpointer), s._buf.end / s.sr
+        while ep.n < s._flag0 + len(s._flags) and (ep.n + 1) * s.frame_s <= upto + 1e-9:
+            if ep.push(s._flags[ep.n - s._flag0]) is not None:
+                return True
+        return False
+
+    s = S.StreamSession(lambda: FakePredictor())
+    s.handle(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm16"}))
+    answers = []
+    for k in range(0, y.size, 320):
+        s.ingest_frame(S.encode_frame(y[k : k + 320], "pcm16"))
+        answers.append((s.work_pending(), full_check(s)))
+        s.advance()
+    assert all(fast == full for fast, full in answers) and any(fast for fast, _ in answers)
+
+
 def test_final_covers_the_whole_utterance_and_partials_the_window():
     fake = FakePredictor()
     run_session(np.concatenate([silence(0.5), voice(4.0), silence(1.0)]), fake, hop_s=1.0, window_s=1.5)

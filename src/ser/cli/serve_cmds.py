@@ -34,12 +34,24 @@ def serve(
     metrics_port: int | None = typer.Option(
         None, "--metrics-port", help="serve /metrics on this port only, without a key (or $SER_METRICS_PORT)"
     ),
-    reload_poll: float | None = typer.Option(None, "--reload-poll", help="poll the model source every N s; 0: off"),
+    reload_poll: float | None = typer.Option(
+        None,
+        "--reload-poll",
+        help="poll the model source every N s and reload when it changed; 0: off (default: 10 s with a workdir, "
+        "following the champion; off with --model)",
+    ),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        help="worker processes behind the port, one per core for more streams (default 1; or $SER_PROCESSES)",
+    ),
     max_upload_mb: float | None = typer.Option(None, "--max-upload-mb", help="largest upload, MiB (default 20)"),
     max_audio_s: float | None = typer.Option(None, "--max-audio-s", help="longest clip for /v1/predict (default 60)"),
     timeout: float | None = typer.Option(None, "--timeout", help="per-request inference time limit, s (default 30)"),
     cors: list[str] | None = typer.Option(None, "--cors", help="allowed CORS origin (repeatable)"),
-    workers: int | None = typer.Option(None, "--workers", help="concurrent inferences (default: all cores)"),
+    workers: int | None = typer.Option(
+        None, "--workers", help="concurrent inferences per process (default: all cores)"
+    ),
     prediction_log: str | None = typer.Option(
         None,
         "--prediction-log",
@@ -60,13 +72,17 @@ def serve(
     /readyz, /metrics.
 
     Options left out are read from SER_* environment variables (SER_MODEL_DIR, SER_WORKDIR, SER_API_KEYS, ...).
-    With --reload-poll the registry's champion (or the model folder) is watched and hot-reloaded. Without keys and
-    without --auth none the server is open (for local use; a warning says so).
+    Serving a workdir, the registry's champion is polled every 10 s (--reload-poll) and hot-reloaded when it moves;
+    a --model folder is polled only with --reload-poll. Without keys and without --auth none the server is open
+    (for local use; a warning says so).
+
+    --processes N runs N worker processes on the port (metrics aggregated over them, SER_MAX_STREAMS shared out
+    among them, one prediction-log file set each, every one polling the model source).
 
     Every answer gets a prediction_id and a record in the prediction log (POST /v1/feedback takes its true label);
     --shadow runs a second model on the same inputs and logs its answers under its own version.
 
-    Example: ser serve --workdir runs --port 8000 --api-key alice:s3cret --reload-poll 10 --shadow challenger
+    Example: ser serve --workdir runs --port 8000 --api-key alice:s3cret --processes 2 --shadow challenger
     """
     import uvicorn
 
@@ -104,6 +120,7 @@ def serve(
             prediction_log=prediction_log,
             shadow_ref=shadow,
             shadow_share=shadow_share,
+            processes=processes,
         )
     except ValueError as exc:  # pydantic's ValidationError too: one line per bad field, never a key
         raise ConfigError(_one_line(exc)) from None
@@ -113,10 +130,8 @@ def serve(
     from ser.serve.security import Auth
 
     metrics_at = f"http://{host}:{settings.metrics_port}/metrics" if settings.metrics_port else "/metrics"
-    console.print(f"serving on http://{host}:{port}; metrics at {metrics_at}", highlight=False)
+    console.print(f"serving on http://{host}:{port}; metrics at {metrics_at}; {_shape(settings)}", highlight=False)
     console.print(Auth.from_settings(settings).describe(), highlight=False)
-    one_blas_thread_per_request()
-    app_ = create_app(settings)
     # No `server: uvicorn` banner; access-log lines lose their query strings (ser.serve.security). h11 (not
     # httptools) so that the request line + headers are bounded: a larger head is refused (400) and its connection
     # closed before it is buffered whole (httptools has no such limit).
@@ -127,6 +142,13 @@ def serve(
         "http": "h11",
         "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
+    if settings.processes > 1:  # uvicorn's supervisor: every worker builds its app (ser.serve.processes)
+        from ser.serve import processes as multi
+
+        multi.run(settings, host, port, options)
+        return
+    one_blas_thread_per_request()
+    app_ = create_app(settings)
     if settings.metrics_port is None:
         uvicorn.run(app_, host=host, port=port, **options)
         return
@@ -134,6 +156,18 @@ def serve(
     config = uvicorn.Config(app_, host=host, port=port, **options)
     metrics_config = uvicorn.Config(app_, host=host, port=settings.metrics_port, **options)
     uvicorn.Server(config).run(sockets=[config.bind_socket(), metrics_config.bind_socket()])
+
+
+def _shape(settings) -> str:
+    """The start-up line's part on processes, streams and polling."""
+    from ser.serve.processes import per_process
+
+    n = settings.processes
+    streams = f"{n} processes × {per_process(settings.max_streams, n)} streams" if n > 1 else "1 process"
+    if n == 1:
+        streams += f", {settings.max_streams} streams"
+    poll = f"model polled every {settings.poll_s:g} s" if settings.poll_s > 0 else "model not polled"
+    return f"{streams}; {poll}"
 
 
 def _one_line(exc: ValueError) -> str:

@@ -78,10 +78,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.limiter = anyio.CapacityLimiter(settings.inference_workers)
     monitor: ServiceMonitor = app.state.monitor
     monitor.start()  # the prediction log, the live gauges, the second model (before the first load finishes)
+    app.state.metrics.refresh_model(holder)  # then again on every (re)load (a listener)
     if not holder.ready:
         threading.Thread(target=holder.reload, name="ser-model-load", daemon=True).start()
-    if settings.reload_poll_s > 0:
-        holder.start_polling(settings.reload_poll_s)
+    if settings.poll_s > 0:  # by default on for a workdir (follow the champion), off for a model folder
+        holder.start_polling(settings.poll_s)
     try:
         yield
     finally:
@@ -92,8 +93,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None, *, holder: ModelHolder | None = None) -> FastAPI:
     """The API over ``settings``' model source (or a given, possibly already loaded, ``holder``).
 
-    The model loads in a background thread at start-up (``/readyz`` is 503 until then); with ``reload_poll_s``
-    the source is polled and the model hot-reloaded when it changes.
+    The model loads in a background thread at start-up (``/readyz`` is 503 until then); the source is polled every
+    :attr:`Settings.poll_s` seconds (by default 10 s for a workdir's registry, off for a model folder) and the
+    model hot-reloaded when it changes.
     """
     settings = settings or Settings()
     if holder is None:
@@ -104,6 +106,7 @@ def create_app(settings: Settings | None = None, *, holder: ModelHolder | None =
             threads=settings.threads,
         )
     metrics = Metrics()
+    holder.listeners.append(lambda _: metrics.refresh_model(holder))  # every process's own gauges, not only at scrape
     holder.listeners.append(metrics.on_reload)
 
     app = FastAPI(

@@ -201,7 +201,10 @@ class ModelHolder:
 
     def poll_once(self) -> ReloadResult | None:
         """Reload when the source points to a model other than the one loaded (and other than the last one that
-        failed); None when there is nothing new."""
+        failed); None when there is nothing new, or while a load is running (the first one at start-up: it would
+        be loaded twice)."""
+        if self._lock.locked():
+            return None
         fp = self.fingerprint()
         if fp is None or fp == self._loaded_fp or fp == self._failed_fp:
             return None

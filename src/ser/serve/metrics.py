@@ -1,17 +1,39 @@
 """Prometheus metrics: :class:`Metrics` (the app's collectors, on a registry per app) and
-:class:`MetricsMiddleware` (requests and latency by route template)."""
+:class:`MetricsMiddleware` (requests and latency by route template).
+
+**Several processes** (``ser serve --processes N``, :mod:`ser.serve.processes`): with ``PROMETHEUS_MULTIPROC_DIR``
+set before ``prometheus_client`` is imported, every process writes its values to files there and
+:meth:`Metrics.render` (``GET /metrics``, answered by whichever process the scrape reaches) aggregates all of them
+with the client's ``MultiProcessCollector``: counters and histograms summed over the processes (dead ones
+included), each gauge by its ``multiprocess_mode``: stream counts and capacity summed over the live processes, the
+served model's ``ser_model_info`` the largest (1 while any live process serves that version, 0 once none does),
+``ser_model_loaded`` the smallest (0 while any process has no model), the drift gauges the largest (the worst
+process's window), live accuracy the smallest (each process joins only the feedback it receives itself). A series
+a single process would remove (an old version's) is set to 0 instead, since the files keep it until the process
+exits.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ser.serve.engine import ModelHolder, ReloadResult
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of the multi-process metric files when this process writes there (module docstring), else None."""
+    from prometheus_client import values
+
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and values.ValueClass.__name__ != "MutexValue" else None
 
 
 class Metrics:
@@ -19,6 +41,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        self._served: tuple[str, str] | None = None  # (name, version) this process's ser_model_info says
         self.requests = Counter(
             "ser_http_requests",
             "HTTP requests by route template, method and status",
@@ -65,13 +88,19 @@ class Metrics:
             ["endpoint", "reason"],
             registry=r,
         )
-        self.model_info = Gauge("ser_model_info", "The served model (value 1)", ["name", "version"], registry=r)
-        self.model_loaded = Gauge("ser_model_loaded", "1 when a model is loaded", registry=r)
+        self.model_info = Gauge(
+            "ser_model_info", "The served model (value 1)", ["name", "version"], registry=r, multiprocess_mode="livemax"
+        )
+        self.model_loaded = Gauge(
+            "ser_model_loaded", "1 when a model is loaded (every process)", registry=r, multiprocess_mode="livemin"
+        )
         self.reloads = Counter("ser_model_reloads", "Model (re)loads by result", ["result"], registry=r)
         self.auth = Counter(
             "ser_auth", "Key checks by key name (never the key) and result", ["key", "result"], registry=r
         )
-        self.streams_active = Gauge("ser_stream_active", "Open WebSocket streams on /v1/stream", registry=r)
+        self.streams_active = Gauge(
+            "ser_stream_active", "Open WebSocket streams on /v1/stream", registry=r, multiprocess_mode="livesum"
+        )
         self.streams = Counter("ser_streams", "WebSocket streams by how they ended", ["end"], registry=r)
         self.stream_messages = Counter(
             "ser_stream_messages", "Messages sent on /v1/stream by type (and error code)", ["type", "code"], registry=r
@@ -84,18 +113,32 @@ class Metrics:
         )
 
         # monitoring (issue 13): capacity, live drift, input quality, live accuracy, the prediction log, shadow
-        self.stream_capacity = Gauge("ser_stream_capacity", "Most concurrent streams allowed (max_streams)", registry=r)
+        self.stream_capacity = Gauge(
+            "ser_stream_capacity",
+            "Most concurrent streams allowed (max_streams)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.drift_psi = Gauge(
             "ser_drift_psi",
             "PSI of the live window against the model's training reference, by statistic",
             ["statistic", "model_version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.drift_flagged = Gauge(
-            "ser_drift_flagged", "Statistics of the live window over the drift threshold", ["model_version"], registry=r
+            "ser_drift_flagged",
+            "Statistics of the live window over the drift threshold",
+            ["model_version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.drift_window = Gauge(
-            "ser_drift_window_size", "Answers in the live drift window", ["model_version"], registry=r
+            "ser_drift_window_size",
+            "Answers in the live drift window",
+            ["model_version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         fraction = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
         self.input_speech = Histogram(
@@ -117,16 +160,25 @@ class Metrics:
             registry=r,
         )
         self.live_uar = Gauge(
-            "ser_live_uar", "UAR of the answers with feedback (this process's window)", ["model_version"], registry=r
+            "ser_live_uar",
+            "UAR of the answers with feedback (this process's window)",
+            ["model_version"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.live_feedback = Gauge(
-            "ser_live_feedback", "Answers with feedback in the live accuracy window", ["model_version"], registry=r
+            "ser_live_feedback",
+            "Answers with feedback in the live accuracy window",
+            ["model_version"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.expected_uar = Gauge(
             "ser_model_expected_uar",
             "The model's cross-validated UAR (metadata evaluation.uar)",
             ["model_version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.shadow = Counter(
             "ser_shadow_predictions",
@@ -153,12 +205,13 @@ class Metrics:
         from ser.monitor.live import LIVE_STATISTICS
 
         if snap is None:
+            zero = multiprocess_dir() is not None  # the files keep a removed series: zero it (module docstring)
             for stat in LIVE_STATISTICS:
                 with contextlib.suppress(KeyError):
-                    self.drift_psi.remove(stat, version)
+                    _remove(self.drift_psi, (stat, version), zero)
             for g in (self.drift_flagged, self.drift_window):
                 with contextlib.suppress(KeyError):
-                    g.remove(version)
+                    _remove(g, (version,), zero)
             return
         for stat, value in snap.psi.items():
             self.drift_psi.labels(stat, version).set(value)
@@ -175,35 +228,66 @@ class Metrics:
         self.reloads.labels("ok" if result.ok else "failed").inc()
 
     def refresh_model(self, holder: ModelHolder) -> None:
+        """``ser_model_loaded`` and ``ser_model_info`` of the model ``holder`` serves now (on every load, and at
+        scrape)."""
         p = holder.predictor
-        self.model_info.clear()
         self.model_loaded.set(1 if p else 0)
-        if p is not None:
-            self.model_info.labels(p.name, p.version).set(1)
+        served = (str(p.name), str(p.version)) if p is not None else None
+        if served == self._served:
+            return
+        if self._served is not None:
+            with contextlib.suppress(KeyError):
+                _remove(self.model_info, self._served, multiprocess_dir() is not None)
+        if served is not None:
+            self.model_info.labels(*served).set(1)
+        self._served = served
+
+    def render(self) -> bytes:
+        """The text exposition of ``GET /metrics``: this app's registry, or with several processes
+        (:func:`multiprocess_dir`) the aggregate of every process's files."""
+        self.log_dropped.sync()
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry)
+
+
+def _remove(gauge: Gauge, labels: tuple[str, ...], zero: bool) -> None:
+    """Remove a labelled series, or with several processes (``zero``) set it to 0: their files keep a series until
+    the process exits, and the client does not remove labels there."""
+    if zero:
+        gauge.labels(*labels).set(0)
+    else:
+        gauge.remove(*labels)
 
 
 class _LogDropped:
-    """``ser_prediction_log_dropped_total``: records the prediction log dropped (queue full, log closed), read
-    from the log's own counter at scrape time (:meth:`attach`)."""
+    """``ser_prediction_log_dropped_total``: records the prediction log dropped (queue full, log closed, a row
+    that did not fit), the log's own counters (:meth:`attach`) carried into a counter by :meth:`sync`, at scrape
+    time and after each logged answer (so that every process's count reaches the multi-process files)."""
 
     def __init__(self, registry: CollectorRegistry):
         self.sources: list[Callable[[], int]] = []
-        registry.register(self)
+        self.counter = Counter(
+            "ser_prediction_log_dropped", "Prediction log records dropped (queue full or closed)", registry=registry
+        )
+        self._seen = 0
 
     def attach(self, source: Callable[[], int]) -> None:
         self.sources.append(source)
 
-    def collect(self) -> Any:
-        c = CounterMetricFamily("ser_prediction_log_dropped", "Prediction log records dropped (queue full or closed)")
+    def sync(self) -> None:
         total = 0
         for src in self.sources:
             with contextlib.suppress(Exception):
                 total += int(src())
-        c.add_metric([], total)
-        yield c
-
-    def describe(self) -> Any:
-        return []
+        if total > self._seen:
+            self.counter.inc(total - self._seen)
+            self._seen = total
 
 
 class MetricsMiddleware:

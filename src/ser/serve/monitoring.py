@@ -392,8 +392,8 @@ class ServiceMonitor:
             else:
                 runner = self.shadow = ShadowRunner(block, self.second_holder(block), self)
             threading.Thread(target=runner.holder.reload, name=f"ser-{block.mode}-load", daemon=True).start()
-            if self.settings.reload_poll_s > 0:
-                runner.holder.start_polling(self.settings.reload_poll_s)
+            if self.settings.poll_s > 0:
+                runner.holder.start_polling(self.settings.poll_s)
 
     def second_holder(self, block: SecondModel) -> ModelHolder:
         """The second model's holder: ``block.ref`` as a model folder when it is one, else a registry reference in
@@ -525,6 +525,7 @@ class ServiceMonitor:
                 role=CANARY if canary else "primary",
             )
             self.log.log(rec)
+            self.metrics.log_dropped.sync()  # this process's drops into the counter (several processes: their files)
         if shadow and self.shadow is not None and label is not None:
             self.shadow.submit(pid, route, audio, str(label), stats)
 

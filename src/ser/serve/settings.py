@@ -15,6 +15,8 @@ from ser.monitor.canary import RollbackRule
 from ser.serve import platform
 
 ENV_PREFIX = "SER_"
+DEFAULT_RELOAD_POLL_S = 10.0
+"""Seconds between polls of the registry's alias when serving a workdir and ``reload_poll_s`` is unset."""
 
 
 class Settings(BaseSettings):
@@ -55,10 +57,24 @@ class Settings(BaseSettings):
     max_timeline_audio_s: float = Field(1800.0, gt=0, description="longest recording for /v1/timeline, seconds")
     request_timeout_s: float = Field(30.0, gt=0, description="decoding + inference time limit per request")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    reload_poll_s: float = Field(0.0, ge=0, description="poll the model source every N s and reload; 0: off")
+    reload_poll_s: float | None = Field(
+        None,
+        ge=0,
+        description=f"poll the model source every N s and reload when it changed; 0: off; unset: "
+        f"{DEFAULT_RELOAD_POLL_S:g} s when serving a workdir's registry (follow the champion), off for a model folder",
+    )
     inference_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     threads: int = Field(1, ge=1, description="onnxruntime threads per request")
-    max_streams: int = Field(64, ge=1, description="concurrent WebSocket streams; more are refused (close 1013)")
+    max_streams: int = Field(
+        64,
+        ge=1,
+        description="concurrent WebSocket streams of the host; more are refused (close 1013). With several "
+        "processes each takes an equal share (ser.serve.processes.per_process)",
+    )
+    # processes (issue 16): worker processes behind one port (ser serve only; ser.serve.processes)
+    processes: int = Field(
+        1, ge=1, le=64, description="worker processes serving the port (ser serve --processes; one per core)"
+    )
     max_stream_s: float = Field(3600.0, gt=0, description="longest stream (audio seconds) on /v1/stream")
     stream_idle_timeout_s: float = Field(60.0, gt=0, description="close a stream silent for this long, seconds")
     # resource bounds (issue 15): what one request may make the server decode, wait for, read and answer
@@ -184,6 +200,14 @@ class Settings(BaseSettings):
         if self.auth == "key" and not self.api_keys:
             raise ValueError("auth key needs at least one API key (api_keys / SER_API_KEYS)")
         return self
+
+    @property
+    def poll_s(self) -> float:
+        """Seconds between polls of the model source (0: no polling): ``reload_poll_s``, else the default of the
+        source (:data:`DEFAULT_RELOAD_POLL_S` for a workdir's registry, off for a fixed model folder)."""
+        if self.reload_poll_s is not None:
+            return self.reload_poll_s
+        return 0.0 if self.model_dir is not None else DEFAULT_RELOAD_POLL_S
 
     @property
     def log_off(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from ser.serve.deps import GUARDED, holder_of, metrics_of, predictor, require_metrics
 from ser.serve.errors import ERROR_RESPONSES
@@ -69,4 +69,4 @@ async def model_info(request: Request) -> ModelInfo:
 async def prometheus(request: Request) -> Response:
     metrics = metrics_of(request)
     metrics.refresh_model(holder_of(request))
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)  # every process's, with several

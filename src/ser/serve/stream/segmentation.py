@@ -114,9 +114,13 @@ class FrameVad:
         self._pending = np.zeros(0, dtype=np.float32)
 
     def push(self, x: np.ndarray) -> np.ndarray:
-        buf = np.concatenate([self._pending, np.asarray(x, dtype=np.float32)])
+        x = np.asarray(x, dtype=np.float32)
+        buf = np.concatenate([self._pending, x]) if self._pending.size else x
         n = buf.size // self.frame_len
-        self._pending = buf[n * self.frame_len :]
+        if n == 0:  # no frame completed (a 20 ms client frame against 30 ms VAD frames: one push in three)
+            self._pending = buf.copy() if buf is x else buf  # never a view of the caller's array
+            return np.zeros(0, dtype=bool)
+        self._pending = buf[n * self.frame_len :].copy()
         frames = buf[: n * self.frame_len]
         pcm = to_pcm16(frames)
         L = self.frame_len

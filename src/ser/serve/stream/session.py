@@ -142,8 +142,11 @@ class StreamSession:
             return False
         if self._buf.end >= self._next_partial:
             return True
-        ep = copy.copy(self._endpointer)
+        ep = self._endpointer
         upto = self._buf.end / self.sr
+        if not (ep.n < self._flag0 + len(self._flags) and (ep.n + 1) * self.frame_s <= upto + 1e-9):
+            return False  # no new VAD frame to push (most frames): no copy of the endpointer needed
+        ep = copy.copy(ep)
         while ep.n < self._flag0 + len(self._flags) and (ep.n + 1) * self.frame_s <= upto + 1e-9:
             if ep.push(self._flags[ep.n - self._flag0]) is not None:
                 return True
