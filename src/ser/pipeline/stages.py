@@ -286,6 +286,7 @@ def _evaluation_block(ctx: StageContext, ev: dict[str, Any], n_folds: int) -> di
         "group": group,
         "max_group_gap": (attrs.get(group) or {}).get("gap", {}).get("uar"),
         "group_gaps": {a: v["gap"]["uar"] for a, v in attrs.items()},
+        "calibration": ev.get("calibration"),
     }
 
 
@@ -310,6 +311,7 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
             "evaluation": ctx.inputs["evaluate"]["evaluation"],
             "dataset_fingerprint": ctx.inputs["split"]["dataset_fingerprint"],
             "label_profile": ctx.cfg.data.profile,
+            "calibration": _calibration(ctx.inputs["evaluate"]["evaluation"]),
         },
     ).run()
     ref = _reference(ctx, out, manifest)
@@ -319,6 +321,17 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
         "reference": ref.to_dict(),
         "metric": f"ONNX parity {diff:.1e} on {n} corpus clips; reference of {ref.clips} clips",
     }
+
+
+def _calibration(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The model folder's ``calibration`` (:mod:`ser.model_folder`): the temperature fitted on the evaluation's
+    out-of-fold predictions, applied by :class:`ser.inference.Predictor` to the shipped model's logits (trained
+    on every speaker with the same recipe, so the folds' over- or under-confidence is the best estimate of its own).
+    None (no scaling) for an evaluation made before calibration was measured."""
+    cal = evaluation.get("calibration")
+    if not cal:
+        return None
+    return {**cal, "fitted_on": f"out-of-fold predictions: {evaluation.get('protocol')}"}
 
 
 def _reference(ctx: StageContext, model_dir: Path, manifest: pd.DataFrame):
@@ -447,13 +460,14 @@ STAGES: list[Stage] = [
         evaluate_stage,
         ("split", "train"),
         lambda c: {**c.evaluate.model_dump(), "group": c.register_.group},
+        version="2",  # 2: the temperature scaling (calibration) of the out-of-fold predictions
     ),
     Stage(
         "export",
         export_stage,
         ("split", "features", "train", "evaluate"),
         lambda c: {"name": c.name},
-        version="2",  # 2: reference.parquet (the monitoring reference profile) in the model folder
+        version="3",  # 2: reference.parquet (the monitoring reference profile) in the model folder; 3: calibration
     ),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="3"),  # 3: EU AI Act scope
     Stage(

@@ -325,6 +325,11 @@ class ServiceMonitor:
         )
         label = out.get("label")
         probs = out.get("probabilities")
+        if out.get("abstained") and probs:
+            # an abstention ("uncertain") is recorded with the model's class: drift and live accuracy describe the
+            # model, not the threshold; the record's confidence shows which answers fell under it, and
+            # ser_predictions_total{label="uncertain"} counts them
+            label = max(probs, key=probs.__getitem__)
         version = str(p.version)
         self.metrics.observe_input(stats)
         conf = out.get("confidence") if label is not None else None
