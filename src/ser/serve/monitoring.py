@@ -328,7 +328,7 @@ class ServiceMonitor:
         if out.get("abstained") and probs:
             # an abstention ("uncertain") is recorded with the model's class: drift and live accuracy describe the
             # model, not the threshold; the record's confidence shows which answers fell under it, and
-            # ser_predictions_total{label="uncertain"} counts them
+            # ser_predictions_total{emotion="uncertain"} counts them
             label = max(probs, key=probs.__getitem__)
         version = str(p.version)
         self.metrics.observe_input(stats)
