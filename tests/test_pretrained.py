@@ -25,17 +25,32 @@ def sine(seconds: float) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * 16_000)) / 16_000)).astype(np.float32)
 
 
-@pytest.fixture
-def nowhere(tmp_path, monkeypatch) -> Path:
-    """A working directory without ``runs/`` and no ``$SER_WORKDIR``: nothing names a model."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SER_WORKDIR", raising=False)
-    return tmp_path
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     return export_tiny_model(tmp_path_factory.mktemp("pretrained") / "m", "7")
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory, tiny) -> Path:
+    """A bundled folder for the fallback's mechanics (the real one's contents are tested on their own below)."""
+    d = tmp_path_factory.mktemp("bundled") / "ravdess-cnn"
+    shutil.copytree(tiny, d)
+    (d / "LICENSE").write_text("CC BY-NC-SA 4.0")
+    meta = json.loads((d / "metadata.json").read_text())
+    (d / "metadata.json").write_text(json.dumps({**meta, "license": LICENSE}))
+    return d
+
+
+@pytest.fixture
+def nowhere(tmp_path, monkeypatch, stand_in) -> Path:
+    """A working directory without ``runs/`` and no ``$SER_WORKDIR`` (nothing names a model), the bundled folder
+    being ``stand_in``."""
+    import ser.pretrained
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SER_WORKDIR", raising=False)
+    monkeypatch.setattr(ser.pretrained, "bundled_dir", lambda: stand_in)
+    return tmp_path
 
 
 def _champion(root: Path, model_dir: Path) -> None:
@@ -102,9 +117,9 @@ def test_bundle_keeps_the_licence_and_records_the_run(tiny, tmp_path):
 # ------------------------------------------------------------------------------------------------ the fallback
 
 
-def test_fallback_only_when_nothing_names_a_model(nowhere, tiny):
-    assert fallback_dir() == bundled_dir()
-    line = notice(bundled_dir())
+def test_fallback_only_when_nothing_names_a_model(nowhere, tiny, stand_in):
+    assert fallback_dir() == stand_in
+    line = notice(stand_in)
     assert "\n" not in line and "ravdess-cnn" in line and "CC BY-NC-SA 4.0" in line
     assert fallback_dir("challenger") is None  # a reference is a request for a registered model
     assert fallback_dir(env={"SER_WORKDIR": str(nowhere)}) is None
@@ -139,7 +154,7 @@ def test_named_but_missing_is_still_an_error(nowhere, run_cli):
     assert code == 2 and "champion" in err and not _notices(err)
 
 
-def test_serve_falls_back_with_one_log_line(nowhere, tiny, run_cli, monkeypatch, caplog):
+def test_serve_falls_back_with_one_log_line(nowhere, tiny, stand_in, run_cli, monkeypatch, caplog):
     import uvicorn
 
     seen: dict = {}
@@ -149,7 +164,7 @@ def test_serve_falls_back_with_one_log_line(nowhere, tiny, run_cli, monkeypatch,
     assert code == 0, err
     assert len(_notices(caplog.text)) == 1 and "CC BY-NC-SA 4.0" in caplog.text
     holder = seen["app"].state.holder
-    assert holder.model_dir == bundled_dir() and holder.workdir is None
+    assert holder.model_dir == stand_in and holder.workdir is None
     caplog.clear()
     _champion(nowhere, tiny)
     with caplog.at_level(logging.WARNING, logger="ser.serve"):
