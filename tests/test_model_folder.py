@@ -47,3 +47,19 @@ def test_a_folder_without_onnx_is_not_a_model_folder(tmp_path):
     with pytest.raises(SerError, match="no labels"):
         _write(tmp_path / "x", {"format": FORMAT, "labels": []})
         read_metadata(tmp_path / "x")
+
+
+def test_temperature_defaults_to_one_and_is_checked():
+    from ser.model_folder import temperature
+
+    assert temperature({"labels": ["a"]}) == 1.0  # a folder written before calibration existed
+    assert temperature({"calibration": {"method": "temperature", "temperature": 1.7, "ece_before": 0.1}}) == 1.7
+    for bad in (
+        {"method": "temperature", "temperature": 0},
+        {"method": "temperature", "temperature": "2"},
+        {"method": "platt", "temperature": 2.0},
+        {"method": "temperature", "temperature": float("nan")},
+        3,
+    ):
+        with pytest.raises(SerError, match="calibration"):
+            temperature({"calibration": bad})

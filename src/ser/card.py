@@ -232,7 +232,18 @@ def _evaluation(evaluation: dict[str, Any], result: dict[str, Any]) -> list[str]
         f"{_pct(pooled.get('accuracy'))}{_ci(ci, 'accuracy')}; macro F1 {_pct(pooled.get('macro_f1'))}; expected "
         f"calibration error {ece}.",
         "- UAR per fold: " + ", ".join(_pct(v) for v in evaluation.get("uar_per_fold") or []),
+        *_calibration(evaluation.get("calibration")),
         "",
+    ]
+
+
+def _calibration(cal: dict[str, Any] | None) -> list[str]:
+    if not cal:
+        return []
+    return [
+        f"- Calibration: the served probabilities are temperature-scaled, T = {cal['temperature']:.3f} (fitted on "
+        f"{cal['n']} out-of-fold predictions by minimising the NLL); expected calibration error "
+        f"{cal['ece_before']:.4f} → {cal['ece_after']:.4f} ({cal['n_bins']} bins, {cal['after']})."
     ]
 
 

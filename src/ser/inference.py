@@ -2,7 +2,11 @@
 
 The folder's layout, its metadata and the preprocessing it records are the contract in :mod:`ser.model_folder`;
 this module loads it into a :class:`Predictor`. Shapes: audio ``(n_samples,)`` at the model's rate → features
-``(n_features, T)`` → probabilities ``(n_classes,)``.
+``(n_features, T)`` → logits ``(n_classes,)`` → probabilities ``softmax(logits / temperature)`` ``(n_classes,)``,
+the temperature being the folder's calibration (:func:`ser.model_folder.temperature`; 1 without one).
+
+Abstention (:func:`decide`): with a threshold, an answer whose top probability is below it is labelled
+:data:`UNCERTAIN` instead of a class; its probabilities are still returned.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ser.model_folder import (
     OUTPUT_NAME,
     Preprocessing,
     read_metadata,
+    temperature,
     window_starts,
 )
 
@@ -31,6 +36,21 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+UNCERTAIN = "uncertain"
+"""The label of an abstention: the top probability fell below the caller's threshold (:func:`decide`)."""
+
+
+def decide(labels: list[str], proba: np.ndarray, abstain_below: float | None = None) -> tuple[str, float, bool]:
+    """``(label, confidence, abstained)`` of probabilities ``(n_classes,)`` over ``labels``: the arg-max class and
+    its probability, or :data:`UNCERTAIN` (the confidence still the top probability) when ``abstain_below`` is set
+    and the top probability is below it."""
+    k = int(np.argmax(proba))
+    confidence = float(proba[k])
+    if abstain_below is not None and confidence < abstain_below:
+        return UNCERTAIN, confidence, True
+    return labels[k], confidence, False
 
 
 @dataclass
@@ -67,6 +87,7 @@ class Predictor:
         self.metadata = read_metadata(self.model_dir)
         self.labels: list[str] = list(self.metadata["labels"])
         self.pre = Preprocessing.from_metadata(self.metadata)
+        self.temperature = temperature(self.metadata)
         self.version = str(self.metadata.get("version", "unregistered"))
         self.name = str(self.metadata.get("name", self.model_dir.name))
         onnx_path = self.model_dir / MODEL_FILE
@@ -95,7 +116,8 @@ class Predictor:
         return int(self.pre.feature_config.get("win_length", 400))
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        """Logits ``(n_classes,)`` of one ``(n_features, T)`` input, whole clip or window mean as in training."""
+        """Logits ``(n_classes,)`` of one ``(n_features, T)`` input, whole clip or window mean as in training
+        (the graph's output, before the temperature: for an ensemble, the log of its members' mean probability)."""
         x = np.asarray(features, dtype=np.float32)
         if self.pre.eval_mode == "windows":
             starts = window_starts(x.shape[1], self.pre.window, self.pre.hop)
@@ -108,7 +130,8 @@ class Predictor:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
     def predict_proba(self, audio: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(n_classes,)`` of mono float32 ``audio`` at :attr:`sample_rate`."""
+        """Calibrated class probabilities ``(n_classes,)`` (``softmax(logits / temperature)``) of mono float32
+        ``audio`` at :attr:`sample_rate`."""
         return self.proba_and_features(audio)[0]
 
     def proba_and_features(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +145,7 @@ class Predictor:
         if audio.size < self.min_samples:
             raise AudioError(f"audio too short: {audio.size} samples")
         feats = self.pre.features(audio)
-        return softmax(self.logits(feats)), feats
+        return softmax(self.logits(feats) / self.temperature), feats
 
     def predict(self, audio: np.ndarray) -> Prediction:
         """:class:`Prediction` of mono float32 ``audio`` at :attr:`sample_rate`."""

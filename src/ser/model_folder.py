@@ -12,6 +12,9 @@ on nothing of each other. A *model folder* holds:
   ``min_frames``), ``eval`` (``mode`` full / windows, ``window`` and ``hop`` in frames), plus provenance:
   ``name``, ``version``, ``model``, ``training``, ``metrics``, ``code_version``, ``created``;
 - ``MODEL_CARD.md`` (:data:`CARD_FILE`);
+- optional ``metadata.json["calibration"]``: ``{"method": "temperature", "temperature": T, ...}`` (the ECE before
+  and after, what it was fitted on): serving divides the logits by ``T`` before the softmax
+  (:func:`temperature`); a folder without it (written before 2026-12) is served with ``T = 1``;
 - optional (format 2): ``reference.parquet`` (:data:`REFERENCE_FILE`), the training reference profile the
   monitoring report compares live inputs and answers with (:mod:`ser.monitor.reference`);
 - optional (format 2): ``trained_on.txt`` (:data:`TRAINED_ON_FILE`), the content hashes (``pcm_hash`` of the
@@ -79,6 +82,19 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
         raise SerError(f"{path}: no labels")
     meta["format_version"] = version
     return meta
+
+
+def temperature(meta: Mapping[str, Any]) -> float:
+    """The temperature serving divides the logits by (``metadata.json["calibration"]``, see
+    :mod:`ser.evaluate.calibration`); 1.0 when the folder has no calibration. A calibration that is not a
+    positive finite temperature is a :class:`~ser.errors.SerError` (serving it silently unscaled would hide it)."""
+    cal = meta.get("calibration")
+    if cal is None:
+        return 1.0
+    t = cal.get("temperature") if isinstance(cal, Mapping) and cal.get("method") == "temperature" else None
+    if isinstance(t, bool) or not isinstance(t, int | float) or not np.isfinite(t) or t <= 0:
+        raise SerError(f"metadata.json: calibration must be {{'method': 'temperature', 'temperature': T > 0}}: {cal!r}")
+    return float(t)
 
 
 def check_model_dir(model_dir: str | Path) -> Path:

@@ -210,6 +210,11 @@ def test_pipeline_registers_a_champion_with_card_and_working_onnx(first_run, rav
     assert card.startswith("---\n") and "version 1" in card
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["export"]["parity_max_abs_diff"] <= 1e-4
+    cal = meta["calibration"]  # the temperature fitted on the evaluation's out-of-fold predictions, served
+    assert cal == {**summary.record("evaluate")["evaluation"]["calibration"], "fitted_on": cal["fitted_on"]}
+    assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["n_folds"] == 2
+    assert cal["after"] == "cross-fitted by fold" and 0 <= cal["ece_after"] <= 1
+    assert Predictor(folder, warmup=False).temperature == cal["temperature"] and "Calibration: " in card
     import fsspec  # register.publish copied the version to a URI (fsspec's memory filesystem here)
 
     mem = fsspec.filesystem("memory")

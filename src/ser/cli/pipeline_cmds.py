@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ser.cli._apps import app, console, print_json
+from ser.errors import SerError
 
 pipeline_app = typer.Typer(help="The training pipeline (local DAG runner; the same stages run in Airflow).")
 app.add_typer(pipeline_app, name="pipeline", no_args_is_help=True)
@@ -90,6 +91,59 @@ def run_cmd(
         console.print(f"total {summary.seconds:.1f} s; log: {wd / 'logs' / 'pipeline.jsonl'}")
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@pipeline_app.command("pretrained")
+def pretrained_cmd(
+    config: Path = typer.Option(Path("configs/ravdess-all.yaml"), "--config", help="pipeline YAML of the bundle"),
+    workdir: Path = typer.Option(Path("runs/pretrained"), "--workdir", help="the pipeline's workdir (its cache)"),
+    dest: Path | None = typer.Option(None, "--dest", help="bundled folder to replace (default: the package's)"),
+) -> None:
+    """Rebuild the bundled pretrained model: the pipeline on CONFIG (recipe, data and protocol from there), then
+    the folder it registered copied into the package with the run record's stage keys and metrics
+    (metadata.json "pretrained"). A second run reads the same run record: the same metrics (not the same bytes).
+
+    Example: ser pipeline pretrained --config configs/ravdess-all.yaml --workdir runs/pretrained   (make pretrained)
+    """
+    from ser.pipeline import load_config, run
+    from ser.pretrained import bundle, bundled_dir
+
+    cfg = load_config(config)
+    summary = run(cfg, workdir, progress=True)
+    if not summary.ok:
+        failed = next(r for r in summary.results if r.status == "failed")
+        raise SerError(f"pipeline stage {failed.name} failed: {failed.error}")
+    registered = summary.record("register")["result"]
+    evaluation = summary.record("evaluate")["evaluation"]
+    cal = evaluation.get("calibration") or {}
+    provenance = {
+        "config": str(config),
+        "recipe": cfg.train.model,
+        "overrides": cfg.train.overrides,
+        "data": {"corpus": cfg.data.corpus, "profile": cfg.data.profile},
+        "run": {
+            "workdir": str(workdir),
+            "stage_keys": {r.name: r.key for r in summary.results},
+            "registered": {k: registered[k] for k in ("name", "version", "alias")},
+        },
+        "metrics": {
+            "protocol": evaluation["protocol"],
+            "uar": evaluation["uar"],
+            "accuracy": evaluation["accuracy"],
+            "uar_per_fold": evaluation["uar_per_fold"],
+            "temperature": cal.get("temperature"),
+            "ece": cal.get("ece_before"),
+            "ece_calibrated": cal.get("ece_after"),
+        },
+        "rebuild": "make pretrained",
+    }
+    out = bundle(registered["model_dir"], dest or bundled_dir(), provenance)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    console.print(
+        f"bundled {registered['name']} v{registered['version']} → {out} ({size / 1e6:.1f} MB): "
+        f"UAR {100 * evaluation['uar']:.1f} % ({evaluation['protocol']})",
+        highlight=False,
+    )
 
 
 @pipeline_app.command("stages")

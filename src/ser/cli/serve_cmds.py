@@ -178,9 +178,10 @@ def _one_line(exc: ValueError) -> str:
     return str(exc)
 
 
-def _prediction_rows(files: list[Path], predictor) -> list[dict[str, Any]]:
+def _prediction_rows(files: list[Path], predictor, abstain_below: float | None = None) -> list[dict[str, Any]]:
     """One row per file: the service's answer (label, probabilities, ``speech`` and ``reason``: no label when the
-    file holds no speech or is mostly clipping) or the error."""
+    file holds no speech or is mostly clipping; ``uncertain`` and ``abstained`` under ``abstain_below``) or the
+    error."""
     import time
 
     from ser.audio import UNBOUNDED, decode
@@ -191,7 +192,8 @@ def _prediction_rows(files: list[Path], predictor) -> list[dict[str, Any]]:
         try:
             t0 = time.perf_counter()
             decoded = decode(require_file(f, "audio file"), predictor.sample_rate, UNBOUNDED)
-            rows.append({"file": str(f), "ok": True, **predict_gated(predictor, decoded.audio, decoded.clipped, t0)})
+            out = predict_gated(predictor, decoded.audio, decoded.clipped, t0, abstain_below=abstain_below)
+            rows.append({"file": str(f), "ok": True, **out})
         except SerError as exc:
             rows.append({"file": str(f), "ok": False, "error": str(exc)})
     return rows
@@ -204,17 +206,26 @@ def predict(
     workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
     ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime threads (default: all cores)"),
+    abstain_below: float | None = typer.Option(
+        None,
+        "--abstain-below",
+        min=0.0,
+        max=1.0,
+        help="answer 'uncertain' when the top probability is below this (probabilities still given)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one object per file"),
 ) -> None:
     """Predict the emotion of audio files with an exported model (onnxruntime, no PyTorch).
 
     A file that cannot be read is reported on its own line; the exit code is 1 if any file failed. A file without
     speech (or mostly clipping) gets no emotion: "speech": false and a "reason" (no_speech, clipped) in --json.
+    With --abstain-below P, a file whose top (calibrated) probability is below P is labelled "uncertain"
+    ("abstained": true in --json).
 
     Example: ser predict clip1.wav clip2.flac --workdir runs --json
     """
     predictor = load_predictor(model, workdir, ref, threads)
-    rows = _prediction_rows(files, predictor)
+    rows = _prediction_rows(files, predictor, abstain_below)
     if as_json:
         print_json(rows)
     else:

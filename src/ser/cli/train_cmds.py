@@ -91,6 +91,7 @@ def evaluate(
 
 
 def _report(outputs, frame, classes, out_dir: Path, name: str, as_json: bool) -> None:
+    from ser.evaluate.calibration import ECE_BINS
     from ser.jobs.evaluate import CVReportJob
 
     rep = CVReportJob(outputs, frame, classes, name, out_dir / "report").run()
@@ -111,6 +112,12 @@ def _report(outputs, frame, classes, out_dir: Path, name: str, as_json: bool) ->
         f"{100 * cv['accuracy']['mean']:.1f} ± {100 * std(cv['accuracy']['std']):.1f} %",
     )
     console.print(table)
+    if summary["temperature"] is not None:
+        console.print(
+            f"calibration: temperature {summary['temperature']:.2f}, ECE {summary['ece']:.3f} → "
+            f"{summary['ece_calibrated']:.3f} ({ECE_BINS} bins, out of fold)",
+            highlight=False,
+        )
     console.print(f"report: {summary['report']}")
 
 

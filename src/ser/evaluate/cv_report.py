@@ -1,5 +1,7 @@
 """Evaluation of a cross-validated run: pooled out-of-fold metrics with speaker-bootstrap CIs, mean ± std over
-folds, per-group (gender, corpus, age band) metrics with the largest gap, written as JSON + Markdown + plots."""
+folds, per-group (gender, corpus, age band) metrics with the largest gap, the temperature that calibrates the
+out-of-fold probabilities (:mod:`ser.evaluate.calibration`) with the ECE before and after, written as JSON +
+Markdown + plots."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ser.evaluate.calibration import temperature_scaling
 from ser.evaluate.fairness import group_metrics
 from ser.evaluate.metrics import aggregate_folds, evaluate_predictions
 from ser.evaluate.report import write_report
@@ -20,7 +23,8 @@ def cv_evaluation(
     outputs: list, manifest: pd.DataFrame, classes: list[str], *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """``outputs``: one per fold, each with ``y`` (true class indices), ``proba`` and ``utt_ids`` (the fold outputs
-    of the cross-validation runner). Returns ``{result, cv, fairness}`` (JSON-ready)."""
+    of the cross-validation runner). Returns ``{result, cv, fairness, calibration}`` (JSON-ready; ``calibration``:
+    :func:`~ser.evaluate.calibration.temperature_scaling` of the folds)."""
     index = list(range(len(classes)))
     per_fold = [evaluate_predictions(o.y, o.proba.argmax(1), o.proba, classes=index, n_boot=0) for o in outputs]
     y = np.concatenate([o.y for o in outputs])
@@ -42,11 +46,18 @@ def cv_evaluation(
         "result": pooled,
         "cv": aggregate_folds(per_fold, names=[f"fold {k}" for k in range(len(outputs))]),
         "fairness": fairness,
+        "calibration": temperature_scaling([(o.proba, o.y) for o in outputs]),
     }
 
 
 def write_cv_report(out_dir: str | Path, evaluation: dict[str, Any], *, title: str, meta: dict | None = None):
     """Write ``metrics.json``, ``report.md``, ``confusion_matrix.png`` and ``reliability.png`` into ``out_dir``."""
     return write_report(
-        out_dir, evaluation["result"], cv=evaluation["cv"], fairness=evaluation["fairness"], title=title, meta=meta
+        out_dir,
+        evaluation["result"],
+        cv=evaluation["cv"],
+        fairness=evaluation["fairness"],
+        temperature=evaluation.get("calibration"),
+        title=title,
+        meta=meta,
     )

@@ -199,7 +199,9 @@ def _confusion_section(confusion: Mapping[str, Any], png: str | None, heading: s
     return [*lines, ""]
 
 
-def _calibration_section(calibration: Mapping[str, Any] | None, png: str | None) -> list[str]:
+def _calibration_section(
+    calibration: Mapping[str, Any] | None, png: str | None, temperature: Mapping[str, Any] | None = None
+) -> list[str]:
     lines = ["## Calibration", ""]
     if not calibration:
         return [*lines, "No class probabilities were supplied, so calibration was not measured.", ""]
@@ -208,6 +210,16 @@ def _calibration_section(calibration: Mapping[str, Any] | None, png: str | None)
         f"({calibration['n_bins']} equal-width confidence bins)."
     )
     lines.append("")
+    if temperature:
+        t = temperature
+        bound = " (at the edge of its search interval)" if t.get("at_bound") else ""
+        lines += [
+            f"Temperature scaling: T = {_fmt(t['temperature'], 3)}{bound}, fitted on {t['n']} out-of-fold predictions "
+            f"({t['n_folds']} folds) by minimising the NLL. ECE {_fmt(t['ece_before'])} → {_fmt(t['ece_after'])}, "
+            f"NLL {_fmt(t['nll_before'])} → {_fmt(t['nll_after'])} ({t['n_bins']} bins; after: {t['after']}). "
+            "Scaling changes no arg-max: accuracy and UAR are unchanged.",
+            "",
+        ]
     if png:
         lines += [f"![Reliability diagram]({png})", ""]
     return lines
@@ -275,8 +287,10 @@ def render_markdown(
     meta: Mapping[str, Any] | None = None,
     confusion_png: str | None = CONFUSION_PNG,
     reliability_png: str | None = RELIABILITY_PNG,
+    temperature: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown report (overall metrics with CIs, per class, confusion, calibration, per fold, per group)."""
+    """The Markdown report (overall metrics with CIs, per class, confusion, calibration with the ``temperature``
+    scaling when given, per fold, per group)."""
     lines = [f"# {title}", ""]
     if meta:
         lines += [f"- **{_cell(k)}**: {_cell(v)}" for k, v in meta.items()]
@@ -284,7 +298,7 @@ def render_markdown(
     lines += _overall_section(result)
     lines += _per_class_section(result)
     lines += _confusion_section(result["confusion"], confusion_png, "Confusion matrix")
-    lines += _calibration_section(result.get("calibration"), reliability_png)
+    lines += _calibration_section(result.get("calibration"), reliability_png, temperature)
     if cv:
         lines += _cv_section(cv)
     if fairness:
@@ -298,15 +312,17 @@ def write_report(
     *,
     cv: Mapping[str, Any] | None = None,
     fairness: Mapping[str, Any] | None = None,
+    temperature: Mapping[str, Any] | None = None,
     title: str = "Evaluation report",
     meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``report.md``, ``confusion_matrix.png`` and (with probabilities) ``reliability.png``.
 
     ``result`` is :func:`~ser.evaluate.metrics.evaluate_predictions` output (for cross-validation, best the pooled
-    out-of-fold predictions), ``cv`` :func:`~ser.evaluate.metrics.aggregate_folds` output and ``fairness``
-    :func:`~ser.evaluate.fairness.group_metrics` output; ``meta`` is free-form run information (model, data, ...)
-    put at the top of both files. Returns the paths written, keyed ``json``, ``markdown``, ``confusion``,
+    out-of-fold predictions), ``cv`` :func:`~ser.evaluate.metrics.aggregate_folds` output, ``fairness``
+    :func:`~ser.evaluate.fairness.group_metrics` output and ``temperature``
+    :func:`~ser.evaluate.calibration.temperature_scaling` output; ``meta`` is free-form run information (model,
+    data, ...) put at the top of both files. Returns the paths written, keyed ``json``, ``markdown``, ``confusion``,
     ``reliability``.
     """
     out = Path(out_dir)
@@ -325,6 +341,7 @@ def write_report(
         "overall": result,
         "cross_validation": cv,
         "fairness": fairness,
+        "temperature_scaling": temperature,
         "files": {**{k: p.name for k, p in paths.items()}, "markdown": REPORT_MD},
     }
     paths["json"] = write_json(out / METRICS_JSON, payload)
@@ -336,6 +353,7 @@ def write_report(
         meta=meta,
         confusion_png=CONFUSION_PNG,
         reliability_png=RELIABILITY_PNG if calibration else None,
+        temperature=temperature,
     )
     paths["markdown"] = write_text(out / REPORT_MD, markdown)
     return paths

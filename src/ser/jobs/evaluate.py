@@ -51,8 +51,11 @@ class CVReport:
         return self.report_dir / "report.md"
 
     def summary(self) -> dict[str, Any]:
-        """Per-fold and pooled figures: ``uar_mean``, ``uar_std``, ``acc_mean``, ``acc_std``, ``pooled``, ``ci``."""
+        """Per-fold and pooled figures: ``uar_mean``, ``uar_std``, ``acc_mean``, ``acc_std``, ``pooled``, ``ci``,
+        and the calibration: ``temperature``, ``ece`` (pooled out-of-fold) and ``ece_calibrated`` (after temperature
+        scaling, :func:`ser.evaluate.calibration.temperature_scaling`)."""
         cv = self.evaluation["cv"]["metrics"]
+        cal = self.evaluation.get("calibration") or {}
         return {
             "model": self.name,
             "folds": self.folds,
@@ -62,6 +65,9 @@ class CVReport:
             "acc_std": cv["accuracy"]["std"],
             "pooled": self.evaluation["result"]["metrics"],
             "ci": self.evaluation["result"]["ci"],
+            "temperature": cal.get("temperature"),
+            "ece": cal.get("ece_before"),
+            "ece_calibrated": cal.get("ece_after"),
             "report": str(self.report),
         }
 

@@ -392,6 +392,7 @@ def _evaluation_block(ctx: StageContext, ev: dict[str, Any], n_folds: int) -> di
         "group": group,
         "max_group_gap": (attrs.get(group) or {}).get("gap", {}).get("uar"),
         "group_gaps": {a: v["gap"]["uar"] for a, v in attrs.items()},
+        "calibration": ev.get("calibration"),
     }
 
 
@@ -418,6 +419,7 @@ def export_stage(ctx: StageContext) -> dict[str, Any]:
             "label_profile": ctx.cfg.data.profile,
             "data_version": ctx.inputs["ingest"].get("data_version"),
             "data_sources": ctx.inputs["ingest"].get("sources"),
+            "calibration": _calibration(ctx.inputs["evaluate"]["evaluation"]),
         },
     ).run()
     _write_trained_on(out, manifest)
@@ -438,6 +440,17 @@ def _write_trained_on(model_dir: Path, manifest: pd.DataFrame) -> None:
     if "pcm_hash" not in manifest.columns:
         raise SerError("the training manifest has no content hashes (pcm_hash): it did not pass validation")
     write_trained_on(model_dir, manifest["pcm_hash"].astype(str).tolist())
+
+
+def _calibration(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The model folder's ``calibration`` (:mod:`ser.model_folder`): the temperature fitted on the evaluation's
+    out-of-fold predictions, applied by :class:`ser.inference.Predictor` to the shipped model's logits (trained
+    on every speaker with the same recipe, so the folds' over- or under-confidence is the best estimate of its own).
+    None (no scaling) for an evaluation made before calibration was measured."""
+    cal = evaluation.get("calibration")
+    if not cal:
+        return None
+    return {**cal, "fitted_on": f"out-of-fold predictions: {evaluation.get('protocol')}"}
 
 
 def _reference(ctx: StageContext, model_dir: Path, manifest: pd.DataFrame):
@@ -602,13 +615,14 @@ STAGES: list[Stage] = [
         evaluate_stage,
         ("split", "train"),
         lambda c: {**c.evaluate.model_dump(), "group": c.register_.group},
+        version="2",  # 2: the temperature scaling (calibration) of the out-of-fold predictions
     ),
     Stage(
         "export",
         export_stage,
         ("ingest", "split", "features", "train", "evaluate"),
         lambda c: {"name": c.name},
-        version="3",  # 2: reference.parquet (the monitoring reference profile); 3: trained_on.txt, data version
+        version="4",  # 2: reference.parquet (the monitoring reference profile); 3: trained_on.txt, data version; 4: calibration
     ),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="3"),  # 3: EU AI Act scope
     Stage(

@@ -64,7 +64,9 @@ class ModelHolder:
     """Holds the served :class:`~ser.inference.Predictor` and swaps it on reload.
 
     Exactly one source: ``model_dir`` (a model folder), or ``workdir`` with an optional registry ``ref``
-    (``NAME[@ALIAS|/VERSION]``, default the champion). Nothing is loaded until :meth:`reload`.
+    (``NAME[@ALIAS|/VERSION]``, default the champion); neither: the default workdir, or when nothing names a model
+    and it has no champion, the bundled pretrained model (:mod:`ser.pretrained`, logged in one line). Nothing is
+    loaded until :meth:`reload`.
     ``loader(path, threads)`` builds a predictor (tests inject a slow or failing one).
     """
 
@@ -80,9 +82,14 @@ class ModelHolder:
         if model_dir is not None and workdir is not None:
             raise ConfigError("give a model folder or a workdir, not both")
         if model_dir is None and workdir is None:
+            from ser.pretrained import fallback_dir, notice
             from ser.registry import default_workdir
 
-            workdir = default_workdir()
+            model_dir = fallback_dir(ref)  # nothing named and no champion: the bundled pretrained model
+            if model_dir is not None:
+                log.warning("%s", notice(model_dir))
+            else:
+                workdir = default_workdir()
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.workdir = Path(workdir) if workdir is not None else None
         self.ref = ref

@@ -495,6 +495,11 @@ class ServiceMonitor:
         )
         label = out.get("label")
         probs = out.get("probabilities")
+        if out.get("abstained") and probs:
+            # an abstention ("uncertain") is recorded with the model's class: drift and live accuracy describe the
+            # model, not the threshold; the record's confidence shows which answers fell under it, and
+            # ser_predictions_total{emotion="uncertain"} counts them
+            label = max(probs, key=probs.__getitem__)
         version = str(p.version)
         canary = self.canary is not None and self.canary.owns(p)
         self.metrics.observe_input(stats)

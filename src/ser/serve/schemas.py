@@ -28,8 +28,14 @@ PREDICTION_ID = (
 
 class PredictionOut(BaseModel):
     prediction_id: str = Field(description=PREDICTION_ID)
-    label: str | None = Field(description="the most probable emotion; null when there is no speech to classify")
-    confidence: float | None = Field(description="its probability; null without speech")
+    label: str | None = Field(
+        description="the most probable emotion, or `uncertain` when the service abstains (its top probability is "
+        "below the service's threshold, SER_ABSTAIN_BELOW; see `abstained`); null when there is no speech to classify"
+    )
+    confidence: float | None = Field(
+        description="the top probability (calibrated: temperature-scaled when the model folder has a temperature); "
+        "null without speech"
+    )
     probabilities: dict[str, float] | None = Field(
         description="emotion → probability, summing to 1; null without speech"
     )
@@ -42,6 +48,12 @@ class PredictionOut(BaseModel):
         None,
         description="why there is no label: `no_speech` (less than 0.25 s of voice) or `clipped` (more than half "
         "of the samples at full scale); null when `speech` is true",
+    )
+    abstained: bool = Field(
+        False,
+        description="true when the top probability is below the service's abstention threshold (SER_ABSTAIN_BELOW): "
+        "`label` is then `uncertain`, `confidence` and `probabilities` are still given; always false when no "
+        "threshold is set or there is no speech",
     )
     duration_s: float = Field(description="clip duration, seconds")
     processing_ms: float = Field(description="decoding + inference time, milliseconds")

@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     )
     min_timeline_step_s: float = Field(0.1, gt=0, description="smallest step_s on /v1/timeline, seconds")
     max_timeline_points: int = Field(20_000, ge=1, description="most grid points a /v1/timeline answer may hold")
+    abstain_below: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="abstention: an answer of /v1/predict (and each batch item) whose top probability is below this "
+        "gets the label 'uncertain' (probabilities still returned); unset: always a class",
+    )
     # monitoring (issue 13): the prediction log, feedback, live drift and the second model
     prediction_log: str | None = Field(
         None,

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ser.errors import AudioError, Cancelled
+from ser.inference import decide
 from ser.timeline import VadConfig, segment
 
 Reason = Literal["no_speech", "clipped"]
@@ -55,11 +56,20 @@ def assess(
 
 
 def predict_gated(
-    predictor: Any, audio: np.ndarray, clipped: float, t0: float, should_stop: Any = None, proba: Any = None
+    predictor: Any,
+    audio: np.ndarray,
+    clipped: float,
+    t0: float,
+    should_stop: Any = None,
+    proba: Any = None,
+    *,
+    abstain_below: float | None = None,
 ) -> dict[str, Any]:
-    """One clip's answer: ``label``, ``confidence``, ``probabilities``, ``speech``, ``reason``, ``duration_s``,
-    ``processing_ms`` (since ``t0``, a ``time.perf_counter()``), ``model_version``. ``speech`` false (with the
-    ``reason``) leaves the label, confidence and probabilities None and runs no inference.
+    """One clip's answer: ``label``, ``confidence``, ``probabilities``, ``speech``, ``reason``, ``abstained``,
+    ``duration_s``, ``processing_ms`` (since ``t0``, a ``time.perf_counter()``), ``model_version``. ``speech``
+    false (with the ``reason``) leaves the label, confidence and probabilities None and runs no inference. With
+    ``abstain_below``, a top probability under it gives the label ``"uncertain"`` and ``abstained`` true
+    (:func:`ser.inference.decide`; the probabilities are still returned).
 
     ``proba``: the ``predict_proba`` to call (default the predictor's; the service passes one that keeps the
     model input for its monitoring statistics, :class:`ser.serve.monitoring.FeatureTap`).
@@ -73,12 +83,12 @@ def predict_gated(
     reason = assess(audio, sr, clipped)
     out: dict[str, Any] = {"label": None, "confidence": None, "probabilities": None, "speech": reason is None}
     out["reason"] = reason
+    out["abstained"] = False
     if reason is None:
         if should_stop is not None and should_stop():
             raise Cancelled("inference stopped: the request was cancelled")
         p = (proba or predictor.predict_proba)(audio)
-        k = int(np.argmax(p))
-        out["label"], out["confidence"] = predictor.labels[k], float(p[k])
+        out["label"], out["confidence"], out["abstained"] = decide(list(predictor.labels), p, abstain_below)
         out["probabilities"] = {lab: float(v) for lab, v in zip(predictor.labels, p, strict=True)}
     out["duration_s"] = round(audio.size / sr, 4)
     out["processing_ms"] = round((time.perf_counter() - t0) * 1e3, 3)

@@ -216,12 +216,14 @@ def predict_bytes(
     monitor: Any = None,
     route: str = "/v1/predict",
     client_name: str | None = None,
+    abstain_below: float | None = None,
 ) -> dict[str, Any]:
     """Decode and classify one upload → the fields of :class:`ser.serve.schemas.PredictionOut` but ``model_name``
     and ``filename`` (:func:`ser.serve.speech.predict_gated`: no label when there is no speech; processing_ms
     covers decoding and inference), with its ``prediction_id``. ``monitor``: the app's
     :class:`ser.serve.monitoring.ServiceMonitor`, which logs the answer (under ``route``; ``client_name`` only as
-    a salted hash) and may hand it to the shadow model; without it the id is issued and nothing is logged."""
+    a salted hash) and may hand it to the shadow model; without it the id is issued and nothing is logged.
+    ``abstain_below``: the label is ``"uncertain"`` under this top probability (the service's ``abstain_below``)."""
     from ser.monitor.ids import new_id
     from ser.serve.monitoring import FeatureTap
     from ser.serve.speech import predict_gated
@@ -230,7 +232,9 @@ def predict_bytes(
     decoded = decode_audio(data, predictor.sample_rate, limits, should_stop)
     tap = FeatureTap(predictor) if monitor is not None else None
     try:
-        out = predict_gated(predictor, decoded.audio, decoded.clipped, t0, should_stop, tap)
+        out = predict_gated(
+            predictor, decoded.audio, decoded.clipped, t0, should_stop, tap, abstain_below=abstain_below
+        )
     except AudioError as exc:
         raise ApiError(422, "invalid_audio", str(exc)) from None
     if monitor is None or tap is None:
@@ -257,6 +261,7 @@ def predict_many(
     should_stop: StopFlag = None,
     *,
     monitor: Any = None,
+    abstain_below: float | None = None,
 ) -> list[tuple[Part, Any]]:
     """Each part's result (as :func:`predict_bytes`) or its :class:`ApiError` (one bad file does not fail the
     batch); :class:`ser.errors.Cancelled` stops the whole batch."""
@@ -272,6 +277,7 @@ def predict_many(
                 monitor=monitor,
                 route="/v1/predict/batch",
                 client_name=part.filename,
+                abstain_below=abstain_below,
             )
             out.append((part, res))
         except ApiError as exc:

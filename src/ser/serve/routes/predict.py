@@ -90,7 +90,9 @@ async def predict(request: Request) -> PredictionOut:
     settings, metrics = settings_of(request), metrics_of(request)
     p = predictor(request)
     part = (await read_uploads(request, settings, batch=False))[0]
-    run = functools.partial(predict_bytes, monitor=monitor_of(request.app), client_name=part.filename)
+    run = functools.partial(
+        predict_bytes, monitor=monitor_of(request.app), client_name=part.filename, abstain_below=settings.abstain_below
+    )
     p, fields = await answer(request, p, run, part.data, decode_limits(settings, settings.max_audio_s))
     out = _prediction_out(fields, p, part.filename)
     observe_answer(metrics, "predict", out)
@@ -115,7 +117,7 @@ async def predict_batch(request: Request) -> BatchOut:
         raise ApiError(422, "too_many_files", f"{len(parts)} files; at most {settings.max_batch_files} per batch")
     t0 = time.perf_counter()
     limits = decode_limits(settings, settings.max_audio_s)
-    run = functools.partial(predict_many, monitor=monitor_of(request.app))
+    run = functools.partial(predict_many, monitor=monitor_of(request.app), abstain_below=settings.abstain_below)
     p, done = await answer(request, p, run, parts, settings.max_upload_bytes, limits)
     metrics.inference.labels("batch").observe(time.perf_counter() - t0)
     items = []
