@@ -622,7 +622,8 @@ STAGES: list[Stage] = [
         export_stage,
         ("ingest", "split", "features", "train", "evaluate"),
         lambda c: {"name": c.name},
-        version="4",  # 2: reference.parquet (the monitoring reference profile); 3: trained_on.txt, data version; 4: calibration
+        # 2: reference.parquet (the monitoring reference profile); 3: trained_on.txt, data version; 4: calibration
+        version="4",
     ),
     Stage("card", card_stage, ("export", "evaluate"), lambda c: None, version="3"),  # 3: EU AI Act scope
     Stage(
