@@ -10,7 +10,7 @@ Protocol (RAVDESS-8, the shared copy; every model is trained and registered by t
 :func:`ser.pipeline.run`, as ``ser loop run`` runs it, and scored with onnxruntime by :class:`ModelEvaluateJob`):
 
 1. **v1**: the pipeline on clean studio speech of actors 1-16 (one source) → v1, champion.
-2. **production** is actors 17-24 through :data:`CONDITION`: pink-free *held-out* factory noise (``factory1``, a
+2. **production** is actors 17-24 through :data:`CONDITION`: *held-out* factory noise (``factory1``, a
    recording :data:`ser.degrade.TRAIN_NOISES` never contains) at 10 dB SNR, then the telephone channel (300-3400 Hz,
    8 kHz, G.711 mu-law); each clip's degradation is seeded by its content hash and the condition
    (``robustness.condition_seed``), so it is the same on every run.
