@@ -156,7 +156,8 @@ def test_closed_loop_section_reports_the_share_won_back(closed_loop):
           "production": score(0.5), "clean": score(0.6)}  # fmt: skip
     protocol = {"recipe": "cnn-small", "epochs": 10, "split": "holdout", "condition": "c", "gate_speakers": ["a"]}
     r = {"cut": True, "date": "d", "machine": "m", "protocol": protocol, "v1": v1, "v2": v2, "lost_uar": 0.4,
-         "won_back_uar": 0.2, "won_back_share": 0.5, "wall_s": {"v1": 10.0}}  # fmt: skip
+         "won_back_uar": 0.2, "won_back_share": 0.5, "promoted": True, "wall_s": {"v1": 10.0}}  # fmt: skip
     md = closed_loop.section(r)
     assert "**(cut run)**" in md and "**50.0 %** of the loss" in md
     assert "| v1 (registry v1) | 30.0 [20.0, 40.0] | 5.0 | 70.0 [60.0, 80.0] | 5.0 |" in md
+    assert "won back nothing" in closed_loop.section({**r, "promoted": False})
