@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "lost_uar": lost,
         "won_back_uar": a2["uar"] - a1["uar"],
-        "won_back_share": (a2["uar"] - a1["uar"]) / lost if lost > 0 else None,
+        # a share of a loss that the clean CI does not separate from nothing is no figure
+        "won_back_share": (a2["uar"] - a1["uar"]) / lost if c1["uar_ci"] and a1["uar"] < c1["uar_ci"][0] else None,
         "promoted": v2["alias"] == "champion",
         "wall_s": {k: v["wall_s"] for k, v in state.data.items()},
     }
@@ -360,7 +361,12 @@ def section(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"- The shift took {_pct(r['lost_uar'])} points of v1's UAR (clean → production); v2 scores "
-        f"{_pct(r['won_back_uar'])} points above v1 there, **{_pct(r['won_back_share'])} %** of the loss"
+        f"{_pct(r['won_back_uar'])} points above v1 there, "
+        + (
+            f"**{_pct(r['won_back_share'])} %** of the loss"
+            if r["won_back_share"] is not None
+            else "no share of the loss computed (v1's production UAR is within the 95 % CI of its clean UAR)"
+        )
         + (
             "."
             if r["promoted"]

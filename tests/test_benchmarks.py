@@ -161,3 +161,4 @@ def test_closed_loop_section_reports_the_share_won_back(closed_loop):
     assert "**(cut run)**" in md and "**50.0 %** of the loss" in md
     assert "| v1 (registry v1) | 30.0 [20.0, 40.0] | 5.0 | 70.0 [60.0, 80.0] | 5.0 |" in md
     assert "won back nothing" in closed_loop.section({**r, "promoted": False})
+    assert "no share of the loss computed" in closed_loop.section({**r, "won_back_share": None})
