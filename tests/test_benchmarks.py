@@ -121,3 +121,44 @@ def test_robustness_trim_overlap_sees_noise_fill_the_silence(robustness):
     assert robustness.trim_overlap(clean, clean, 40.0) == (0.4, 1.0)
     assert robustness.trim_overlap(clean, noisy, 40.0) == (1.0, 0.4)
     assert robustness.trim_overlap(clean, noisy, 10.0) == (0.4, 1.0)  # a tighter trim still finds the speech
+
+
+@pytest.fixture
+def closed_loop(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module("closed_loop")
+    yield module
+    sys.modules.pop("closed_loop", None)
+
+
+def test_closed_loop_links_only_the_chosen_actors_and_labels_them(closed_loop, tmp_path):
+    src = tmp_path / "ravdess"
+    for actor, emotion in ((1, "05"), (2, "04"), (17, "01")):
+        (src / f"Actor_{actor:02d}").mkdir(parents=True)
+        (src / f"Actor_{actor:02d}" / f"03-01-{emotion}-01-01-01-{actor:02d}.flac").write_bytes(b"x")
+    linked = closed_loop.link_actors(tmp_path / "studio", src, (1, 2))
+    assert sorted(p.name for p in linked.iterdir()) == ["Actor_01", "Actor_02"]
+    assert all(p.is_symlink() and not p.parent.is_symlink() for p in linked.rglob("*.flac"))
+    m = closed_loop.manifest(linked, (1, 2))
+    assert m[["emotion", "speaker", "gender"]].values.tolist() == [
+        ["angry", "ravdess:1", "male"],
+        ["sad", "ravdess:2", "female"],
+    ]
+
+
+def test_closed_loop_section_reports_the_share_won_back(closed_loop):
+    def score(uar):
+        return {"uar": uar, "uar_ci": [uar - 0.1, uar + 0.1], "gender_gap": 0.05}
+
+    v1 = {"version": 1, "production": score(0.3), "clean": score(0.7)}
+    v2 = {"version": 2, "alias": "champion", "outcome": "better", "gate_n": 120, "candidate_gate_uar": 0.5,
+          "champion_gate_uar": 0.3, "gate_uar_diff": {"diff": 0.2, "low": 0.1, "high": 0.3},
+          "production": score(0.5), "clean": score(0.6)}  # fmt: skip
+    protocol = {"recipe": "cnn-small", "epochs": 10, "split": "holdout", "condition": "c", "gate_speakers": ["a"]}
+    r = {"cut": True, "date": "d", "machine": "m", "protocol": protocol, "v1": v1, "v2": v2, "lost_uar": 0.4,
+         "won_back_uar": 0.2, "won_back_share": 0.5, "promoted": True, "wall_s": {"v1": 10.0}}  # fmt: skip
+    md = closed_loop.section(r)
+    assert "**(cut run)**" in md and "**50.0 %** of the loss" in md
+    assert "| v1 (registry v1) | 30.0 [20.0, 40.0] | 5.0 | 70.0 [60.0, 80.0] | 5.0 |" in md
+    assert "won back nothing" in closed_loop.section({**r, "promoted": False})
+    assert "no share of the loss computed" in closed_loop.section({**r, "won_back_share": None})
