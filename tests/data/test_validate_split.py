@@ -158,3 +158,19 @@ def test_synth_deterministic_marked_and_learnable(tmp_path, run_cli):
     assert level["angry"] > 2 * level["sad"]
     code, out, _ = run_cli("data", "synth", "--out", tmp_path / "c", "--speakers", "2", "--per-emotion", "1", "--json")
     assert code == 0 and json.loads(out)["files"] == 16
+
+
+def test_an_empty_manifest_or_one_where_every_file_fails_is_a_clear_outcome(tmp_path):
+    """Ingest that found nothing is a one-line ManifestError (it was a KeyError 'pcm_hash'); a manifest whose every
+    file is unreadable quarantines them all and keeps the manifest's columns."""
+    from ser.errors import ManifestError
+
+    empty = ingest("ravdess", tmp_path).manifest
+    with pytest.raises(ManifestError, match="no audio files"):
+        validate(empty)
+    clip = write_wav(tmp_path / "Actor_01" / "03-01-01-01-01-01-01.wav", tone(1.0))
+    manifest = ingest("ravdess", tmp_path).manifest
+    clip.write_bytes(clip.read_bytes()[:60])  # broken between ingest and validation
+    r = validate(manifest)
+    assert r.manifest.empty and "pcm_hash" in r.manifest.columns
+    assert len(r.quarantine) == 1

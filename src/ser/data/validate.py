@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ser.audio import pcm_hash, read_native, to_mono
 from ser.data import schema
-from ser.errors import AudioError, ConfigError
+from ser.errors import AudioError, ConfigError, ManifestError
 from ser.io import write_json, write_parquet, write_text
 from ser.progress import track
 
@@ -118,9 +118,12 @@ def validate(
 ) -> ValidationResult:
     cfg = config or ValidationConfig()
     schema.check(manifest)
+    if manifest.empty:
+        raise ManifestError("the manifest has no rows: ingest found no audio files (check the corpus path and adapter)")
     m = schema.conform(manifest)
     with ThreadPoolExecutor(max_workers=workers or 4) as pool:
         measured = list(track(pool.map(_measure_file, m["path"]), "validate", len(m), progress))
+    facts_cols = ["peak_dbfs", "rms_dbfs", "clip_ratio", "dc_offset", "pcm_hash"]  # columns even if every file fails
     quarantine: list[dict[str, str]] = []
     keep: list[bool] = []
     extra: list[dict[str, Any]] = []
@@ -136,8 +139,8 @@ def validate(
         if reasons:
             quarantine.append({"path": row.path, "stage": "validate", "reason": "; ".join(reasons)})
         keep.append(not reasons)
-        extra.append({k: facts[k] for k in ("peak_dbfs", "rms_dbfs", "clip_ratio", "dc_offset", "pcm_hash")})
-    m = pd.concat([m, pd.DataFrame(extra, index=m.index)], axis=1)
+        extra.append({k: facts[k] for k in facts_cols})
+    m = pd.concat([m, pd.DataFrame(extra, index=m.index, columns=facts_cols)], axis=1)
     ok = m[np.array(keep, dtype=bool)]
     duplicates = []
     for kind, col in (("byte-identical", "sha256"), ("content-identical", "pcm_hash")):
