@@ -127,6 +127,26 @@ def test_fallback_only_when_nothing_names_a_model(nowhere, tiny, stand_in):
     assert fallback_dir() is None
 
 
+def test_a_synthetic_demo_champion_is_passed_over_unless_named(nowhere, tiny, run_cli):
+    """After ``make demo`` the default workdir's champion was trained on tones (``training.synthetic``): nothing
+    named → the bundled model answers, with a notice saying why; ``--workdir runs`` still serves the demo model."""
+    _champion(nowhere, tiny)
+    meta_path = nowhere / "runs" / "registry" / "ser-emotion" / "7" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "training": {"synthetic": True}}))
+    assert fallback_dir() is not None
+    clip = write_wav(nowhere / "clip.wav", sine(1.5))
+    code, out, err = run_cli("predict", clip, "--json")
+    assert code == 0, err
+    lines = _notices(err)
+    assert len(lines) == 1 and "synthetic demo corpus" in lines[0], err
+    code, out, err = run_cli("predict", clip, "--workdir", nowhere / "runs", "--json")
+    assert code == 0 and not _notices(err), err
+    assert json.loads(out)[0]["model_version"] == "7"
+    meta_path.write_text(json.dumps({**meta, "training": {"synthetic": False}}))
+    assert fallback_dir() is None  # a champion trained on real data is served as always
+
+
 @pytest.mark.parametrize("command", ["predict", "timeline", "listen"])
 def test_cli_falls_back_with_one_notice_and_not_with_a_champion(command, nowhere, tiny, run_cli):
     clip = write_wav(nowhere / "clip.wav", sine(1.5))

@@ -5,8 +5,9 @@ list what it must not be used for).
 
 **Fallback** (:func:`fallback_dir`, the one place that decides): ``ser serve``, ``ser predict``, ``ser timeline``
 and ``ser listen`` use the bundled model when nothing names a model — no ``--model``, no ``--workdir`` or
-``$SER_WORKDIR``, no ``--ref`` — and the default workdir (``./runs``) has no registered champion. They say so in
-one line (:func:`notice`: stderr for the CLI, the ``ser.serve`` log for the service). A model, workdir or
+``$SER_WORKDIR``, no ``--ref`` — and the default workdir (``./runs``) has no registered champion, or only one
+trained on the synthetic demo corpus (what ``make demo`` registers there: tones, not speech, so it would answer
+real clips at random; name the workdir to use it anyway). They say so in one line (:func:`notice`: stderr for the CLI, the ``ser.serve`` log for the service). A model, workdir or
 reference that is named but missing is still an error: a bundled model is never served in place of one asked for.
 
 **Rebuild**: ``make pretrained`` runs the pipeline on ``configs/ravdess-all.yaml`` (the recipe comes from that
@@ -49,7 +50,7 @@ def fallback_dir(ref: str | None = None, env: Mapping[str, str] | None = None) -
     env = os.environ if env is None else env
     if ref is not None or env.get(WORKDIR_ENV):
         return None
-    if "champion" in read_aliases(default_workdir()):
+    if "champion" in read_aliases(default_workdir()) and not _synthetic_champion():
         return None
     path = bundled_dir()
     if not ((path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()):
@@ -57,15 +58,34 @@ def fallback_dir(ref: str | None = None, env: Mapping[str, str] | None = None) -
     return path
 
 
+def _synthetic_champion() -> bool:
+    """True when the default workdir's champion was trained on the synthetic demo corpus only (its metadata's
+    ``training.synthetic``); False when it was not, or cannot be read (then it is served as before)."""
+    from ser.registry import resolve
+
+    try:
+        meta = read_metadata(resolve(default_workdir(), "champion"))
+    except SerError:
+        return False
+    training = meta.get("training")
+    return isinstance(training, dict) and training.get("synthetic") is True
+
+
 def notice(model_dir: str | Path) -> str:
     """The one line that says the bundled model is in use: which model, its licence, where its licence file is."""
     model_dir = Path(model_dir)
+    wd = default_workdir()
+    why = (
+        f"the champion in {wd} was trained on the synthetic demo corpus (not speech; --workdir {wd} serves it)"
+        if "champion" in read_aliases(wd)
+        else f"no model named and no champion in {wd}"
+    )
     meta = read_metadata(model_dir)
     info = meta.get("pretrained") or {}
     uar = (meta.get("evaluation") or {}).get("uar")
     held_out = f", held-out UAR {100 * uar:.0f} %" if isinstance(uar, int | float) else ""
     return (
-        f"note: no model named and no champion in {default_workdir()}: using the bundled pretrained model "
+        f"note: {why}: using the bundled pretrained model "
         f"{info.get('bundled_as', model_dir.name)} ({meta.get('model', {}).get('name', 'model')} trained on "
         f"RAVDESS{held_out}); licence {meta.get('license', LICENSE)}: non-commercial use only, not for decisions "
         f"about people (see {model_dir / LICENSE_FILE})"
