@@ -7,8 +7,9 @@ list what it must not be used for).
 and ``ser listen`` use the bundled model when nothing names a model — no ``--model``, no ``--workdir`` or
 ``$SER_WORKDIR``, no ``--ref`` — and the default workdir (``./runs``) has no registered champion, or only one
 trained on the synthetic demo corpus (what ``make demo`` registers there: tones, not speech, so it would answer
-real clips at random; name the workdir to use it anyway). They say so in one line (:func:`notice`: stderr for the CLI, the ``ser.serve`` log for the service). A model, workdir or
-reference that is named but missing is still an error: a bundled model is never served in place of one asked for.
+real clips at random; name the workdir to use it anyway). They say so in one line (:func:`notice`: stderr for the
+CLI, the ``ser.serve`` log for the service). A model, workdir or reference that is named but missing is still an
+error: a bundled model is never served in place of one asked for.
 
 **Rebuild**: ``make pretrained`` runs the pipeline on ``configs/ravdess-all.yaml`` (the recipe comes from that
 config) and :func:`bundle` copies the registered folder here, with the run record's stage keys and metrics in
