@@ -124,10 +124,20 @@ def _call(fn: Callable[..., Any], item: Any, **shared: Any) -> Any:
     return fn(item, **shared)
 
 
-def connect_ray(address: str = RAY_LOCAL):
+def ray_driver_running() -> bool:
+    """True when this process is already a Ray driver (``ray.init`` was called); False too when Ray is missing."""
+    try:
+        import ray
+    except ImportError:
+        return False
+    return bool(ray.is_initialized())
+
+
+def connect_ray(address: str = RAY_LOCAL, num_cpus: int | None = None):
     """The ``ray`` module with this process connected as a driver: the existing connection, else ``ray.init`` at
-    ``address`` (``local`` starts a private instance with every CPU of this machine). Ray missing or a cluster
-    that cannot be reached is a one-line :class:`~ser.errors.SerError`."""
+    ``address`` (``local`` starts a private instance with ``num_cpus`` CPUs, default every CPU of this machine;
+    ``num_cpus`` is ignored for a running cluster). Ray missing or a cluster that cannot be reached is a one-line
+    :class:`~ser.errors.SerError`."""
     try:
         import ray
     except ImportError:
@@ -137,6 +147,7 @@ def connect_ray(address: str = RAY_LOCAL):
     try:
         ray.init(
             address=address,
+            num_cpus=num_cpus if address == RAY_LOCAL else None,
             include_dashboard=False,
             log_to_driver=False,  # worker output goes to Ray's session logs, not into the CLI's output
             logging_level=logging.WARNING,

@@ -35,7 +35,6 @@ the files in flight are recorded ``failed`` ("worker process died") and a fresh 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 from ser.batch.archive import Recording
 from ser.batch.core import FileInfo, FileResult, failed_row
 from ser.batch.worker import FileProcessor, ModelFiles, WorkerSettings
-from ser.errors import ConfigError, SerError
+from ser.errors import SerError
 
 DIED = "worker process died (a crash or out of memory) while analysing this file"
 IN_FLIGHT_PER_WORKER = 2
@@ -151,23 +150,13 @@ class RayTarget:
     num_cpus: int | None = None
 
     def connect(self) -> bool:
-        """``ray.init`` unless this process is already a Ray driver; True when this call started the
-        connection (and should shut it down)."""
-        try:
-            import ray
-        except ImportError as exc:
-            raise ConfigError("--ray needs Ray: pip install 'ser[scale]'") from exc
-        if ray.is_initialized():
-            return False
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-        try:
-            if self.address == "local":
-                ray.init(num_cpus=self.num_cpus, **kw)
-            else:
-                ray.init(address=self.address, **{k: v for k, v in kw.items() if k != "include_dashboard"})
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise SerError(f"cannot reach the Ray cluster at {self.address}: {str(exc).splitlines()[0]}") from None
-        return True
+        """Connect this process as a Ray driver (:func:`ser.executor.connect_ray`) unless it already is one; True
+        when this call started the connection (and should shut it down)."""
+        from ser.executor import connect_ray, ray_driver_running
+
+        started = not ray_driver_running()
+        connect_ray(self.address, self.num_cpus)
+        return started
 
 
 def run_ray(
