@@ -79,6 +79,10 @@ class SourceConfig(_Section):
         return self.name or self.corpus
 
 
+_SINGLE_SOURCE_FIELDS = {"corpus", "path", "demographics", "synth_speakers", "synth_per_emotion", "seed"}
+"""The fields of the single-source ``data:`` form: one :class:`SourceConfig` with the same names."""
+
+
 class DataConfig(_Section):
     corpus: str = Field("synthetic", description="adapter: synthetic, ravdess, cremad, tess, savee, emodb, folder, csv")
     path: str | None = Field(
@@ -96,9 +100,9 @@ class DataConfig(_Section):
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.sources is not None:
-            single = {"corpus", "path", "demographics", "synth_speakers", "synth_per_emotion", "seed"}
-            if single & self.model_fields_set:
-                given = ", ".join(sorted(single & self.model_fields_set))
+            given_single = _SINGLE_SOURCE_FIELDS & self.model_fields_set
+            if given_single:
+                given = ", ".join(sorted(given_single))
                 raise ValueError(f"give either sources or the single-source fields ({given}), not both")
             names = [s.label for s in self.sources]
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -115,16 +119,7 @@ class DataConfig(_Section):
         """Every source: ``sources``, or the single-source form as one source."""
         if self.sources is not None:
             return list(self.sources)
-        return [
-            SourceConfig(
-                corpus=self.corpus,
-                path=self.path,
-                demographics=self.demographics,
-                synth_speakers=self.synth_speakers,
-                synth_per_emotion=self.synth_per_emotion,
-                seed=self.seed,
-            )
-        ]
+        return [SourceConfig(**self.model_dump(include=_SINGLE_SOURCE_FIELDS))]
 
     @property
     def synthetic(self) -> bool:
