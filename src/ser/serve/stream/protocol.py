@@ -123,6 +123,15 @@ def parse_start(msg: dict[str, Any], limits: StreamLimits | None = None) -> Stre
     return StreamConfig(int(sr), str(encoding), hop, window)
 
 
+def check_frame(data: bytes, encoding: str) -> None:
+    """The checks of :func:`decode_frame` without keeping the samples (whole samples; float32 finite)."""
+    width = 2 if encoding == "pcm16" else 4
+    if len(data) % width:
+        raise StreamError("bad_frame", f"{len(data)} bytes is not a whole number of {width}-byte {encoding} samples")
+    if encoding != "pcm16" and not np.all(np.isfinite(np.frombuffer(data, dtype="<f4"))):
+        raise StreamError("invalid_audio", "non-finite float32 samples (NaN or Inf); frame dropped")
+
+
 def decode_frame(data: bytes, encoding: str) -> np.ndarray:
     """One binary frame → float32 samples ``(n,)``: little-endian PCM16 scaled by 1/32768, or float32 as is.
 
