@@ -129,12 +129,17 @@ class Predictor:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
-    def predict_proba(self, audio: np.ndarray) -> np.ndarray:
+    def predict_proba(self, audio: np.ndarray, *, S: np.ndarray | None = None) -> np.ndarray:
         """Calibrated class probabilities ``(n_classes,)`` (``softmax(logits / temperature)``) of mono float32
-        ``audio`` at :attr:`sample_rate`."""
-        return self.proba_and_features(audio)[0]
+        ``audio`` at :attr:`sample_rate`. ``S``: the STFT magnitude of ``audio`` with :meth:`stft_args`, when the
+        caller already has it (a stream's overlapping windows)."""
+        return self.proba_and_features(audio, S=S)[0]
 
-    def proba_and_features(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def stft_args(self) -> dict[str, Any]:
+        """The STFT parameters of the model's features (see :meth:`Preprocessing.stft_args`)."""
+        return self.pre.stft_args()
+
+    def proba_and_features(self, audio: np.ndarray, *, S: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict_proba` and the model input it was computed from ``(n_features, T)`` (the monitoring
         statistics summarise the model's own log-mel rows without computing them twice)."""
         audio = np.asarray(audio, dtype=np.float32)
@@ -144,7 +149,7 @@ class Predictor:
             raise AudioError("non-finite samples (NaN or Inf)")
         if audio.size < self.min_samples:
             raise AudioError(f"audio too short: {audio.size} samples")
-        feats = self.pre.features(audio)
+        feats = self.pre.features(audio, S=S)
         return softmax(self.logits(feats) / self.temperature), feats
 
     def predict(self, audio: np.ndarray) -> Prediction:

@@ -196,17 +196,27 @@ class Preprocessing:
     def sample_rate(self) -> int:
         return int(self.feature_config.get("sr", TARGET_SR))
 
-    def features(self, audio: np.ndarray) -> np.ndarray:
+    def features(self, audio: np.ndarray, *, S: np.ndarray | None = None) -> np.ndarray:
         """``(n_features, T)`` float32 model input for mono float32 ``audio`` at :attr:`sample_rate`, trimmed as in
         training and padded (each kind with the clip's own minimum) to at least ``min_frames``
-        (:func:`frame_input`)."""
+        (:func:`frame_input`). ``S``: the STFT magnitude of ``audio``, when already known (see
+        :meth:`stft_args`)."""
         from ser.features import make_config
         from ser.features.frames import compute
 
         cfg = make_config(self.feature_config)
         kinds = tuple(dict.fromkeys(("logmel", *input_kinds(self.kind))))
-        feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds)
+        feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds, S=S)
         return frame_input(feats, self.kind, self.trim_db, self.min_frames)
+
+    def stft_args(self) -> dict[str, Any]:
+        """The STFT parameters of the features (``n_fft``, ``win_length``, ``hop_length``, ``window``), for a caller
+        that computes the magnitude itself (:class:`ser.features.streaming.WindowSpectrogram`) and passes it as
+        ``S`` to :meth:`features`."""
+        from ser.features import make_config
+
+        cfg = make_config(self.feature_config)
+        return {"n_fft": cfg.n_fft, "win_length": cfg.win_length, "hop_length": cfg.hop_length, "window": cfg.window}
 
 
 def write_trained_on(model_dir: str | Path, hashes: list[str] | set[str]) -> Path:

@@ -587,7 +587,12 @@ def test_ws_api_key_header_or_subprotocol(make_client, holder):
 def test_ws_not_ready_then_ready(model_dir):
     h = ModelHolder(model_dir)
     with TestClient(create_app(Settings(model_dir=model_dir), holder=h)) as c:
-        # the lifespan loads the model in the background; before it is in, start is answered not_ready
+        # the lifespan loads the model in the background; before it is in, start is answered not_ready (the
+        # background load is let finish first, or it could put the model back between the next two lines)
+        deadline = time.monotonic() + 30
+        while not h.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert h.ready
         h._predictor = None
         with c.websocket_connect("/v1/stream") as ws:
             ws.send_text('{"type": "start", "sample_rate": 16000}')
@@ -811,3 +816,22 @@ def test_listen_file_at_44k(run_cli, model_dir, tmp_path):
     finals = of_type(msgs, "final")
     assert msgs[-1] == {"type": "done", "utterances": 2} and len(finals) == 2
     np.testing.assert_allclose([[f["start"], f["end"]] for f in finals], [[0.5, 1.5], [2.5, 3.5]], atol=0.1)
+
+
+@pytest.mark.shared_data
+def test_partials_of_a_real_model_equal_its_answer_on_each_window(model_dir, clip):
+    """The session hands each window's STFT from its WindowSpectrogram to the model (most frames reused): every
+    voiced partial's probabilities are the model's answer on that window computed from scratch."""
+    from ser.inference import Predictor
+
+    p = Predictor(model_dir)
+    y = quantize(np.concatenate([clip, clip[: SR // 2]]))
+    out = run_session(y, p, hop_s=0.5, window_s=2.0)
+    partials = [m for m in of_type(out, "partial") if m["voiced"]]
+    assert len(partials) >= 4
+    for m in partials:
+        end = round(m["t"] * SR)
+        window = y[max(0, end - 2 * SR) : end]
+        want = p.predict_proba(window)
+        got = np.array([m["probabilities"][lab] for lab in p.labels])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

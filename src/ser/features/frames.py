@@ -275,11 +275,19 @@ def row_names(kind: str, cfg: FeatureConfig | None = None) -> list[str]:
     raise ConfigError(f"unknown frame kind {kind!r}; choose from {', '.join(FRAME_KINDS)}")
 
 
-def compute(y: np.ndarray, cfg: FeatureConfig | None = None, kinds: tuple[str, ...] | None = None) -> dict:
+def compute(
+    y: np.ndarray,
+    cfg: FeatureConfig | None = None,
+    kinds: tuple[str, ...] | None = None,
+    *,
+    S: np.ndarray | None = None,
+) -> dict:
     """Compute frame kinds (default ``cfg.frame_kinds``) of signal ``y`` (mono, ``cfg.sr`` Hz).
 
     Returns ``{kind: float32 array (rows, T)}`` with the same ``T`` for every kind. The STFT is computed once
-    and shared. Raises :class:`AudioError` if ``y`` is shorter than one window or holds NaN/Inf.
+    and shared; ``S``, the STFT magnitude of ``y`` as :func:`spectrogram` gives it ``(1 + n_fft // 2, T)``, may be
+    passed instead (a stream's :class:`~ser.features.streaming.WindowSpectrogram`). Raises :class:`AudioError` if
+    ``y`` is shorter than one window or holds NaN/Inf.
     """
     cfg = cfg or FeatureConfig()
     kinds = tuple(cfg.frame_kinds if kinds is None else kinds)
@@ -288,7 +296,11 @@ def compute(y: np.ndarray, cfg: FeatureConfig | None = None, kinds: tuple[str, .
             raise ConfigError(f"unknown frame kind {k!r}; choose from {', '.join(FRAME_KINDS)}")
     y = check_signal(y, min_samples=cfg.win_length)
     stft = _StftArgs(n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, window=cfg.window)
-    S = spectrogram(y, **stft) if any(k in _SPECTRAL for k in kinds) else None
+    if S is not None:
+        if S.shape != (1 + cfg.n_fft // 2, n_frames(y.size, cfg.hop_length)):
+            raise SerError(f"spectrogram of shape {S.shape} does not match a signal of {y.size} samples")
+    elif any(k in _SPECTRAL for k in kinds):
+        S = spectrogram(y, **stft)
     out: dict[str, np.ndarray] = {}
     lm = None
     if "logmel" in kinds or "mfcc" in kinds:

@@ -28,33 +28,25 @@ from librosa.util import pad_center
 class WindowSpectrogram:
     """STFT magnitudes ``(1 + n_fft // 2, T)`` (float32, linear amplitude) of successive windows of one stream.
 
-    Call :meth:`magnitude` with each window's samples and its start (stream sample index); windows should move
-    forward. Only inner frames of the latest windows are kept (at most ``max_kept`` columns), so memory stays
-    bounded by the window length whatever the stream's length.
+    Call :meth:`magnitude` with each window's samples and its start (stream sample index). Kept: the inner frames
+    of the latest window, one contiguous run of stream frames, so memory is bounded by the window length whatever
+    the stream's length. Windows that move forward by whole hops reuse them; any other window is computed whole
+    (still exact).
     """
 
-    def __init__(
-        self,
-        *,
-        n_fft: int = 512,
-        win_length: int = 400,
-        hop_length: int = 160,
-        window: str = "hann",
-        max_kept: int = 4096,
-    ):
+    def __init__(self, *, n_fft: int = 512, win_length: int = 400, hop_length: int = 160, window: str = "hann"):
         self.n_fft, self.hop = int(n_fft), int(hop_length)
         # as librosa.stft builds it: the (periodic) window, zero-padded to n_fft, float64
         self._window = pad_center(get_window(window, int(win_length), fftbins=True), size=self.n_fft)
-        self._n_bins = 1 + self.n_fft // 2
-        self.max_kept = int(max_kept)
-        self._cols: dict[int, np.ndarray] = {}  # stream frame index → magnitude column (n_bins,)
+        self._kept = np.zeros((1 + self.n_fft // 2, 0), dtype=np.float32)  # stream frames [_g, _g + kept)
+        self._g = 0
         self.computed = 0  # frames computed so far (the rest were reused): what the cache saves shows here
 
-    def _frames(self, padded: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Magnitudes ``(n_bins, len(idx))`` of frames ``idx`` of a signal zero-padded by ``n_fft // 2`` each side."""
-        seg = padded[idx[:, None] * self.hop + np.arange(self.n_fft)]  # (k, n_fft) float32
+    def _frames(self, padded: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Magnitudes ``(n_bins, len(t))`` of frames ``t`` of a signal zero-padded by ``n_fft // 2`` each side."""
+        seg = padded[t[:, None] * self.hop + np.arange(self.n_fft)]  # (k, n_fft) float32
         spec = scipy.fft.rfft(self._window * seg, axis=-1).astype(np.complex64)  # librosa: float64 FFT → complex64
-        self.computed += idx.size
+        self.computed += t.size
         return np.abs(spec).T
 
     def magnitude(self, y: np.ndarray, start: int) -> np.ndarray:
@@ -63,37 +55,26 @@ class WindowSpectrogram:
         half = self.n_fft // 2
         T = 1 + y.size // self.hop
         padded = np.pad(y, (half, half))
-        out = np.empty((self._n_bins, T), dtype=np.float32)
-        t = np.arange(T)
-        centre = t * self.hop
-        inner = (centre >= half) & (centre + half <= y.size)
-        cacheable = start % self.hop == 0
+        # inner frames: t in [lo, hi), whose n_fft span lies inside the window (no zero padding reaches them)
+        lo = -(-half // self.hop)
+        hi = max(lo, min(T, (y.size - half) // self.hop + 1))
+        if start % self.hop or hi == lo:
+            return self._frames(padded, np.arange(T))
         g0 = start // self.hop
-        todo = []
-        for k in np.flatnonzero(inner) if cacheable else ():
-            col = self._cols.get(g0 + int(k))
-            if col is None:
-                todo.append(int(k))
-            else:
-                out[:, k] = col
-        missing = np.array(todo, dtype=np.int64)
-        if missing.size:
-            cols = self._frames(padded, missing)
-            out[:, missing] = cols
-            for j, k in enumerate(missing):
-                self._cols[g0 + int(k)] = cols[:, j].copy()
-        fresh = t[~inner] if cacheable else t
-        if fresh.size:
-            out[:, fresh] = self._frames(padded, fresh)
-        if cacheable:
-            self._forget_before(g0)
+        a, b = g0 + lo, g0 + hi  # the inner frames as stream frames
+        have_lo, have_hi = max(a, self._g), min(b, self._g + self._kept.shape[1])
+        inner = np.empty((self._kept.shape[0], hi - lo), dtype=np.float32)
+        if have_lo < have_hi and have_lo == a:  # a kept run covers the window's first inner frames: reuse it
+            inner[:, : have_hi - a] = self._kept[:, have_lo - self._g : have_hi - self._g]
+            done = have_hi - a
+        else:
+            done = 0
+        if done < hi - lo:
+            inner[:, done:] = self._frames(padded, np.arange(lo + done, hi))
+        self._kept, self._g = inner, a
+        edges = np.r_[np.arange(lo), np.arange(hi, T)]
+        out = np.empty((self._kept.shape[0], T), dtype=np.float32)
+        out[:, lo:hi] = inner
+        if edges.size:
+            out[:, edges] = self._frames(padded, edges)
         return out
-
-    def _forget_before(self, g: int) -> None:
-        """Drop columns of frames before stream frame ``g`` (windows only move forward), and the oldest past
-        ``max_kept``."""
-        stale = [k for k in self._cols if k < g]
-        if len(self._cols) - len(stale) > self.max_kept:
-            stale = sorted(self._cols)[: len(self._cols) - self.max_kept]
-        for k in stale:
-            del self._cols[k]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ser import TARGET_SR
 from ser.errors import AudioError, SerError
+from ser.features.streaming import WindowSpectrogram
 from ser.monitor.ids import new_id
 from ser.serve.stream.protocol import (
     CLOSE_NORMAL,
@@ -202,6 +203,7 @@ class StreamSession:
             raise StreamError("not_ready", f"no model to stream with: {exc}") from None
         lim = self.limits
         self.predictor, self.sr = p, int(p.sample_rate)
+        self.predictor_min_samples = int(getattr(p, "min_samples", 1))
         self._to_model = resampler(cfg.sample_rate, self.sr)
         vad_sr = self.sr if self.sr in VAD_RATES else TARGET_SR
         self._to_vad = resampler(self.sr, vad_sr) if vad_sr != self.sr else None
@@ -214,6 +216,10 @@ class StreamSession:
         )
         self.hop = max(1, round(cfg.hop_s * self.sr))
         self.window = max(self.hop, round(cfg.window_s * self.sr))
+        # Partials look at overlapping windows: a model that says how its STFT is made gets each window's magnitude
+        # from one WindowSpectrogram, which computes every inner frame once (the same numbers as from scratch).
+        stft_args = getattr(p, "stft_args", None)
+        self._spec = WindowSpectrogram(**stft_args()) if callable(stft_args) else None
         self._buf = SampleBuffer(2 * (self.window + self.hop))
         self._flags: list[bool] = []  # VAD flags of frames _flag0, _flag0 + 1, ...
         self._flag0 = 0
@@ -314,7 +320,13 @@ class StreamSession:
         label, probs = None, None
         if voiced:
             try:
-                p = np.asarray(self.predictor.predict_proba(self._buf.slice(start, end)), dtype=np.float64)
+                clip = self._buf.slice(start, end)
+                if self._spec is not None and clip.size >= self.predictor_min_samples:
+                    S = self._spec.magnitude(clip, start)
+                    proba = self.predictor.predict_proba(clip, S=S)  # type: ignore[call-arg]
+                else:
+                    proba = self.predictor.predict_proba(clip)
+                p = np.asarray(proba, dtype=np.float64)
                 label = self.predictor.labels[int(np.argmax(p))]
                 probs = {lab: float(v) for lab, v in zip(self.predictor.labels, p, strict=True)}
             except AudioError:
