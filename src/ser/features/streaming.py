@@ -73,7 +73,7 @@ class WindowSpectrogram:
             inner[:, done:] = self._frames(padded, np.arange(lo + done, hi))
         self._kept, self._g = inner, a
         edges = np.r_[np.arange(lo), np.arange(hi, T)]
-        out = np.empty((self._kept.shape[0], T), dtype=np.float32)
+        out = np.empty((self._kept.shape[0], T), dtype=np.float32, order="F")  # the layout librosa gives
         out[:, lo:hi] = inner
         if edges.size:
             out[:, edges] = self._frames(padded, edges)
