@@ -23,7 +23,9 @@ Protocol (JSON text messages, audio as binary frames):
    "label", "probabilities"}`` classified on the whole utterance's audio (``prediction_id``: the answer's id in
    the prediction log, for ``POST /v1/feedback``). An utterance is a run of voiced VAD frames (pauses
    shorter than ``end_silence_s`` = 0.5 s inside it) ended by ``end_silence_s`` of non-voice or by ``end``;
-   shorter than ``min_utterance_s`` it is dropped, longer than ``max_utterance_s`` it is cut;
+   shorter than ``min_utterance_s`` it is dropped, longer than ``max_utterance_s`` it is cut. The server looks
+   at audio 0.1 s at a time (and at every hop), so a final comes at most 0.1 s after its ending silence is
+   complete;
 6. client → ``{"type": "end"}``: the server sends the remaining finals, ``{"type": "done", "utterances": n}`` and
    closes normally (1000).
 
@@ -37,7 +39,8 @@ policy violation) only when it cannot go on: ``stream_too_long`` or ``too_many_e
 Voice activity is :mod:`ser.timeline`'s: webrtcvad on 16-bit PCM frames with the same energy gate
 (:func:`~ser.vad.to_pcm16`, :func:`~ser.vad.frame_levels_db`, :class:`VadConfig`), run on
 the model-rate stream (or a 16 kHz copy when webrtcvad does not take the model's rate); one ``webrtcvad.Vad`` per
-session keeps its adaptive state across frames. Times are seconds from the first sample of the stream, counted on
+session keeps its adaptive state across frames. Frames are queued and analysed 0.1 s at a time
+(:data:`~ser.serve.stream.session.PENDING_S`): how small the client's frames are changes nothing in the answers. Times are seconds from the first sample of the stream, counted on
 the model-rate stream.
 """
 
