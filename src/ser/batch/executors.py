@@ -8,7 +8,7 @@ paths give the same rows (the model, its threads and the per-file code are the s
 **Ray: tasks, one per file, with the model cached per worker process** (not Ray Data, not an actor pool):
 
 - a task per file maps each failure to its file: a file that crashes its worker process (a decoder fault, out of
-  memory) fails that task alone, Ray restarts the process and retries it (``max_retries``), and the file is then
+  memory) fails that task alone, Ray restarts the process and retries it (:data:`RAY_MAX_RETRIES`), and the file is then
   recorded ``failed``; with an actor pool a dead actor loses track of which file killed it;
 - Ray reuses worker processes for tasks of the same function, so the module-level cache (:func:`_ray_process`)
   loads the model once per worker process, as an actor would; the model's bytes travel once through the object
@@ -56,6 +56,8 @@ from ser.batch.worker import FileProcessor, ModelFiles, WorkerSettings, make_pro
 from ser.errors import SerError
 
 DIED = "worker process died (a crash or out of memory) while analysing this file"
+RAY_MAX_RETRIES = 2
+"""Re-runs of a Ray task whose worker process died before its file is recorded failed (:data:`DIED`)."""
 IN_FLIGHT_PER_WORKER = 2
 """Files handed out per worker at once: one running, one queued, so no worker waits for the driver."""
 
@@ -211,7 +213,7 @@ def run_ray(
 
     started = target.connect()
     try:
-        task = ray.remote(num_cpus=settings.threads, max_retries=2)(_ray_process)
+        task = ray.remote(num_cpus=settings.threads, max_retries=RAY_MAX_RETRIES)(_ray_process)
         model_ref = [ray.put(ModelFiles.read(model_dir))]
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // settings.threads)
         todo = list(reversed(recordings))

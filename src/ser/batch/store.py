@@ -58,10 +58,10 @@ OBJECT_STORE_PROTOCOLS = ("gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "memo
 """fsspec protocols whose writes commit an object whole (a killed upload leaves nothing): safe for resuming."""
 
 
-def output_filesystem(out: str | Path) -> tuple[Any, str, bool]:
-    """``(fsspec filesystem, root path, is local)`` of an output folder or URI; :class:`ConfigError` for a protocol
-    whose writes are not atomic (see the module's notes), an unknown protocol or a missing fsspec extra."""
-    from fsspec.core import split_protocol, url_to_fs
+def check_output(out: str | Path) -> str | None:
+    """The fsspec protocol of an output folder or URI (None for a plain path); :class:`ConfigError` for one whose
+    writes are not atomic (see the module's notes). Reads nothing."""
+    from fsspec.core import split_protocol
 
     protocol, _ = split_protocol(str(out))
     if protocol is not None and protocol not in LOCAL_PROTOCOLS + OBJECT_STORE_PROTOCOLS:
@@ -69,6 +69,15 @@ def output_filesystem(out: str | Path) -> tuple[Any, str, bool]:
             f"--out {out}: {protocol}:// is not supported for output (a killed run could leave half-written parts "
             f"that count as done); use a local folder or {', '.join(p + '://' for p in OBJECT_STORE_PROTOCOLS)}"
         )
+    return protocol
+
+
+def output_filesystem(out: str | Path) -> tuple[Any, str, bool]:
+    """``(fsspec filesystem, root path, is local)`` of an output folder or URI; :class:`ConfigError` for a protocol
+    whose writes are not atomic (see the module's notes), an unknown protocol or a missing fsspec extra."""
+    from fsspec.core import url_to_fs
+
+    protocol = check_output(out)
     try:
         fs, root = url_to_fs(str(out))
     except (ImportError, ValueError) as exc:

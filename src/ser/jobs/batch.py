@@ -14,6 +14,7 @@ from typing import Any
 
 from ser.batch.archive import AUDIO_EXTENSIONS, Recording
 from ser.batch.core import FileResult
+from ser.batch.store import check_output
 from ser.batch.worker import DEFAULT_PROCESSOR, processor_class
 from ser.errors import ConfigError
 from ser.timeline import Channels, TimelineConfig
@@ -105,6 +106,7 @@ class BatchJob:
         if self.ray is not None and not self.ray.strip():
             raise ConfigError("--ray needs auto, local or a cluster address")
         processor_class(self.processor)  # a clear error here rather than in every worker
+        check_output(self.out)
 
     def settings(self) -> dict[str, Any]:
         """What the rows depend on besides the model (recorded in the output folder, checked on resume)."""
