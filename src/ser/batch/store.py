@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ser.batch.archive import filesystem
 from ser.batch.core import FAILED, FileResult, file_schema, segment_schema, to_table
 from ser.errors import ConfigError, SerError
 from ser.io import atomic_path, json_default
@@ -75,13 +76,8 @@ def check_output(out: str | Path) -> str | None:
 def output_filesystem(out: str | Path) -> tuple[Any, str, bool]:
     """``(fsspec filesystem, root path, is local)`` of an output folder or URI; :class:`ConfigError` for a protocol
     whose writes are not atomic (see the module's notes), an unknown protocol or a missing fsspec extra."""
-    from fsspec.core import url_to_fs
-
     protocol = check_output(out)
-    try:
-        fs, root = url_to_fs(str(out))
-    except (ImportError, ValueError) as exc:
-        raise ConfigError(f"--out {out}: {exc}") from None
+    fs, root = filesystem(str(out))
     return fs, root.rstrip("/") or "/", protocol is None or protocol in LOCAL_PROTOCOLS
 
 
@@ -120,13 +116,14 @@ class BatchStore:
         try:
             if self.fs.isfile(self.root):
                 raise ConfigError(f"--out is a file, not a folder: {self.out}")
-            for folder in (self.files_dir, self.segments_dir):
-                self.fs.makedirs(folder, exist_ok=True)
+            if self.local:  # object stores have no folders (and gcsfs / s3fs makedirs would create a bucket)
+                for folder in (self.files_dir, self.segments_dir):
+                    self.fs.makedirs(folder, exist_ok=True)
             self._check_settings()
             self._clean()
+            return self.done()
         except OSError as exc:  # storage: permissions, a bucket that does not exist, credentials
             raise SerError(f"cannot open --out {self.out}: {exc}") from None
-        return self.done()
 
     def _check_settings(self) -> None:
         record = {"model": self.model, "settings": self.settings}
@@ -148,7 +145,7 @@ class BatchStore:
             self._put(path, text.encode("utf-8"))
 
     def _clean(self) -> None:
-        for folder in (self.segments_dir, self.files_dir):
+        for folder in (self.segments_dir, self.files_dir) if self.local else ():  # temporary files are local only
             for tmp in self._glob(folder, ".part-*.tmp"):
                 self.fs.rm_file(tmp)
         committed = {p.rsplit("/", 1)[-1] for p in self._glob(self.files_dir, "part-*.parquet")}
