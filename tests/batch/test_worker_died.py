@@ -5,6 +5,8 @@ per-file processor): in a local process pool and on the session's real Ray clust
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -86,3 +88,19 @@ def test_the_processor_setting(archive, model_dir, tmp_path):
     BatchJob(str(archive / CORRUPT), tmp_path / "out", model_dir, processor=PROCESSOR).run()
     with pytest.raises(ConfigError, match=r"other settings \(processor\)"):
         BatchJob(str(archive / CORRUPT), tmp_path / "out", model_dir).run()
+
+
+def test_cli_processor_option(run_cli, archive, model_dir, tmp_path):
+    from ser.batch.worker import DEFAULT_PROCESSOR
+    from ser.cli.batch_cmds import DEFAULT_PROCESSOR as CLI_DEFAULT
+
+    assert CLI_DEFAULT == DEFAULT_PROCESSOR  # the CLI's copy (not imported at start-up) is the worker's
+    code, _, err = run_cli("batch", archive, "--out", tmp_path / "o", "--model", model_dir, "--processor", "nope:X")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "batch processor 'nope:X' cannot be imported" in lines[0], err
+    code, out, err = run_cli(
+        "batch", archive / CORRUPT, "--out", tmp_path / "o", "--model", model_dir, "--processor", PROCESSOR, "--json"
+    )
+    assert code == 1 and '"failed": 1' in out, err  # the corrupt file
+    record = json.loads((tmp_path / "o" / "files" / "model_version=3" / "_batch.json").read_text())
+    assert record["settings"]["processor"] == PROCESSOR  # the option reached the job and the folder's settings
