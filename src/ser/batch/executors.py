@@ -8,8 +8,8 @@ paths give the same rows (the model, its threads and the per-file code are the s
 **Ray: tasks, one per file, with the model cached per worker process** (not Ray Data, not an actor pool):
 
 - a task per file maps each failure to its file: a file that crashes its worker process (a decoder fault, out of
-  memory) fails that task alone, Ray restarts the process and retries it (:data:`RAY_MAX_RETRIES`), and the file is then
-  recorded ``failed``; with an actor pool a dead actor loses track of which file killed it;
+  memory) fails that task alone, Ray restarts the process and retries it (:data:`RAY_MAX_RETRIES`), and the file
+  is then recorded ``failed``; with an actor pool a dead actor loses track of which file killed it;
 - Ray reuses worker processes for tasks of the same function, so the module-level cache (:func:`_ray_process`)
   loads the model once per worker process, as an actor would; the model's bytes travel once through the object
   store (:class:`ser.batch.worker.ModelFiles`: workers need not see the driver's disk), and files are read by the
