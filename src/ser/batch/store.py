@@ -18,8 +18,9 @@ done are skipped. Readers (pyarrow, pandas, DuckDB, Spark) skip the hidden and `
 - local: written to a hidden temporary file beside it, then renamed into place (:func:`ser.io.atomic_path`);
 - object store: uploaded as one object (:meth:`fsspec.AbstractFileSystem.pipe_file`); GCS, S3 and Azure make an
   object visible only once its upload completes (a killed upload leaves nothing), and an overwrite replaces the
-  object whole, so readers and a resumed run see either no part or the whole part. Object stores have no rename
-  (gcsfs and s3fs copy then delete), hence no temporary files there.
+  object whole, so readers and a resumed run see either no part or the whole part; GCS and S3 listings are
+  strongly consistent, so a resumed run sees every part committed before. Object stores have no rename (gcsfs and
+  s3fs copy then delete), hence no temporary files there.
 
 Other fsspec protocols (``sftp://``, ``ftp://``, ``hdfs://``, ...) write a file in place as the bytes arrive, so a
 killed run could leave half a part that would count as done: they are refused (:class:`ConfigError`) rather than
