@@ -3,6 +3,8 @@ each channel with an onnxruntime :class:`ser.inference.Predictor`, rows by :mod:
 
 A worker loads its model once (:class:`FileProcessor`) and then takes files one by one. Nothing a file does stops
 the run: an unreadable, corrupt or unsuitable file (mono with ``split``) becomes a ``failed`` row with the reason.
+The class is named by an import path (:attr:`WorkerSettings.processor`, :func:`make_processor`), so a deployment
+can hand the workers a subclass, e.g. one whose :meth:`FileProcessor.decode` reads a proprietary container.
 Threads are pinned per worker (:func:`pin_threads`): ``threads`` onnxruntime threads and as many BLAS / OpenMP
 threads, so N workers on N cores do not oversubscribe them.
 """
@@ -11,18 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pkgutil
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ser.audio import DecodeLimits
+from ser.audio import AudioInfo, Decoded, DecodeLimits
 from ser.batch.core import FileInfo, FileResult, failed_row, file_result
-from ser.errors import SerError
+from ser.errors import ConfigError, SerError
 from ser.timeline import MIX, Channels, TimelineConfig, analyze, channel_names
 
+DEFAULT_PROCESSOR = "ser.batch.worker:FileProcessor"
+"""The per-file processor workers use unless :attr:`WorkerSettings.processor` names another."""
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
@@ -45,13 +51,15 @@ def pin_threads(threads: int) -> None:
 @dataclass(frozen=True)
 class WorkerSettings:
     """What every worker needs besides the model: the timeline parameters, the channel handling, the decoding
-    bounds and the threads per worker."""
+    bounds, the threads per worker and the ``processor`` class (``module:Class``, a :class:`FileProcessor` or a
+    subclass; every worker process must be able to import it)."""
 
     timeline: TimelineConfig = field(default_factory=TimelineConfig)
     channels: Channels = "mix"
     channel_names: tuple[str, ...] = ()
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     threads: int = 1
+    processor: str = DEFAULT_PROCESSOR
 
 
 @dataclass(frozen=True)
@@ -105,9 +113,6 @@ class FileProcessor:
 
     def __call__(self, uri: str, file: str, size: int | None = None) -> FileResult:
         """The rows of one recording; never raises for anything the file does (a ``failed`` row instead)."""
-        from ser.audio import AudioInfo, decode
-        from ser.batch.archive import filesystem
-
         t0 = time.perf_counter()
         s, p = self.settings, self.predictor
         header: list[AudioInfo] = []
@@ -118,9 +123,7 @@ class FileProcessor:
             names.extend(channel_names(h.channels, s.channel_names) if s.channels == "split" else [MIX])
 
         try:
-            fs, path = filesystem(uri)
-            with fs.open(path, "rb") as fh:
-                decoded = decode(fh, p.sample_rate, s.limits, split_channels=s.channels == "split", check=check)
+            decoded = self.decode(uri, check)
             lanes = decoded.audio if s.channels == "split" else decoded.audio[None]
             timelines = [
                 (name, analyze(lane, p.sample_rate, p.predict_proba, p.labels, s.timeline))
@@ -133,6 +136,35 @@ class FileProcessor:
         else:
             return file_result(_info(file, size, header), timelines, time.perf_counter() - t0)
         return FileResult(file, summaries=[failed_row(_info(file, size, header), reason, time.perf_counter() - t0)])
+
+    def decode(self, uri: str, check: Callable[[AudioInfo], None]) -> Decoded:
+        """The recording at ``uri`` decoded at the model's sample rate (downmixed, or ``(channels, samples)`` with
+        ``split``); ``check`` is called on its header before a sample is decoded. Raises on anything wrong with the
+        file (the caller records it as failed)."""
+        from ser.audio import decode
+        from ser.batch.archive import filesystem
+
+        s = self.settings
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as fh:
+            return decode(fh, self.predictor.sample_rate, s.limits, split_channels=s.channels == "split", check=check)
+
+
+def processor_class(name: str) -> type[FileProcessor]:
+    """The :class:`FileProcessor` (sub)class an import path ``module:Class`` names; :class:`ConfigError` when it
+    cannot be imported or is not one."""
+    try:
+        cls = pkgutil.resolve_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"batch processor {name!r} cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, FileProcessor)):
+        raise ConfigError(f"batch processor {name!r} is not a ser.batch.worker.FileProcessor (sub)class")
+    return cls
+
+
+def make_processor(model: str | Path | ModelFiles, settings: WorkerSettings) -> FileProcessor:
+    """The worker's processor: the class ``settings.processor`` names, with the model loaded."""
+    return processor_class(settings.processor)(model, settings)
 
 
 def _info(file: str, size: int | None, header: list[Any]) -> FileInfo:

@@ -13,11 +13,15 @@ import typer
 from ser.cli._apps import app, console, print_json
 from ser.cli._model_opts import MODEL_HELP, REF_HELP, WORKDIR_HELP, model_dir_of
 
+DEFAULT_PROCESSOR = "ser.batch.worker:FileProcessor"  # ser.batch.worker.DEFAULT_PROCESSOR, not imported at start-up
+
 
 @app.command("batch")
 def batch(
     archive: str = typer.Argument(..., help="a folder, a file, or an fsspec URI (gs://, s3://, file://, memory://)"),
-    out: Path = typer.Option(..., "--out", help="output folder: segments/ and files/ Parquet tables"),
+    out: str = typer.Option(
+        ..., "--out", help="output folder or object store URI (gs://, s3://): segments/ and files/ Parquet tables"
+    ),
     model: Path | None = typer.Option(None, "--model", help=MODEL_HELP),
     workdir: Path | None = typer.Option(None, "--workdir", help=WORKDIR_HELP),
     ref: str | None = typer.Option(None, "--ref", help=REF_HELP),
@@ -37,6 +41,12 @@ def batch(
         None, "--max-duration", help="record longer files as failed, unread (seconds; default: no limit)"
     ),
     part_files: int = typer.Option(64, "--part-files", help="files per Parquet part"),
+    processor: str = typer.Option(
+        DEFAULT_PROCESSOR,
+        "--processor",
+        help="per-file processor class, module:Class (a subclass of ser.batch.worker.FileProcessor, e.g. with its "
+        "own decode); every worker must be able to import it",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the run's counts as JSON (no progress bar)"),
 ) -> None:
     """Emotion timelines of every recording of an archive, as Parquet: one row per voiced segment, one summary
@@ -48,7 +58,7 @@ def batch(
 
     Example: ser batch calls/ --out scores/ --workdir runs --workers 2
 
-    Example: ser batch gs://bucket/calls --out scores/ --ray auto --channels split --channel-names agent,customer
+    Example: ser batch gs://bucket/calls --out gs://bucket/scores --ray auto --channels split
     """
     from ser.batch.archive import AUDIO_EXTENSIONS
     from ser.jobs.batch import BatchJob
@@ -76,6 +86,7 @@ def batch(
         retry_failed=retry_failed,
         limit=limit,
         max_duration_s=max_duration,
+        processor=processor,
         progress=not as_json,
     )
     res = job.run()

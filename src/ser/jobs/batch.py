@@ -14,6 +14,8 @@ from typing import Any
 
 from ser.batch.archive import AUDIO_EXTENSIONS, Recording
 from ser.batch.core import FileResult
+from ser.batch.store import check_output
+from ser.batch.worker import DEFAULT_PROCESSOR, processor_class
 from ser.errors import ConfigError
 from ser.timeline import Channels, TimelineConfig
 
@@ -28,7 +30,7 @@ class BatchOutcome:
     run's wall time."""
 
     archive: str
-    out: Path
+    out: str
     model_name: str
     model_version: str
     executor: str
@@ -50,7 +52,6 @@ class BatchOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["out"] = str(self.out)
         d["failures"] = [{"file": f, "reason": r} for f, r in self.failures]
         d["audio_hours_per_hour"] = round(self.audio_hours_per_hour, 3)
         return d
@@ -68,10 +69,12 @@ class BatchJob:
     ``part_seconds`` seconds, whichever comes first (a killed run loses at most that). ``retry_failed``: run the
     files an earlier run recorded as failed again. ``limit``: at most this many files in this run (the rest is left
     for a later one). ``max_duration_s``: a longer recording is recorded as failed, unread (a worker holds a whole
-    recording in memory: about 230 MB per hour of audio and channel at 16 kHz)."""
+    recording in memory: about 230 MB per hour of audio and channel at 16 kHz). ``processor``: the per-file
+    :class:`ser.batch.worker.FileProcessor` (sub)class as ``module:Class`` (every worker must be able to import it).
+    ``out``: a local folder or an fsspec URI (:mod:`ser.batch.store` says which protocols)."""
 
     archive: str
-    out: Path
+    out: str | Path
     model_dir: Path
     timeline: TimelineConfig = field(default_factory=TimelineConfig)
     channels: Channels = "mix"
@@ -85,6 +88,7 @@ class BatchJob:
     retry_failed: bool = False
     limit: int | None = None
     max_duration_s: float | None = None
+    processor: str = DEFAULT_PROCESSOR
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -101,14 +105,19 @@ class BatchJob:
             raise ConfigError(f"--limit must be >= 0, got {self.limit}")
         if self.ray is not None and not self.ray.strip():
             raise ConfigError("--ray needs auto, local or a cluster address")
+        processor_class(self.processor)  # a clear error here rather than in every worker
+        check_output(self.out)
 
     def settings(self) -> dict[str, Any]:
         """What the rows depend on besides the model (recorded in the output folder, checked on resume)."""
-        return {
+        settings: dict[str, Any] = {
             "channels": self.channels,
             "channel_names": list(self.channel_names),
             "timeline": asdict(self.timeline),
         }
+        if self.processor != DEFAULT_PROCESSOR:  # recorded only when set, so folders of earlier runs still resume
+            settings["processor"] = self.processor
+        return settings
 
     def run(self) -> BatchOutcome:
         from ser.audio import DecodeLimits
@@ -132,7 +141,9 @@ class BatchJob:
         if self.limit is not None and len(todo) > self.limit:
             todo, remaining = todo[: self.limit], len(todo) - self.limit
         limits = DecodeLimits(max_s=self.max_duration_s)
-        settings = WorkerSettings(self.timeline, self.channels, self.channel_names, limits, self.threads)
+        settings = WorkerSettings(
+            self.timeline, self.channels, self.channel_names, limits, self.threads, self.processor
+        )
         results = track(self._execute(settings, todo, model["sha256"]), "batch", len(todo), self.progress)
         tally = _Tally()
         buffer: list[FileResult] = []
@@ -148,7 +159,7 @@ class BatchJob:
             tally.parts += store.write(buffer) is not None
         return BatchOutcome(
             archive=self.archive,
-            out=self.out,
+            out=str(self.out),
             model_name=model["name"],
             model_version=model["version"],
             executor=self.executor(),
