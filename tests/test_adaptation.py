@@ -38,7 +38,9 @@ def test_pooled_stats_is_the_equal_weight_mixture_of_the_clips():
     np.testing.assert_allclose(st.std, frames.std(axis=1), atol=1e-12)
     m, s = clip_stats(np.zeros((3, 0)))  # a clip without frames has no statistics and is left out of the pool
     assert np.isnan(m).all() and np.isnan(s).all()
-    again = pooled_stats(np.stack([m, *[clip_stats(c)[0] for c in clips]]), np.stack([s, *[clip_stats(c)[1] for c in clips]]))
+    again = pooled_stats(
+        np.stack([m, *[clip_stats(c)[0] for c in clips]]), np.stack([s, *[clip_stats(c)[1] for c in clips]])
+    )
     np.testing.assert_allclose(again.mean, st.mean)
     assert again.clips == 2
     with pytest.raises(SerError, match="no clip"):

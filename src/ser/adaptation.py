@@ -68,7 +68,9 @@ class RowStats:
         except (KeyError, TypeError, ValueError) as exc:
             raise SerError(f"{ADAPTATION_FILE}: statistics need 'mean' and 'std' lists ({exc})") from None
         if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
-            raise SerError(f"{ADAPTATION_FILE}: mean and std must be equal-length vectors, got {mean.shape} {std.shape}")
+            raise SerError(
+                f"{ADAPTATION_FILE}: mean and std must be equal-length vectors, got {mean.shape} {std.shape}"
+            )
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
             raise SerError(f"{ADAPTATION_FILE}: statistics must be finite with std > 0")
         return cls(mean, std, clips)

@@ -39,7 +39,9 @@ def list_audio(root: str | Path) -> list[Path]:
     p = Path(root)
     if not p.exists():
         raise ConfigError(f"audio folder not found: {p}")
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    files = (
+        [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    )
     if not files:
         raise ConfigError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {p}")
     return files
@@ -101,9 +103,9 @@ def estimate_domain(
         reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
         raise SerError(f"{what} audio: none of {len(paths)} file(s) is usable ({reasons})")
     return DomainEstimate(
-        means=np.stack([r[0] for _, r in ok]),  # type: ignore[index]
-        stds=np.stack([r[1] for _, r in ok]),  # type: ignore[index]
-        seconds=float(sum(r[2] for _, r in ok)),  # type: ignore[index,misc]
+        means=np.stack([r[0] for _, r in ok]),
+        stds=np.stack([r[1] for _, r in ok]),
+        seconds=float(sum(r[2] for _, r in ok)),
         files=[p for p, _ in ok],
         skipped=skipped,
     )
@@ -122,7 +124,7 @@ class AdaptOutcome:
     """Mean absolute difference (dB) between the target and source row means: how far the deployment was off."""
 
     def quarantine(self) -> pd.DataFrame:
-        """The skipped files as a quarantine table (``path, stage, reason``, :func:`ser.data.schema.quarantine_frame`)."""
+        """The skipped files as a quarantine table (:func:`ser.data.schema.quarantine_frame`)."""
         from ser.data.schema import quarantine_frame
 
         return quarantine_frame([{"path": p, "stage": "adapt", "reason": r} for p, r in self.skipped])
