@@ -138,3 +138,26 @@ def test_predictor_applies_the_folder_adaptation(tiny, tmp_path):
     (adapted / ADAPTATION_FILE).unlink()
     with pytest.raises(SerError, match="missing"):
         Predictor(adapted)
+
+
+def test_a_model_with_utterance_input_norm_is_invariant_to_the_map(tmp_path):
+    """The documented limit: a per-row affine map of the input is undone by per-clip row standardisation."""
+    from ser.export import write_model_folder
+    from ser.features import FeatureConfig
+    from ser.inference import Predictor
+    from ser.io import write_json
+    from ser.model_folder import METADATA_FILE, read_metadata
+    from ser.models.factory import build_model
+
+    m = build_model("cnn", 4, 64, channels=[8, 16], convs=[1, 1], time_pool=[2, 2], input_norm="utterance", seed=0)
+    folder = write_model_folder(tmp_path / "u", m, labels=["a", "b", "c", "d"], feature_config=FeatureConfig())
+    rng = np.random.default_rng(4)
+    src = RowStats(rng.normal(-30, 5, 64), rng.uniform(5, 12, 64), 5)
+    tgt = RowStats(rng.normal(-55, 5, 64), rng.uniform(2, 6, 64), 5)
+    write_json(folder / ADAPTATION_FILE, Adaptation((0, 64), src, tgt).to_dict())
+    base = Predictor(folder)
+    write_json(folder / METADATA_FILE, {**read_metadata(folder), "adaptation": {}})
+    adapted = Predictor(folder)
+    x = rng.normal(-55, 4, (64, 150)).astype(np.float32)
+    assert not np.allclose(adapted.adapt(x), x, atol=1.0)  # the input really moves
+    np.testing.assert_allclose(adapted.logits(x), base.logits(x), atol=1e-4)  # the answer does not

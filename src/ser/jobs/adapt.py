@@ -14,7 +14,6 @@ reason (:attr:`AdaptOutcome.skipped`, also kept in ``adaptation.json``); no usab
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import tempfile
@@ -258,11 +257,3 @@ class AdaptJob:
             os.replace(tmp, out)
         finally:
             shutil.rmtree(tmp_root, ignore_errors=True)
-
-
-def adaptation_summary(model_dir: str | Path) -> dict[str, Any] | None:
-    """``metadata.json["adaptation"]`` of a folder, or None (for ``ser model show`` style printing)."""
-    from ser.model_folder import read_metadata
-
-    info = read_metadata(model_dir).get("adaptation")
-    return None if info is None else json.loads(json.dumps(info))
