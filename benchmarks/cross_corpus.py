@@ -142,7 +142,9 @@ def render(data: dict[str, Any]) -> str:
             "**Neural recipes** (`--model <recipe>`). *Adaptation: target statistics* maps the model's log-mel input "
             "rows from the test corpus' per-row mean and deviation onto the training corpus' (what `ser model adapt` "
             "writes into a model folder). The target statistics are estimated on the **test corpus's own unlabelled "
-            "audio** — the transductive setting a deployment has (its own recordings, no labels). Δ UAR is the "
+            "audio** — the transductive setting a deployment has (its own recordings, no labels) — and the training "
+            "side on the training corpus, both on the trimmed model inputs with the functions `ser model adapt` uses "
+            "(`ser.adaptation`). Δ UAR is the "
             "paired speaker-bootstrap difference to the same model unadapted. Recipes whose models standardise each "
             "clip's rows themselves (`input_norm: utterance`: `cnn`, `crnn`, `rnn`) are invariant to this map by "
             "construction, so for them Δ ≈ 0 is expected; members on MFCC are not mapped.",

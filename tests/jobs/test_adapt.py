@@ -60,11 +60,17 @@ def test_adapt_job_maps_a_quieter_deployment_back(domains, tmp_path):
     # the deployment is 20 dB quieter: its row means sit about 20 dB below the training ones
     assert np.median(ad.target.mean - ad.source.mean) == pytest.approx(GAIN_DB, abs=3.0)
     assert json.loads((out.path / ADAPTATION_FILE).read_text())["skipped"] == []
+    # the job's statistics are stats_of_inputs over the served model inputs (what the benchmark computes)
+    from ser.adaptation import stats_of_inputs
+    from ser.audio import load_audio
+
+    pre = Predictor(domains["model"], warmup=False).pre
+    direct = stats_of_inputs([pre.features(load_audio(f, 16000)) for f in domains["files"]], (0, 64))
+    np.testing.assert_allclose(ad.target.mean, direct.mean, atol=1e-6)
+    np.testing.assert_allclose(ad.target.std, direct.std, atol=1e-6)
 
     base, adapted = Predictor(domains["model"]), Predictor(out.path)
     quiet = domains["files"][0]
-    from ser.audio import load_audio
-
     y = load_audio(quiet, 16000)
     loud = y / 10 ** (GAIN_DB / 20)
     fq = base.pre.features(y)
