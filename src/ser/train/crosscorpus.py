@@ -5,17 +5,26 @@ classes present in both are kept (rows of other classes are dropped and counted)
 stopping come out of the *training* corpus, and every utterance of the test corpus is predicted. No speaker can
 be on both sides (different corpora have different speaker ids; the leakage guard checks it anyway, and also
 content hashes).
+
+:func:`cross_corpus` runs one spec through the cross-validation runner (the classical model, optionally with
+per-corpus standardisation). For torch recipes and their ensembles, :func:`neural_cross_corpus` trains each member
+once and scores the test corpus with and without unsupervised target-domain adaptation (:mod:`ser.adaptation`, the
+map ``ser model adapt`` writes into a model folder), and :func:`joint_corpus` trains on several corpora pooled with
+speaker-independent folds (:func:`joint_splits`) and scores each corpus's held-out speakers separately.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ser.errors import SerError
+from ser.errors import ConfigError, SerError
+
+if TYPE_CHECKING:
+    from ser.adaptation import Adaptation
 
 
 def align(train: pd.DataFrame, test: pd.DataFrame, profile: str) -> tuple[pd.DataFrame, pd.DataFrame, list, dict]:
@@ -168,7 +177,7 @@ def _trim_db(member_specs: list[Any]) -> float | None:
 
     try:
         return model_input(member_specs)["trim_db"]
-    except Exception as exc:  # ConfigError: members that could not ship as one model
+    except ConfigError as exc:  # members that could not ship as one model
         raise SerError(f"cross-corpus: {exc}") from None
 
 
@@ -186,9 +195,7 @@ def _summary(ev: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     }
 
 
-def domain_adaptation(
-    train_inputs: list[np.ndarray], test_inputs: list[np.ndarray], n_mels: int
-) -> Any:  # -> ser.adaptation.Adaptation
+def domain_adaptation(train_inputs: list[np.ndarray], test_inputs: list[np.ndarray], n_mels: int) -> Adaptation:
     """The :class:`~ser.adaptation.Adaptation` of log-mel model inputs ``(n_mels, T)`` (trimmed, as served): the
     source statistics from the training corpus' inputs, the target ones from the test corpus' inputs (no labels),
     pooled exactly as the model folder's reference profile and ``ser model adapt`` pool them."""
@@ -225,6 +232,7 @@ def neural_cross_corpus(
 
     Returns one row per mode.
     """
+    from ser.data.split import carve_validation
     from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.evaluate.metrics import paired_bootstrap_diff
     from ser.model_folder import frame_input
@@ -259,8 +267,6 @@ def neural_cross_corpus(
     )
     probas: dict[str, list[np.ndarray]] = {m: [] for m in modes}
     infos = {}
-    from ser.data.split import carve_validation
-
     for m in member_specs:
         m_seed = seed + m.seed
         fit_rows, val_rows = carve_validation(tr, m.val_speakers, m_seed)
