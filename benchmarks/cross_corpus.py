@@ -59,7 +59,7 @@ def _ci(r: dict[str, Any], metric: str) -> str:
 
 
 def _recalls(r: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["per_class_recall"].items())
+    return ", ".join(f"{k} {'n/a' if v is None else f'{100 * v:.0f} %'}" for k, v in r["per_class_recall"].items())
 
 
 def classical_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -188,11 +188,12 @@ def _summary(ev: dict[str, Any], classes: list[str]) -> dict[str, Any]:
         "accuracy": m["accuracy"],
         "ci": {k: ev["result"]["ci"].get(k) for k in ("uar", "accuracy")},
         "ci_method": ev["result"]["ci"].get("method"),
-        "per_class_recall": {
-            c: float(r)
-            for c, r in zip(classes, np.diag(np.asarray(ev["result"]["confusion"]["normalized"])), strict=True)
+        "per_class_recall": {  # None: the class has no test utterance (a cut run's small sample)
+            c: None if r is None else float(r)
+            for c, r in zip(classes, np.diag(np.asarray(ev["result"]["confusion"]["normalized"], dtype=object)),
+                            strict=True)
         },
-    }
+    }  # fmt: skip
 
 
 def domain_adaptation(train_inputs: list[np.ndarray], test_inputs: list[np.ndarray], n_mels: int) -> Adaptation:
