@@ -346,12 +346,13 @@ def render_adaptation(info: dict[str, Any]) -> str:
     """The model card's adaptation section from ``metadata.json["adaptation"]`` (:class:`ser.jobs.adapt.AdaptJob`)."""
     base = info.get("base") or {}
     skipped = int(info.get("skipped", 0))
+    rows = info.get("rows") or [0, 0]
     return "\n".join(
         [
             ADAPTATION_HEADING,
             "",
             f"This folder is **adapted** to `{info.get('target')}`: per-row statistics of the log-mel input rows "
-            f"{info.get('rows')} were estimated without labels from {info.get('files')} file(s), "
+            f"{rows[0]}–{rows[1] - 1} were estimated without labels from {info.get('files')} file(s), "
             f"{float(info.get('seconds', 0.0)):.1f} s of audio under `{info.get('target_audio')}`"
             + (f" ({skipped} file(s) skipped, reasons in `adaptation.json`)" if skipped else "")
             + f", on {info.get('created')}. Serving maps each of those rows from the deployment's mean and deviation "

@@ -176,7 +176,8 @@ def adapt_cmd(
     """Adapt a model to a deployment without labels: estimate the mean and deviation of each log-mel input row over
     the target audio (through the model's own preprocessing) and write a copy of the folder that maps them onto
     the training statistics (from its reference.parquet) before the model. Files that cannot be used are skipped
-    and listed with their reason.
+    and listed with their reason. A model that standardises each clip's rows itself (input_norm utterance: the
+    cnn, crnn and rnn recipes, the bundled model) is invariant to this map, so adapting it changes nothing.
 
     Example: ser model adapt runs/registry/ser-emotion/3 --audio calls/ --out models/ser-emotion-callcentre
     """
