@@ -162,3 +162,26 @@ def test_closed_loop_section_reports_the_share_won_back(closed_loop):
     assert "| v1 (registry v1) | 30.0 [20.0, 40.0] | 5.0 | 70.0 [60.0, 80.0] | 5.0 |" in md
     assert "won back nothing" in closed_loop.section({**r, "promoted": False})
     assert "no share of the loss computed" in closed_loop.section({**r, "won_back_share": None})
+
+
+def test_cross_corpus_section_keeps_the_classical_rows_and_flags_cut_runs(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    cc = importlib.import_module("cross_corpus")
+    sys.modules.pop("cross_corpus", None)
+    row = {"per_class_recall": {"sad": 0.5, "angry": 1.0}, "ci": {"uar": {"low": 0.6, "high": 0.8},
+           "accuracy": {"low": 0.5, "high": 0.9}}, "uar": 0.7, "accuracy": 0.7}  # fmt: skip
+    classical = {**row, "model": "classical", "train_corpora": ["ravdess"], "test_corpora": ["emodb"],
+                 "normalize": "corpus", "n_test": 10, "chance_uar": 0.5}  # fmt: skip
+    neural = {**row, "train_corpora": ["ravdess"], "test_corpora": ["emodb"], "n_test": 10, "test_speakers": 3}
+    gain = {"uar": {"diff": 0.05, "low": -0.01, "high": 0.1}}
+    joint = {**row, "test_corpus": "emodb", "train_corpora": ["ravdess", "emodb"], "folds": [0], "k": 5,
+             "n_test": 5, "test_speakers": 2}  # fmt: skip
+    rows = [{**neural, "adaptation": "none"}, {**neural, "adaptation": "target", "gain_vs_none": gain}]
+    entry = {"model": "cnn", "machine": "m", "date": "d", "seconds": 3.0, "joint": [joint], "cross_corpus": rows}
+    both = {"cnn@cut": {**entry, "cut": {"epochs": 1}}, "cnn": {**entry, "cut": None}}
+    text = cc.render({"runs": [classical], "machine": "m", "date": "d", "neural": both})
+    assert "| classical | ravdess → emodb | standardised per corpus | 10 | 70.0 % (60.0–80.0)" in text
+    assert text.count("CUT RUN") == 1 and "--epochs 1" in text and "not findings" in text
+    assert text.index("### cnn\n") < text.index("### cnn — CUT RUN")  # full runs first
+    assert "+5.0 (-1.0 to +10.0)" in text and "test corpus's own unlabelled" in text
+    assert "| emodb | 5 (2) | 70.0 % (60.0–80.0)" in text and "folds 0 of 5" in text

@@ -337,3 +337,40 @@ def _architecture(model: dict[str, Any]) -> str:
             f"are averaged (weights {params.get('weights')}; {size} in all)."
         )
     return f"- Architecture: `{model.get('name')}` ({size}), parameters `{params}`."
+
+
+ADAPTATION_HEADING = "## Adaptation to a deployment"
+
+
+def render_adaptation(info: dict[str, Any]) -> str:
+    """The model card's adaptation section from ``metadata.json["adaptation"]`` (:class:`ser.jobs.adapt.AdaptJob`)."""
+    base = info.get("base") or {}
+    skipped = int(info.get("skipped", 0))
+    rows = info.get("rows") or [0, 0]
+    return "\n".join(
+        [
+            ADAPTATION_HEADING,
+            "",
+            f"This folder is **adapted** to `{info.get('target')}`: per-row statistics of the log-mel input rows "
+            f"{rows[0]}–{rows[1] - 1} were estimated without labels from {info.get('files')} file(s), "
+            f"{float(info.get('seconds', 0.0)):.1f} s of audio under `{info.get('target_audio')}`"
+            + (f" ({skipped} file(s) skipped, reasons in `adaptation.json`)" if skipped else "")
+            + f", on {info.get('created')}. Serving maps each of those rows from the deployment's mean and deviation "
+            f"onto the training data's ({info.get('source')}) before the model: `(x - mu_t) / sd_t * sd_s + mu_s`.",
+            "",
+            f"Adapted from {base.get('name', '?')} version {base.get('version', '?')}. The evaluation above is the "
+            "unadapted model's on its training corpus; the adaptation was not scored on labelled target audio here. "
+            "A model that standardises each clip's rows itself (`input_norm: utterance`) is invariant to this map.",
+            "",
+        ]
+    )
+
+
+def with_adaptation(card: str, info: dict[str, Any]) -> str:
+    """``card`` with its adaptation section (:func:`render_adaptation`) replaced or appended."""
+    head, sep, rest = card.partition(ADAPTATION_HEADING)
+    tail = ""
+    if sep:  # keep what followed the old section (the next ``## `` heading on)
+        nxt = rest.find("\n## ")
+        tail = rest[nxt + 1 :] if nxt >= 0 else ""
+    return head.rstrip() + "\n\n" + render_adaptation(info) + ("\n" + tail if tail else "")

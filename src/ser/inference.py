@@ -3,7 +3,9 @@
 The folder's layout, its metadata and the preprocessing it records are the contract in :mod:`ser.model_folder`;
 this module loads it into a :class:`Predictor`. Shapes: audio ``(n_samples,)`` at the model's rate → features
 ``(n_features, T)`` → logits ``(n_classes,)`` → probabilities ``softmax(logits / temperature)`` ``(n_classes,)``,
-the temperature being the folder's calibration (:func:`ser.model_folder.temperature`; 1 without one).
+the temperature being the folder's calibration (:func:`ser.model_folder.temperature`; 1 without one). A folder
+adapted to a deployment (``ser model adapt``, :mod:`ser.adaptation`) maps its log-mel input rows onto the training
+statistics before the graph (:meth:`Predictor.adapt`); a folder without it is served exactly as exported.
 
 Abstention (:func:`decide`): with a threshold, an answer whose top probability is below it is labelled
 :data:`UNCERTAIN` instead of a class; its probabilities are still returned.
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ser.adaptation import Adaptation, read_adaptation
 from ser.errors import AudioError, SerError
 from ser.model_folder import (
     INPUT_NAME,
@@ -90,6 +93,7 @@ class Predictor:
         self.temperature = temperature(self.metadata)
         self.version = str(self.metadata.get("version", "unregistered"))
         self.name = str(self.metadata.get("name", self.model_dir.name))
+        self.adaptation: Adaptation | None = read_adaptation(self.model_dir, self.metadata)
         onnx_path = self.model_dir / MODEL_FILE
         if not onnx_path.is_file():
             raise SerError(f"model folder has no {MODEL_FILE}: {self.model_dir}")
@@ -118,13 +122,19 @@ class Predictor:
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits ``(n_classes,)`` of one ``(n_features, T)`` input, whole clip or window mean as in training
         (the graph's output, before the temperature: for an ensemble, the log of its members' mean probability)."""
-        x = np.asarray(features, dtype=np.float32)
+        x = self.adapt(np.asarray(features, dtype=np.float32))
         if self.pre.eval_mode == "windows":
             starts = window_starts(x.shape[1], self.pre.window, self.pre.hop)
             if len(starts) > 1:
                 batch = np.stack([x[:, s : s + self.pre.window] for s in starts])
                 return self._run(batch).mean(axis=0)
         return self._run(x[None])[0]
+
+    def adapt(self, features: np.ndarray) -> np.ndarray:
+        """The graph's input for model input ``features`` ``(n_features, T)``: the folder's target-domain
+        adaptation applied (:mod:`ser.adaptation`, a new array), or ``features`` itself when it has none. Every
+        serving path reaches the graph through :meth:`logits`, which calls this first."""
+        return features if self.adaptation is None else self.adaptation.apply(features)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -21,6 +21,12 @@ on nothing of each other. A *model folder* holds:
   validated manifest, :func:`ser.audio.pcm_hash` of the file's native PCM) of every utterance the model was trained
   or cross-validated on, sorted, one per line: the registry's promotion gate checks that no gate utterance is
   among them (:func:`read_trained_on`).
+- optional (format 2): ``adaptation.json`` (:data:`ser.adaptation.ADAPTATION_FILE`) with
+  ``metadata.json["adaptation"]`` (what it was adapted to, from how many files and seconds, when): the per-row
+  statistics of the training data (from ``reference.parquet``) and of unlabelled audio of a deployment, written by
+  ``ser model adapt`` (:class:`ser.jobs.adapt.AdaptJob`); serving maps the log-mel input rows from the deployment's
+  statistics onto the training ones before the graph (:mod:`ser.adaptation`). Only the metadata entry switches it
+  on.
 
 Format versions (``metadata.json["format"]``): ``ser-model/1`` (to 2026-12), ``ser-model/2`` (adds
 ``format_version``; the folder may hold further files that later stages add, each optional to a reader).

@@ -84,3 +84,73 @@ def test_corpus_normalize_standardises_each_corpus_separately():
         frames = np.concatenate([out[u]["logmel"] for u in utts], axis=1)
         np.testing.assert_allclose(frames.mean(1), 0, atol=1e-4)
         assert out[utts[0]]["logmel"].shape == feats[utts[0]]["logmel"].shape
+
+
+@pytest.fixture(scope="module")
+def quiet_b(two_corpora):
+    """Corpus b re-recorded 20 dB quieter (another channel): a domain shift for the adaptation to see."""
+    import soundfile as sf
+
+    root, _, b = two_corpora
+    paths = []
+    for p in b["path"]:
+        y, sr = sf.read(p, dtype="float32")
+        q = root / "b_quiet" / f"{len(paths)}.wav"
+        q.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(q, 0.1 * y, sr, subtype="FLOAT")
+        paths.append(str(q))
+    return b.assign(path=paths, sha256="")
+
+
+def _tiny(name="cnn-small"):
+    from ser.train.recipes import get_recipe
+
+    return get_recipe(name, {"train": {"epochs": 1, "crop_frames": 100}})
+
+
+def test_neural_cross_corpus_rows_with_and_without_adaptation(two_corpora, quiet_b, one_torch_thread):
+    import numpy as np
+
+    from ser.train.crosscorpus import neural_cross_corpus
+
+    root, a, _ = two_corpora
+    rows = neural_cross_corpus(a, quiet_b, _tiny(), out_dir=root / "neural", workers=1, n_boot=200)
+    assert [r["adaptation"] for r in rows] == ["none", "target"]
+    none, target = rows
+    n4 = int(quiet_b["emotion"].isin(["angry", "happy", "neutral", "calm", "sad"]).sum())
+    for r in rows:
+        assert r["n_test"] == n4 and r["test_speakers"] == 4 and r["train_corpora"] == ["synthetic"]
+        for metric in ("uar", "accuracy"):
+            ci = r["ci"][metric]
+            assert ci["low"] <= r[metric] <= ci["high"]
+        assert (root / "neural" / r["adaptation"] / "report" / "report.md").is_file()
+    assert none["members"]["cnn-small"]["epochs_run"] == 1
+    stats = target["adaptation_stats"]
+    assert stats["source_clips"] == none["n_train"] and stats["target_clips"] == n4
+    assert stats["mean_row_shift_db"] > 10  # the 20 dB quieter corpus is seen as shifted
+    gain = target["gain_vs_none"]["uar"]
+    assert gain["low"] <= gain["diff"] <= gain["high"]
+    assert np.isclose(gain["diff"], target["uar"] - none["uar"])
+    with pytest.raises(SerError, match="modes"):
+        neural_cross_corpus(a, quiet_b, _tiny(), out_dir=root / "x", modes=("bogus",))
+    with pytest.raises(SerError, match="classical"):
+        neural_cross_corpus(a, quiet_b, _tiny("classical"), out_dir=root / "x")
+
+
+def test_joint_corpus_scores_each_corpus_on_its_held_out_speakers(two_corpora, one_torch_thread):
+    from ser.train.crosscorpus import joint_corpus, joint_splits
+
+    root, a, b = two_corpora
+    splits = joint_splits({"a": a, "b": b}, k=2)
+    corpus = dict(zip(pd.concat([a, b])["utt_id"], ["a"] * len(a) + ["b"] * len(b), strict=True))
+    for k in (0, 1):  # every fold holds out speakers of both corpora
+        test = splits[(splits["fold"] == k) & (splits["role"] == "test")]
+        assert {corpus[u] for u in test["utt_id"]} == {"a", "b"}
+    rows = joint_corpus({"a": a, "b": b}, _tiny(), k=2, out_dir=root / "joint", workers=1, n_boot=200)
+    assert [r["test_corpus"] for r in rows] == ["a", "b"]
+    four = ["angry", "happy", "neutral", "calm", "sad"]
+    assert rows[0]["n_test"] == int(a["emotion"].isin(four).sum()) and rows[0]["test_speakers"] == 6
+    assert rows[1]["n_test"] == int(b["emotion"].isin(four).sum()) and rows[1]["test_speakers"] == 4
+    assert all(r["ci"]["uar"]["low"] <= r["uar"] <= r["ci"]["uar"]["high"] for r in rows)
+    cut = joint_corpus({"a": a, "b": b}, _tiny(), k=2, folds=[0], out_dir=root / "joint", workers=1, n_boot=200)
+    assert cut[0]["folds"] == [0] and cut[0]["n_test"] < rows[0]["n_test"]  # a cut run scores only its folds

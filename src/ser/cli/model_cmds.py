@@ -1,4 +1,5 @@
-"""``ser model``: the registry — list, show, promote, rollback, and evaluate a version on a labelled manifest."""
+"""``ser model``: the registry — list, show, promote, rollback, evaluate a version on a labelled manifest, and
+adapt a model folder to a deployment from unlabelled audio."""
 
 from __future__ import annotations
 
@@ -155,3 +156,55 @@ def evaluate_cmd(
         f"on {summary['n']} utterances, {summary['speakers']} speakers"
     )
     console.print(f"report: {summary['report']}")
+
+
+@model_app.command("adapt")
+def adapt_cmd(
+    ref: str = typer.Argument(..., help="a model folder, or NAME@ALIAS / NAME/VERSION in the workdir's registry"),
+    audio: Path = typer.Option(..., "--audio", help="folder (searched recursively) or file of unlabelled target audio"),
+    out: Path = typer.Option(..., "--out", help="the adapted model folder to write (a new folder)"),
+    target: str | None = typer.Option(None, "--target", help="the deployment's name in the card [audio folder name]"),
+    source_audio: Path | None = typer.Option(
+        None, "--source-audio", help="training-domain audio, for a folder without reference.parquet"
+    ),
+    max_files: int | None = typer.Option(None, "--max-files", min=1, help="a seeded sample of at most N files"),
+    workers: int = typer.Option(1, "--workers", min=1, help="processes for the feature extraction"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out folder"),
+    workdir: Path | None = WORKDIR,
+    as_json: bool = typer.Option(False, "--json", help="print the outcome as JSON"),
+) -> None:
+    """Adapt a model to a deployment without labels: estimate the mean and deviation of each log-mel input row over
+    the target audio (through the model's own preprocessing) and write a copy of the folder that maps them onto
+    the training statistics (from its reference.parquet) before the model. Files that cannot be used are skipped
+    and listed with their reason. A model that standardises each clip's rows itself (input_norm utterance: the
+    cnn, crnn and rnn recipes, the bundled model) is invariant to this map, so adapting it changes nothing.
+
+    Example: ser model adapt runs/registry/ser-emotion/3 --audio calls/ --out models/ser-emotion-callcentre
+    """
+    from ser.jobs.adapt import AdaptJob
+
+    res = AdaptJob(
+        ref,
+        audio,
+        out,
+        target=target,
+        source_audio=source_audio,
+        max_files=max_files,
+        workers=workers,
+        overwrite=overwrite,
+        workdir=_wd(workdir),
+    ).run()
+    if as_json:
+        print_json(res.to_dict())
+        return
+    console.print(
+        f"{res.path}: adapted to {res.target!r} from {res.files} file(s), {res.seconds:.1f} s of audio "
+        f"(rows {res.rows[0]}–{res.rows[1] - 1}; training statistics: {res.source}); "
+        f"mean row offset {res.shift_db:.2f} dB"
+    )
+    if res.skipped:
+        console.print(f"[yellow]skipped {len(res.skipped)} file(s):[/]")
+        for path, reason in res.skipped[:10]:
+            console.print(f"  {path}: {reason}")
+        if len(res.skipped) > 10:
+            console.print(f"  ... {len(res.skipped) - 10} more (all listed in {res.path}/adaptation.json)")

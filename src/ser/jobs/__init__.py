@@ -14,6 +14,7 @@ module                    jobs
 :mod:`ser.jobs.evaluate`  fold predictions → the cross-validation report; a model folder → its report on a manifest
 :mod:`ser.jobs.release`   ONNX export with parity check, model card, registry with the promotion gate (gate set)
 :mod:`ser.jobs.monitor`   the reference profile at export; monitoring report, retention, deletion, feedback import
+:mod:`ser.jobs.adapt`     a model folder adapted to a deployment from its unlabelled audio (``ser model adapt``)
 :mod:`ser.jobs.batch`     every recording of an archive → emotion timelines as Parquet (local pool or Ray)
 :mod:`ser.jobs.loop`      the closed loop's pass: monitor → retrain (the pipeline, given by the caller) when due
 ========================  ==========================================================================

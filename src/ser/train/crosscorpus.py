@@ -5,17 +5,26 @@ classes present in both are kept (rows of other classes are dropped and counted)
 stopping come out of the *training* corpus, and every utterance of the test corpus is predicted. No speaker can
 be on both sides (different corpora have different speaker ids; the leakage guard checks it anyway, and also
 content hashes).
+
+:func:`cross_corpus` runs one spec through the cross-validation runner (the classical model, optionally with
+per-corpus standardisation). For torch recipes and their ensembles, :func:`neural_cross_corpus` trains each member
+once and scores the test corpus with and without unsupervised target-domain adaptation (:mod:`ser.adaptation`, the
+map ``ser model adapt`` writes into a model folder), and :func:`joint_corpus` trains on several corpora pooled with
+speaker-independent folds (:func:`joint_splits`) and scores each corpus's held-out speakers separately.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from ser.errors import SerError
+from ser.errors import ConfigError, SerError
+
+if TYPE_CHECKING:
+    from ser.adaptation import Adaptation
 
 
 def align(train: pd.DataFrame, test: pd.DataFrame, profile: str) -> tuple[pd.DataFrame, pd.DataFrame, list, dict]:
@@ -144,3 +153,267 @@ def cross_corpus(
         },
         "report": str(Path(out_dir) / "report" / "report.md"),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# neural recipes: cross-corpus with and without target-domain adaptation, and joint training
+
+
+ADAPT_MODES = ("none", "target")
+"""Cross-corpus adaptation settings: ``none`` (the model as trained) and ``target`` (its log-mel input rows mapped
+from the test corpus' statistics, estimated on its own unlabelled audio, onto the training corpus' statistics:
+:mod:`ser.adaptation`, what ``ser model adapt`` writes into a model folder)."""
+
+
+def _members(spec: Any) -> list[Any]:
+    from ser.train.recipes import members
+    from ser.train.spec import ModelSpec
+
+    return [spec] if isinstance(spec, ModelSpec) else members([spec])
+
+
+def _trim_db(member_specs: list[Any]) -> float | None:
+    from ser.train.spec import model_input
+
+    try:
+        return model_input(member_specs)["trim_db"]
+    except ConfigError as exc:  # members that could not ship as one model
+        raise SerError(f"cross-corpus: {exc}") from None
+
+
+def _summary(ev: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    m = ev["result"]["metrics"]
+    return {
+        "uar": m["uar"],
+        "accuracy": m["accuracy"],
+        "ci": {k: ev["result"]["ci"].get(k) for k in ("uar", "accuracy")},
+        "ci_method": ev["result"]["ci"].get("method"),
+        "per_class_recall": {  # None: the class has no test utterance (a cut run's small sample)
+            c: None if r is None else float(r)
+            for c, r in zip(classes, np.diag(np.asarray(ev["result"]["confusion"]["normalized"], dtype=object)),
+                            strict=True)
+        },
+    }  # fmt: skip
+
+
+def domain_adaptation(train_inputs: list[np.ndarray], test_inputs: list[np.ndarray], n_mels: int) -> Adaptation:
+    """The :class:`~ser.adaptation.Adaptation` of log-mel model inputs ``(n_mels, T)`` (trimmed, as served): the
+    source statistics from the training corpus' inputs, the target ones from the test corpus' inputs (no labels),
+    pooled exactly as the model folder's reference profile and ``ser model adapt`` pool them."""
+    from ser.adaptation import Adaptation, stats_of_inputs
+
+    rows = (0, n_mels)
+    return Adaptation(rows, stats_of_inputs(train_inputs, rows), stats_of_inputs(test_inputs, rows))
+
+
+def neural_cross_corpus(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    spec: Any,
+    *,
+    profile: str = "four",
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+    modes: tuple[str, ...] = ADAPT_MODES,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train a torch recipe ``spec`` (a model or an ensemble of them) on ``train``, predict every utterance of
+    ``test`` once per adaptation setting in ``modes`` (:data:`ADAPT_MODES`), each member trained once.
+
+    Validation speakers (``val_speakers`` of each member) come out of the training corpus only. Ensembles fuse the
+    members' probabilities (their weights) as cross-validation does. ``target`` maps each log-mel member's input
+    rows (:func:`domain_adaptation`); members on MFCC are left as they are (a model folder adapts its log-mel rows
+    only). Each setting is scored with :func:`~ser.evaluate.cv_report.cv_evaluation` (UAR and accuracy with 95 %
+    speaker-bootstrap CIs) and its report written to ``out_dir/<mode>/report``; ``target`` also gets the paired
+    speaker-bootstrap difference to ``none`` (:func:`~ser.evaluate.metrics.paired_bootstrap_diff`). Members train
+    with checkpoints in ``out_dir/<member>``, so a killed run resumes.
+
+    Returns one row per mode.
+    """
+    from ser.data.split import carve_validation
+    from ser.evaluate.cv_report import cv_evaluation, write_cv_report
+    from ser.evaluate.metrics import paired_bootstrap_diff
+    from ser.model_folder import frame_input
+    from ser.train.cv import FoldOutput, fit_spec, fuse, load_frame_features, utterance_arrays
+    from ser.train.data import ArrayDataset
+    from ser.train.predict import predict_proba
+    from ser.train.spec import train_config
+
+    bad = [m for m in modes if m not in ADAPT_MODES]
+    if bad or not modes:
+        raise SerError(f"adaptation modes must be among {', '.join(ADAPT_MODES)}, got {list(modes)}")
+    member_specs = _members(spec)
+    if any(m.model == "classical" for m in member_specs):
+        raise SerError("neural_cross_corpus trains torch recipes; use cross_corpus for the classical model")
+    trim_db = _trim_db(member_specs)
+    out_dir = Path(out_dir)
+    tr, te, classes, dropped = align(train, test, profile)
+    cross_corpus_splits(tr, te)  # the leakage guard: no speaker or content on both sides
+    both = pd.concat([tr, te], ignore_index=True)
+    kinds = tuple(sorted({"logmel", *(m.features for m in member_specs)}))
+    feats = load_frame_features(both, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
+    tr = tr[tr["utt_id"].isin(feats.keys())].reset_index(drop=True)
+    te = te[te["utt_id"].isin(feats.keys())].reset_index(drop=True)
+    index = {c: i for i, c in enumerate(classes)}
+    test_ids = te["utt_id"].tolist()
+    y_test = np.array([index[e] for e in te["emotion"]])
+    n_mels = int(next(iter(feats.values()))["logmel"].shape[0])
+    adaptation = domain_adaptation(
+        [frame_input(feats[u], "logmel", trim_db) for u in tr["utt_id"]],
+        [frame_input(feats[u], "logmel", trim_db) for u in test_ids],
+        n_mels,
+    )
+    probas: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+    infos = {}
+    for m in member_specs:
+        m_seed = seed + m.seed
+        fit_rows, val_rows = carve_validation(tr, m.val_speakers, m_seed)
+        x = {"train": utterance_arrays(m, feats, fit_rows["utt_id"].tolist())}
+        x["val"] = utterance_arrays(m, feats, val_rows["utt_id"].tolist())
+        y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in (("train", fit_rows), ("val", val_rows))}
+        result, cfg = fit_spec(m, x, y, len(classes), m_seed, out_dir / m.name, progress=progress)
+        x_test = utterance_arrays(m, feats, test_ids)
+        for mode in modes:
+            xs = [adaptation.apply(a) for a in x_test] if mode == "target" and m.features == "logmel" else x_test
+            ds = ArrayDataset(xs, y_test, n_classes=len(classes))
+            probas[mode].append(predict_proba(result.model, ds, eval_mode=train_config(m, m_seed).eval_mode))
+        infos[m.name] = {
+            "epochs": int(cfg.epochs),
+            "epochs_run": int(result.epochs_run),
+            "best_epoch": int(result.best_epoch),
+            "n_train": len(fit_rows),
+            "n_val": len(val_rows),
+            "val_speakers": sorted(val_rows["speaker"].astype(str).unique().tolist()),
+        }
+    weights = getattr(spec, "weights", None)
+    corpora = {"train": sorted(tr["corpus"].astype(str).unique()), "test": sorted(te["corpus"].astype(str).unique())}
+    rows: list[dict[str, Any]] = []
+    preds: dict[str, np.ndarray] = {}
+    for mode in modes:
+        proba = probas[mode][0] if len(member_specs) == 1 else fuse(probas[mode], weights)
+        preds[mode] = proba.argmax(1)
+        out = FoldOutput(proba, y_test, test_ids, {})
+        ev = cv_evaluation([out], te, classes, n_boot=n_boot, seed=seed)
+        title = f"{spec.name}: cross-corpus {'+'.join(corpora['train'])} → {'+'.join(corpora['test'])} ({mode})"
+        write_cv_report(out_dir / mode / "report", ev, title=title, meta={"profile": profile, "adaptation": mode})
+        row = {
+            "model": spec.name,
+            "profile": profile,
+            "adaptation": mode,
+            "classes": classes,
+            **{f"{k}_corpora": v for k, v in corpora.items()},
+            "n_train": len(tr),
+            "n_test": len(test_ids),
+            "test_speakers": int(te["speaker"].nunique()),
+            **_summary(ev, classes),
+            "chance_uar": 1.0 / len(classes),
+            "dropped": dropped,
+            "members": infos,
+            "report": str(out_dir / mode / "report" / "report.md"),
+        }
+        if mode == "target":
+            row["adaptation_stats"] = {
+                "source_clips": adaptation.source.clips,
+                "target_clips": adaptation.target.clips,
+                "mean_row_shift_db": float(np.mean(np.abs(adaptation.target.mean - adaptation.source.mean))),
+                "mean_std_ratio": float(np.mean(adaptation.target.std / adaptation.source.std)),
+            }
+            if "none" in preds and n_boot > 0:
+                d = paired_bootstrap_diff(
+                    y_test, preds["target"], preds["none"], te["speaker"].astype(str).to_numpy(),
+                    classes=list(range(len(classes))), n_boot=n_boot, seed=seed,
+                )  # fmt: skip
+                row["gain_vs_none"] = {k: d[k] for k in ("uar", "accuracy")} | {"n_speakers": d["n_clusters"]}
+        rows.append(row)
+    return rows
+
+
+def joint_splits(corpora: dict[str, pd.DataFrame], k: int, seed: int = 0) -> pd.DataFrame:
+    """Speaker-independent ``k`` folds of several corpora pooled: each corpus is split into ``k`` speaker folds on
+    its own (:func:`~ser.data.split.make_splits` ``kfold``), and fold ``i`` of the pool tests fold ``i`` of every
+    corpus, so every fold holds out speakers of each corpus. Leakage-checked."""
+    from ser.data.split import check_leakage, make_splits
+
+    parts = [make_splits(df, "kfold", k=k, seed=seed) for df in corpora.values()]
+    splits = pd.concat(parts, ignore_index=True)
+    check_leakage(splits)
+    return splits
+
+
+def joint_corpus(
+    corpora: dict[str, pd.DataFrame],
+    spec: Any,
+    *,
+    profile: str = "four",
+    k: int = 5,
+    folds: list[int] | None = None,
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    n_boot: int = 1000,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Train ``spec`` on the pooled ``corpora`` (``{name: manifest}``, each mapped through ``profile``, the
+    classes all share kept) with :func:`joint_splits` folds (``folds``: which to run, default all ``k``), and score
+    the held-out speakers of each corpus separately (UAR and accuracy with 95 % speaker-bootstrap CIs over the
+    folds run). Validation speakers are carved out of each fold's pooled training speakers. Returns one row per
+    corpus."""
+    from ser.data.labels import apply_profile, get_profile
+    from ser.evaluate.cv_report import cv_evaluation, write_cv_report
+    from ser.train.cv import FoldOutput, cross_validate_members, ensemble_folds, load_frame_features
+
+    member_specs = _members(spec)
+    mapped = {n: apply_profile(df, profile)[0] for n, df in corpora.items()}
+    shared = set.intersection(*(set(df["emotion"]) for df in mapped.values()))
+    classes = [c for c in get_profile(profile).classes if c in shared]
+    if len(classes) < 2:
+        raise SerError(f"profile {profile!r}: the corpora share fewer than two classes ({sorted(shared)})")
+    mapped = {n: df[df["emotion"].isin(classes)].reset_index(drop=True) for n, df in mapped.items()}
+    pooled = pd.concat(list(mapped.values()), ignore_index=True)
+    kinds = tuple(sorted({"logmel", *(m.features for m in member_specs)}))
+    feats = load_frame_features(pooled, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
+    mapped = {n: df[df["utt_id"].isin(feats.keys())].reset_index(drop=True) for n, df in mapped.items()}
+    pooled = pd.concat(list(mapped.values()), ignore_index=True)
+    splits = joint_splits(mapped, k, seed)
+    run = list(range(k)) if folds is None else folds
+    outs = cross_validate_members(pooled, splits, member_specs, feats, classes, out_dir, folds=run, seed=seed,
+                                  progress=progress)  # fmt: skip
+    fused = outs[spec.name] if len(member_specs) == 1 else ensemble_folds(
+        [outs[m.name] for m in member_specs], getattr(spec, "weights", None)
+    )  # fmt: skip
+    corpus_of = {str(u): n for n, df in mapped.items() for u in df["utt_id"]}
+    speaker_of = pooled.set_index("utt_id")["speaker"]
+    rows = []
+    for name in mapped:
+        parts = []
+        for o in fused:
+            keep = np.array([corpus_of[str(u)] == name for u in o.utt_ids], dtype=bool)
+            if keep.any():
+                ids = [u for u, k_ in zip(o.utt_ids, keep, strict=True) if k_]
+                parts.append(FoldOutput(o.proba[keep], o.y[keep], ids, {}))
+        if not parts:
+            continue
+        ev = cv_evaluation(parts, pooled, classes, n_boot=n_boot, seed=seed)
+        rep = Path(out_dir) / f"report-{name}"
+        write_cv_report(rep, ev, title=f"{spec.name}: joint {'+'.join(mapped)} → {name}", meta={"profile": profile})
+        rows.append(
+            {
+                "model": spec.name,
+                "profile": profile,
+                "train_corpora": list(mapped),
+                "test_corpus": name,
+                "classes": classes,
+                "k": k,
+                "folds": run,
+                "n_test": int(sum(len(p.y) for p in parts)),
+                "test_speakers": int(speaker_of.loc[[u for p in parts for u in p.utt_ids]].nunique()),
+                **_summary(ev, classes),
+                "chance_uar": 1.0 / len(classes),
+                "report": str(rep / "report.md"),
+            }
+        )  # fmt: skip
+    return rows

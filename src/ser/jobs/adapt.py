@@ -1,0 +1,259 @@
+"""Adapt a model folder to a deployment from unlabelled audio (``ser model adapt``).
+
+:class:`AdaptJob` runs every audio file under the target folder through the model's own preprocessing (decoded to
+its rate, mono, the serving silence trim), estimates the per-row statistics of its log-mel input rows
+(:mod:`ser.adaptation`), reads the training statistics from the folder's ``reference.parquet`` (or, for a folder
+without one, estimates them the same way from ``source_audio``), and writes a copy of the folder with
+``adaptation.json``, the ``metadata.json["adaptation"]`` entry and the model card's adaptation section. The source
+folder is never modified; the copy is written beside ``out`` and renamed into place.
+
+A file that cannot be used (undecodable, empty, shorter than one analysis window, non-finite) is skipped with its
+reason (:attr:`AdaptOutcome.skipped`, also kept in ``adaptation.json``); no usable file at all is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ser.errors import ConfigError, SerError
+
+MAX_SKIPPED_KEPT = 1000
+"""Skipped files listed in ``adaptation.json`` (the count is always complete)."""
+
+
+def list_audio(root: str | Path) -> list[Path]:
+    """Audio files (by extension, :data:`ser.data.ingest.AUDIO_EXTENSIONS`) under ``root``, sorted; ``root`` may
+    also be one file. :class:`ConfigError` when it does not exist or holds none."""
+    from ser.data.ingest import AUDIO_EXTENSIONS
+
+    p = Path(root)
+    if not p.exists():
+        raise ConfigError(f"audio folder not found: {p}")
+    files = (
+        [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    )
+    if not files:
+        raise ConfigError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {p}")
+    return files
+
+
+def clip_row_stats(path: str | Path, pre: Any, rows: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, float] | str:
+    """``(mean, std, seconds)`` of ``rows`` of one file's model input (``pre``: the folder's
+    :class:`~ser.model_folder.Preprocessing`, the serving path), or the reason it cannot be used."""
+    from ser.adaptation import clip_stats
+    from ser.audio import load_audio
+
+    try:
+        audio = load_audio(path, pre.sample_rate)
+        if audio.size < int(pre.feature_config.get("win_length", 400)):
+            return f"too short ({audio.size} samples)"
+        x = pre.features(audio)
+    except SerError as exc:
+        return str(exc) or type(exc).__name__
+    except (OSError, ValueError, RuntimeError) as exc:  # a decoder's own error on a malformed file
+        return f"{type(exc).__name__}: {exc}"
+    if x.shape[0] < rows[1]:
+        return f"model input has {x.shape[0]} rows, fewer than {rows[1]}"
+    mean, std = clip_stats(x[rows[0] : rows[1]])
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        return "no frames after the silence trim"
+    return mean, std, audio.size / pre.sample_rate
+
+
+@dataclass(frozen=True)
+class DomainEstimate:
+    """Per-clip statistics of a folder of audio: what was used and what was skipped."""
+
+    means: np.ndarray
+    stds: np.ndarray
+    seconds: float
+    files: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def estimate_domain(
+    files: list[Path], pre: Any, rows: tuple[int, int], *, workers: int | None = 1, what: str = "target"
+) -> DomainEstimate:
+    """:func:`clip_row_stats` of every file (``workers`` processes for 64 files or more); :class:`SerError` when
+    none is usable (naming the first reasons)."""
+    paths = [str(f) for f in files]
+    if (workers or 1) <= 1 or len(paths) < 64:
+        results = [clip_row_stats(p, pre, rows) for p in paths]
+    else:
+        from joblib import Parallel, delayed
+
+        results = list(
+            Parallel(n_jobs=min(int(workers or 1), len(paths)), backend="loky")(
+                delayed(clip_row_stats)(p, pre, rows) for p in paths
+            )
+        )
+    ok = [(p, r) for p, r in zip(paths, results, strict=True) if not isinstance(r, str)]
+    skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
+    if not ok:
+        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+        raise SerError(f"{what} audio: none of {len(paths)} file(s) is usable ({reasons})")
+    return DomainEstimate(
+        means=np.stack([r[0] for _, r in ok]),
+        stds=np.stack([r[1] for _, r in ok]),
+        seconds=float(sum(r[2] for _, r in ok)),
+        files=[p for p, _ in ok],
+        skipped=skipped,
+    )
+
+
+@dataclass(frozen=True)
+class AdaptOutcome:
+    path: Path
+    target: str
+    files: int
+    seconds: float
+    skipped: list[tuple[str, str]]
+    source: str
+    rows: tuple[int, int]
+    shift_db: float
+    """Mean absolute difference (dB) between the target and source row means: how far the deployment was off."""
+
+    def quarantine(self) -> pd.DataFrame:
+        """The skipped files as a quarantine table (:func:`ser.data.schema.quarantine_frame`)."""
+        from ser.data.schema import quarantine_frame
+
+        return quarantine_frame([{"path": p, "stage": "adapt", "reason": r} for p, r in self.skipped])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "target": self.target,
+            "files": self.files,
+            "seconds": round(self.seconds, 2),
+            "skipped": len(self.skipped),
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
+            "source": self.source,
+            "rows": list(self.rows),
+            "mean_row_shift_db": round(self.shift_db, 3),
+        }
+
+
+@dataclass(frozen=True)
+class AdaptJob:
+    """``model`` (a folder or a registry reference in ``workdir``) adapted to the unlabelled audio under ``audio``
+    → a new model folder ``out``.
+
+    ``target``: the deployment's name in the metadata and card (default: the audio folder's name).
+    ``source_audio``: training-domain audio for a folder without ``reference.parquet`` (or to override it).
+    ``max_files``: a seeded random sample of at most this many target files (None: all). ``overwrite``: replace an
+    existing ``out``.
+    """
+
+    model: str | Path
+    audio: Path
+    out: Path
+    target: str | None = None
+    source_audio: Path | None = None
+    max_files: int | None = None
+    workers: int | None = 1
+    seed: int = 0
+    overwrite: bool = False
+    workdir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> AdaptOutcome:
+        from ser.adaptation import ADAPTATION_FILE, METHOD, Adaptation, logmel_rows, pooled_stats
+        from ser.jobs.monitor import resolve_model
+        from ser.model_folder import CARD_FILE, METADATA_FILE, Preprocessing, check_model_dir, read_metadata
+
+        src = check_model_dir(resolve_model(self.model, self.workdir))
+        out = Path(self.out)
+        if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+            raise ConfigError(f"--out must be a new folder outside the model folder, got {out}")
+        if out.exists() and not self.overwrite:
+            raise ConfigError(f"{out} exists (pass overwrite to replace it)")
+        meta = read_metadata(src)
+        pre = Preprocessing.from_metadata(meta)
+        try:
+            rows = logmel_rows(pre.kind, pre.feature_config)
+        except SerError as exc:
+            raise ConfigError(str(exc)) from None
+
+        files = list_audio(self.audio)
+        if self.max_files is not None and len(files) > self.max_files:
+            pick = np.sort(np.random.default_rng(self.seed).choice(len(files), self.max_files, replace=False))
+            files = [files[i] for i in pick]
+        tgt = estimate_domain(files, pre, rows, workers=self.workers, what="target")
+        target_stats = pooled_stats(tgt.means, tgt.stds)
+        source_stats, source_desc = self._source(src, pre, rows)
+        adaptation = Adaptation(rows, source_stats, target_stats)
+
+        target = self.target or Path(self.audio).resolve().name
+        info = {
+            "file": ADAPTATION_FILE,
+            "method": METHOD,
+            "target": target,
+            "target_audio": str(self.audio),
+            "files": len(tgt.files),
+            "skipped": len(tgt.skipped),
+            "seconds": round(tgt.seconds, 2),
+            "rows": list(rows),
+            "source": source_desc,
+            "base": {"name": meta.get("name"), "version": meta.get("version"), "path": str(src)},
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **self.extra,
+        }
+        body = {
+            **adaptation.to_dict(),
+            "target_audio": str(self.audio),
+            "skipped": [{"path": p, "reason": r} for p, r in tgt.skipped[:MAX_SKIPPED_KEPT]],
+        }
+        self._write(src, out, meta, info, body, CARD_FILE, METADATA_FILE, ADAPTATION_FILE)
+        shift = float(np.mean(np.abs(target_stats.mean - source_stats.mean)))
+        return AdaptOutcome(out, target, len(tgt.files), tgt.seconds, tgt.skipped, source_desc, rows, shift)
+
+    def _source(self, src: Path, pre: Any, rows: tuple[int, int]) -> tuple[Any, str]:
+        """The training statistics: from ``source_audio`` when given, else from the folder's reference profile."""
+        from ser.adaptation import pooled_stats
+        from ser.monitor.reference import load_reference
+
+        if self.source_audio is not None:
+            est = estimate_domain(list_audio(self.source_audio), pre, rows, workers=self.workers, what="source")
+            return pooled_stats(est.means, est.stds), f"{len(est.files)} clips under {self.source_audio}"
+        ref = load_reference(src)
+        if ref is None:
+            raise SerError(
+                f"{src} has no reference.parquet, so the training statistics are unknown: pass the training "
+                "audio as source_audio (--source-audio), or export the model through the pipeline, which writes it"
+            )
+        means, stds = ref.bands("mel_mean"), ref.bands("mel_std")
+        if means.shape[1] != rows[1] - rows[0]:
+            raise SerError(
+                f"{src}/reference.parquet holds {means.shape[1]} mel bands, the model input {rows[1] - rows[0]}"
+            )
+        stats = pooled_stats(means, stds)
+        return stats, f"reference.parquet, {stats.clips} training clips"
+
+    def _write(self, src, out, meta, info, body, card_file, metadata_file, adaptation_file) -> None:
+        from ser.card import with_adaptation
+        from ser.io import write_json, write_text
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_root = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            tmp = tmp_root / "model"
+            shutil.copytree(src, tmp)
+            write_json(tmp / adaptation_file, body)
+            new_meta = {**meta, "version": "unregistered", "adaptation": info}
+            write_json(tmp / metadata_file, new_meta)
+            card = (tmp / card_file).read_text() if (tmp / card_file).is_file() else f"# {meta.get('name', 'model')}\n"
+            write_text(tmp / card_file, with_adaptation(card, info))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp_root, ignore_errors=True)
