@@ -18,6 +18,7 @@ from ser.adaptation import (
     pooled_stats,
     read_adaptation,
     stats_of_inputs,
+    utterance_normalised,
 )
 from ser.errors import SerError
 from tests.conftest import export_tiny_model, tone
@@ -161,3 +162,6 @@ def test_a_model_with_utterance_input_norm_is_invariant_to_the_map(tmp_path):
     x = rng.normal(-55, 4, (64, 150)).astype(np.float32)
     assert not np.allclose(adapted.adapt(x), x, atol=1.0)  # the input really moves
     np.testing.assert_allclose(adapted.logits(x), base.logits(x), atol=1e-4)  # the answer does not
+    assert utterance_normalised(read_metadata(folder))  # and the job says so (AdaptOutcome.invariant, the CLI note)
+    tiny = read_metadata(export_tiny_model(tmp_path / "b"))  # batch input norm: the map matters
+    assert not utterance_normalised(tiny) and not utterance_normalised({"model": {}})

@@ -194,3 +194,22 @@ def read_adaptation(model_dir: str | Path, meta: Mapping[str, Any]) -> Adaptatio
     except (OSError, json.JSONDecodeError) as exc:
         raise SerError(f"{path}: not readable JSON ({exc})") from None
     return Adaptation.from_dict(data)
+
+
+def utterance_normalised(metadata: dict[str, Any]) -> bool:
+    """Does every network of a model folder standardise each clip's rows itself (``input_norm: utterance``)? Then
+    the per-row map of an adaptation cancels out: adapting that model changes none of its answers."""
+    norms: list[Any] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            if "input_norm" in x:
+                norms.append(x["input_norm"])
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(metadata.get("model", {}))
+    return bool(norms) and all(n == "utterance" for n in norms)

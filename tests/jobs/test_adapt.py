@@ -48,6 +48,7 @@ def test_adapt_job_maps_a_quieter_deployment_back(domains, tmp_path):
 
     out = AdaptJob(domains["model"], domains["target"], tmp_path / "adapted", target="call-centre").run()
     assert out.files == 8 and not out.skipped and out.seconds > 6
+    assert not out.invariant and out.to_dict()["invariant"] is False  # the tiny model normalises by batch
     assert out.source.startswith("reference.parquet, 8 training clips")
     meta = read_metadata(out.path)
     info = meta["adaptation"]

@@ -202,6 +202,11 @@ def adapt_cmd(
         f"(rows {res.rows[0]}–{res.rows[1] - 1}; training statistics: {res.source}); "
         f"mean row offset {res.shift_db:.2f} dB"
     )
+    if res.invariant:
+        console.print(
+            "[yellow]note: this model standardises each clip's input rows itself (input_norm utterance), so the "
+            "adaptation cancels out: the new folder answers exactly as the original.[/]"
+        )
     if res.skipped:
         console.print(f"[yellow]skipped {len(res.skipped)} file(s):[/]")
         for path, reason in res.skipped[:10]:

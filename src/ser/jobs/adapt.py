@@ -121,6 +121,9 @@ class AdaptOutcome:
     rows: tuple[int, int]
     shift_db: float
     """Mean absolute difference (dB) between the target and source row means: how far the deployment was off."""
+    invariant: bool = False
+    """The model standardises each clip's rows itself (:func:`ser.adaptation.utterance_normalised`): the adapted
+    folder answers exactly as the original."""
 
     def quarantine(self) -> pd.DataFrame:
         """The skipped files as a quarantine table (:func:`ser.data.schema.quarantine_frame`)."""
@@ -139,6 +142,7 @@ class AdaptOutcome:
             "source": self.source,
             "rows": list(self.rows),
             "mean_row_shift_db": round(self.shift_db, 3),
+            "invariant": self.invariant,
         }
 
 
@@ -166,7 +170,14 @@ class AdaptJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def run(self) -> AdaptOutcome:
-        from ser.adaptation import ADAPTATION_FILE, METHOD, Adaptation, logmel_rows, pooled_stats
+        from ser.adaptation import (
+            ADAPTATION_FILE,
+            METHOD,
+            Adaptation,
+            logmel_rows,
+            pooled_stats,
+            utterance_normalised,
+        )
         from ser.jobs.monitor import resolve_model
         from ser.model_folder import CARD_FILE, METADATA_FILE, Preprocessing, check_model_dir, read_metadata
 
@@ -214,7 +225,10 @@ class AdaptJob:
         }
         self._write(src, out, meta, info, body, CARD_FILE, METADATA_FILE, ADAPTATION_FILE)
         shift = float(np.mean(np.abs(target_stats.mean - source_stats.mean)))
-        return AdaptOutcome(out, target, len(tgt.files), tgt.seconds, tgt.skipped, source_desc, rows, shift)
+        invariant = utterance_normalised(meta)
+        return AdaptOutcome(
+            out, target, len(tgt.files), tgt.seconds, tgt.skipped, source_desc, rows, shift, invariant=invariant
+        )
 
     def _source(self, src: Path, pre: Any, rows: tuple[int, int]) -> tuple[Any, str]:
         """The training statistics: from ``source_audio`` when given, else from the folder's reference profile."""

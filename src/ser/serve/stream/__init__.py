@@ -40,8 +40,8 @@ Voice activity is :mod:`ser.timeline`'s: webrtcvad on 16-bit PCM frames with the
 (:func:`~ser.vad.to_pcm16`, :func:`~ser.vad.frame_levels_db`, :class:`VadConfig`), run on
 the model-rate stream (or a 16 kHz copy when webrtcvad does not take the model's rate); one ``webrtcvad.Vad`` per
 session keeps its adaptive state across frames. Frames are queued and analysed 0.1 s at a time
-(:data:`~ser.serve.stream.session.PENDING_S`): how small the client's frames are changes nothing in the answers. Times are seconds from the first sample of the stream, counted on
-the model-rate stream.
+(:data:`~ser.serve.stream.session.PENDING_S`): how small the client's frames are changes nothing in the answers.
+Times are seconds from the first sample of the stream, counted on the model-rate stream.
 """
 
 from ser.serve.stream.protocol import (
