@@ -71,6 +71,8 @@ class ModelSpec(BaseModel):
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("device", "num_threads")}
         if data["robust"] is None:  # added later: recipes without it keep their fingerprints (and saved folds)
             del data["robust"]
+        elif data["robust"].get("p_formant") == 0:  # likewise the formant shift (VTLP) fields, when it is off
+            data["robust"] = {k: v for k, v in data["robust"].items() if k not in ("p_formant", "formant_warp")}
         if data["trim"] == "level":  # likewise: the default (and only mode before 2026-12) is left out
             del data["trim"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
