@@ -162,3 +162,19 @@ def test_closed_loop_section_reports_the_share_won_back(closed_loop):
     assert "| v1 (registry v1) | 30.0 [20.0, 40.0] | 5.0 | 70.0 [60.0, 80.0] | 5.0 |" in md
     assert "won back nothing" in closed_loop.section({**r, "promoted": False})
     assert "no share of the loss computed" in closed_loop.section({**r, "won_back_share": None})
+
+
+def test_trim_vad_measures(monkeypatch):
+    """benchmarks/trim_vad.py's pure parts: span masks, the kept share / IoU / recall, the bootstrap CI."""
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    tv = importlib.import_module("trim_vad")
+    ref = tv.span_mask(10, (2, 6))
+    assert ref.tolist() == [False, False, True, True, True, True, False, False, False, False]
+    kept, iou, recall = tv.overlap(tv.span_mask(10, (4, 10)), ref)
+    assert (kept, iou, recall) == (0.6, 2 / 8, 0.5)
+    assert tv.overlap(ref, ref) == (0.4, 1.0, 1.0)
+    ci = tv.mean_ci([0.0, 1.0] * 50)
+    assert ci["mean"] == 0.5 and 0.35 < ci["low"] < 0.5 < ci["high"] < 0.65
+    assert tv.mean_ci([0.3] * 5) == {"mean": 0.3, "low": 0.3, "high": 0.3}
+    sys.modules.pop("trim_vad", None)

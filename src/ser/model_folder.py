@@ -113,15 +113,21 @@ TRIM_MODES = ("level", "vad", "none")
 
 - ``level`` (the default, and every folder from before the field): :func:`trim_bounds`, the frames within
   ``trim_db`` dB of the loudest. Noise is as loud as the pauses, so in noise it keeps nearly every frame.
-- ``vad``: :func:`vad_bounds`, the first to the last voiced frame of the ``vad`` kind (webrtcvad,
-  :func:`ser.features.frames.voice`) widened by :data:`VAD_PAD_FRAMES`; a clip with no voiced frame falls back
-  to ``level``.
+- ``vad``: :func:`vad_bounds`, the first to the last run of voiced frames (at least :data:`VAD_MIN_RUN_FRAMES`)
+  of the ``vad`` kind (webrtcvad, :func:`ser.features.frames.voice`) widened by :data:`VAD_PAD_FRAMES`; a clip
+  with no such run falls back to ``level``.
 - ``none``: every frame (``trim_db`` is ignored).
 """
 
 VAD_PAD_FRAMES = 10
-"""Frames (10 ms each) kept before the first and after the last voiced frame of a ``vad`` trim: webrtcvad decides
-on 30 ms frames and misses soft onsets and decays by a frame or two, so 100 ms keeps them."""
+"""Frames (10 ms each) kept before the first and after the last voiced frame of a ``vad`` trim: webrtcvad misses
+soft onsets and decays (a breathy start, a fading vowel) by a few frames, so 100 ms keeps them."""
+
+
+VAD_MIN_RUN_FRAMES = 12
+"""Voiced runs shorter than this (frames of 10 ms) do not start or end the span: webrtcvad flags the first frames
+of a clip that opens in noise (its noise model starts empty) and isolated frames here and there; a syllable lasts
+longer than 120 ms."""
 
 
 def check_trim(trim: object) -> str:
@@ -150,18 +156,22 @@ def trim_bounds(logmel: np.ndarray, top_db: float | None) -> tuple[int, int]:
     return int(keep[0]), int(keep[-1]) + 1
 
 
-def vad_bounds(voice: np.ndarray, pad: int = VAD_PAD_FRAMES) -> tuple[int, int] | None:
-    """First and one-past-last frame of the voiced span, widened by ``pad`` frames each side (within the clip);
-    ``None`` when no frame is voiced.
+def vad_bounds(
+    voice: np.ndarray, pad: int = VAD_PAD_FRAMES, min_run: int = VAD_MIN_RUN_FRAMES
+) -> tuple[int, int] | None:
+    """From the start of the first to the end of the last run of at least ``min_run`` voiced frames, widened by
+    ``pad`` frames each side (within the clip); ``None`` when no run is that long.
 
     ``voice``: the ``vad`` kind, ``(1, T)`` (or ``(T,)``) 0/1 flags on the frame grid. Pauses inside the span are
     kept, as the level trim keeps them: only the leading and trailing non-speech goes.
     """
     flags = np.asarray(voice).reshape(-1) > 0.5
-    on = np.flatnonzero(flags)
-    if on.size == 0:
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    long = (ends - starts) >= max(1, min_run)
+    if not long.any():
         return None
-    return max(0, int(on[0]) - pad), min(flags.size, int(on[-1]) + 1 + pad)
+    return max(0, int(starts[long][0]) - pad), min(flags.size, int(ends[long][-1]) + pad)
 
 
 def input_bounds(feats: Mapping[str, np.ndarray], trim: str, trim_db: float | None) -> tuple[int, int]:

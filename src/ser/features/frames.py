@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TypedDict
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import librosa
 import numpy as np
@@ -258,17 +259,21 @@ def f0(
     return np.stack([hz, voiced.astype(np.float32), prob]).astype(np.float32)
 
 
-def voice(y: np.ndarray, sr: int = TARGET_SR, *, hop_length: int = 160) -> np.ndarray:
+def voice(
+    y: np.ndarray, sr: int = TARGET_SR, *, hop_length: int = 160, vad: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """Voice flag of each centred frame, ``(1, T)`` float32 0.0 / 1.0 (``T = 1 + n_samples // hop_length``).
 
-    :func:`ser.vad.vad_flags` with :data:`~ser.features.VAD_TRIM` decides non-overlapping VAD frames from sample 0;
-    frame ``t`` (centred on sample ``t * hop_length``) takes the flag of the VAD frame holding that sample; the
-    centres past the last whole VAD frame take its flag. A clip shorter than one VAD frame is all 0.
+    :func:`ser.vad.vad_flags` with :data:`~ser.features.VAD_TRIM` (``vad``: other
+    :class:`~ser.vad.VadConfig` fields, for a benchmark's sweep; the ``vad`` kind always uses the constant) decides
+    non-overlapping VAD frames from sample 0; frame ``t`` (centred on sample ``t * hop_length``) takes the flag of
+    the VAD frame holding that sample; the centres past the last whole VAD frame take its flag. A clip shorter
+    than one VAD frame is all 0.
     """
     from ser.vad import VadConfig, vad_flags
 
     y = check_signal(y)
-    vcfg = VadConfig(**VAD_TRIM)
+    vcfg = VadConfig(**(VAD_TRIM if vad is None else vad))
     flags = vad_flags(y, sr, vcfg)
     T = n_frames(y.size, hop_length)
     out = np.zeros((1, T), dtype=np.float32)
