@@ -256,3 +256,40 @@ def test_formant_fields_keep_old_fingerprints_and_the_speaker_recipe_uses_them()
     speaker = get_recipe("cnn-robust-speaker")
     assert speaker.robust["p_formant"] > 0 and speaker.robust["formant_warp"] == [0.9, 1.1]
     assert get_recipe("cnn-robust-vad").trim == "vad"
+
+
+def test_variants_carry_the_vad_frames_a_vad_trim_reads(tmp_path):
+    from ser.model_folder import frame_input
+
+    manifest = _manifest(tmp_path, 1)
+    source = VariantSource(make_robust_config({**FAST, "copies": 1}), kinds=("logmel", "vad"), cache_dir=tmp_path / "c")
+    (v,) = source(manifest)["u0"]
+    assert set(v) == {"logmel", "vad"} and v["vad"].shape == (1, v["logmel"].shape[1])
+    assert (tmp_path / "c" / "variants" / "vad").is_dir()  # cached apart from the log-mel
+    (again,) = source(manifest)["u0"]  # read back from the cache
+    np.testing.assert_array_equal(again["vad"], v["vad"])
+    assert frame_input(v, "logmel", 40.0, trim="vad").shape[0] == 64
+
+
+def test_ser_train_with_vad_trim_and_formant_shifted_variants(tmp_path, run_cli):
+    import json
+
+    import yaml
+
+    run = synth_run_dir(tmp_path / "synth", n_speakers=4, per_emotion=2, k=2)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {"params": {"channels": [4, 8], "convs": [1, 1], "time_pool": [2, 2]},
+             "train": {"epochs": 1, "crop_frames": 100}, "val_speakers": 1,
+             "robust": {"copies": 1, **FAST, "p_formant": 1.0}}
+        )
+    )  # fmt: skip
+    args = ("train", run / "m" / "manifest.parquet", "--splits", run / "s" / "splits.parquet", "--json")
+    out = tmp_path / "run"
+    code, _, err = run_cli(*args, "--model", "cnn-robust-vad", "--config", cfg, "--out", out, "--folds", "0")
+    assert code == 0, err
+    fold = json.loads((out / "cnn-robust-vad" / "fold_0.json").read_text())
+    assert fold["n_train_variants"] == fold["n_train"] > 0
+    for sub in ("vad", "variants/vad", "variants/logmel"):  # the clean clips' and the variants' voice flags
+        assert list((out / "cache" / sub).rglob("*.npz")), sub
