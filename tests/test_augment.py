@@ -199,3 +199,86 @@ def test_speaker_variation_of_a_robust_variant_leaves_global_random_state():
     assert random.getstate() == before
     np.testing.assert_array_equal(a, render_variant(tone(0.5), SR, v))
     assert a.dtype == np.float32 and np.all(np.isfinite(a))
+
+
+# ---- formant shift (VTLP) ----------------------------------------------------------------------------------------
+
+
+def _resonant(excitation: np.ndarray, formants=((700.0, 100.0), (1800.0, 150.0))) -> np.ndarray:
+    """``excitation`` through second-order resonators at ``(centre Hz, bandwidth Hz)``: a synthetic vowel."""
+    import scipy.signal as ss
+
+    x = np.asarray(excitation, dtype=np.float64)
+    out = np.zeros_like(x)
+    for fc, bw in formants:
+        r, th = np.exp(-np.pi * bw / SR), 2 * np.pi * fc / SR
+        out += ss.lfilter([1 - r], [1, -2 * r * np.cos(th), r * r], x)
+    return (0.3 * out / np.abs(out).max()).astype(np.float32)
+
+
+def _peak_hz(y: np.ndarray, lo: float, hi: float) -> float:
+    """Frequency of the largest Welch power between ``lo`` and ``hi`` Hz (15.6 Hz bins)."""
+    import scipy.signal as ss
+
+    f, p = ss.welch(y, SR, nperseg=1024)
+    band = (f >= lo) & (f <= hi)
+    return float(f[band][np.argmax(p[band])])
+
+
+def _centroid_hz(y: np.ndarray, lo: float, hi: float) -> float:
+    """Power-weighted mean frequency between ``lo`` and ``hi`` Hz."""
+    import scipy.signal as ss
+
+    f, p = ss.welch(y, SR, nperseg=1024)
+    band = (f >= lo) & (f <= hi)
+    return float(np.sum(f[band] * p[band]) / np.sum(p[band]))
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1, 1.2])
+def test_formant_shift_moves_formant_peaks_by_the_warp_factor(alpha):
+    from ser.augment import formant_shift
+
+    y = _resonant(np.random.default_rng(0).standard_normal(2 * SR))
+    out = formant_shift(y, SR, alpha)
+    for fc, lo, hi in ((700.0, 450.0, 1150.0), (1800.0, 1300.0, 2600.0)):
+        before, after = _peak_hz(y, lo, hi), _peak_hz(out, lo, hi)
+        assert abs(before - fc) < 40
+        assert after / before == pytest.approx(alpha, rel=0.04), (fc, before, after)
+
+
+def test_formant_shift_keeps_pitch_length_and_level():
+    from ser.augment import formant_shift
+
+    pulses = np.zeros(2 * SR)
+    pulses[:: SR // 125] = 1.0  # a 125 Hz glottal pulse train
+    y = _resonant(pulses)
+    out = formant_shift(y, SR, 1.15)
+    assert out.shape == y.shape and out.dtype == np.float32
+    assert np.sqrt(np.mean(out.astype(np.float64) ** 2)) == pytest.approx(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+    f0 = frames.f0(out, SR)[0]
+    assert np.nanmedian(f0) == pytest.approx(125.0, rel=0.02)  # the harmonics stayed: pitch unchanged
+    # while the formant moved: the harmonics near it (125 Hz apart) re-weighted, their power centroid up by ~alpha
+    assert _centroid_hz(out, 300, 1300) / _centroid_hz(y, 300, 1300) > 1.05
+
+
+def test_formant_shift_identity_determinism_and_bad_input():
+    from ser.augment import formant_shift, vtlp_warp
+
+    y = _resonant(np.random.default_rng(1).standard_normal(SR))
+    np.testing.assert_array_equal(formant_shift(y, SR, 1.0), y)
+    near = formant_shift(y, SR, 1.0001)  # the STFT path itself is transparent
+    assert np.corrcoef(near, y)[0, 1] > 0.999
+    np.testing.assert_array_equal(formant_shift(y, SR, 0.93), formant_shift(y, SR, 0.93))
+    assert np.all(formant_shift(np.zeros(SR, dtype=np.float32), SR, 1.1) == 0)  # digital silence stays silent
+    f = np.linspace(0, SR / 2, 257)
+    for alpha in (0.9, 1.0, 1.1):
+        w = vtlp_warp(f, alpha, SR)
+        assert w[0] == 0 and w[-1] == pytest.approx(SR / 2) and np.all(np.diff(w) > 0)
+        low = f < 4000 * min(alpha, 1)
+        np.testing.assert_allclose(w[low], alpha * f[low])
+    with pytest.raises(ConfigError, match="positive"):
+        vtlp_warp(f, 0.0, SR)
+    with pytest.raises(ConfigError, match="non-finite"):
+        formant_shift(np.array([0.0, np.nan], dtype=np.float32), SR, 1.1)
+    with pytest.raises(ConfigError, match="mono"):
+        formant_shift(np.zeros((2, 100), dtype=np.float32), SR, 1.1)

@@ -185,3 +185,19 @@ def test_cross_corpus_section_keeps_the_classical_rows_and_flags_cut_runs(monkey
     assert text.index("### cnn\n") < text.index("### cnn — CUT RUN")  # full runs first
     assert "+5.0 (-1.0 to +10.0)" in text and "test corpus's own unlabelled" in text
     assert "| emodb | 5 (2) | 70.0 % (60.0–80.0)" in text and "folds 0 of 5" in text
+
+
+def test_trim_vad_measures(monkeypatch):
+    """benchmarks/trim_vad.py's pure parts: span masks, the kept share / IoU / recall, the bootstrap CI."""
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    tv = importlib.import_module("trim_vad")
+    ref = tv.span_mask(10, (2, 6))
+    assert ref.tolist() == [False, False, True, True, True, True, False, False, False, False]
+    kept, iou, recall = tv.overlap(tv.span_mask(10, (4, 10)), ref)
+    assert (kept, iou, recall) == (0.6, 2 / 8, 0.5)
+    assert tv.overlap(ref, ref) == (0.4, 1.0, 1.0)
+    ci = tv.mean_ci([0.0, 1.0] * 50)
+    assert ci["mean"] == 0.5 and 0.35 < ci["low"] < 0.5 < ci["high"] < 0.65
+    assert tv.mean_ci([0.3] * 5) == {"mean": 0.3, "low": 0.3, "high": 0.3}
+    sys.modules.pop("trim_vad", None)

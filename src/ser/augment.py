@@ -12,6 +12,10 @@ time stretch → pitch shift → time shift → gain → additive noise.
   in dB, drawn from the same generator (audiomentations' ``AddGaussianSNR`` uses the global NumPy state and
   only approximates the target SNR).
 
+Formant shift (``formant_shift``): vocal tract length perturbation (VTLP, Jaitly & Hinton 2013), a speaker
+variation for robustness variants (:mod:`ser.train.robust`): the spectral envelope is warped along the frequency
+axis by a factor ``alpha`` (formants move from ``f`` to about ``alpha * f``), pitch and timing unchanged.
+
 Spectrogram (``spec_augment``): SpecAugment (Park et al., 2019) frequency and time masks on the last two axes
 ``(..., F, T)`` of a NumPy array or a torch tensor; each item of a batch gets its own masks.
 
@@ -198,6 +202,89 @@ def augment_waveform(y: np.ndarray, sr: int, cfg: AugmentConfig, rng: RngLike) -
     not clipped (a positive gain may exceed ±1).
     """
     return apply_waveform_params(y, sr, sample_waveform_params(cfg, rng, sr))
+
+
+# ---- formant shift (VTLP) ----------------------------------------------------------------------------------
+
+VTLP_F_HI = 4800.0
+"""Jaitly & Hinton's boundary frequency (Hz, at 16 kHz): below ``F_hi * min(alpha, 1) / alpha`` the warp is
+``f -> alpha * f``; above it a second line takes the boundary to Nyquist, so the warped axis still spans
+``[0, sr/2]``. Scaled by ``sr / 16000`` at other rates."""
+VTLP_N_FFT = 512
+"""STFT size (32 ms at 16 kHz) of :func:`formant_shift`; hop a quarter of it (Hann, so ISTFT overlap-adds back)."""
+VTLP_LPC_ORDER_PER_KHZ = 1.0
+"""LPC order of the envelope: ``2 + sr / 1000`` poles (18 at 16 kHz), the textbook rule of one formant pair per
+kHz of bandwidth plus two for the glottal and radiation tilt."""
+VTLP_MAX_GAIN_DB = 30.0
+"""Largest boost or cut (dB) one STFT bin gets: a warped envelope peak over a deep valley stays bounded."""
+
+
+def vtlp_warp(freqs: np.ndarray, alpha: float, sr: int, f_hi: float | None = None) -> np.ndarray:
+    """Jaitly & Hinton's piecewise-linear VTLP warp of frequencies ``freqs`` (Hz, in ``[0, sr/2]``) by ``alpha``.
+
+    ``f -> alpha * f`` up to ``b = f_hi * min(alpha, 1) / alpha``; from there a line to ``(sr/2, sr/2)``. Monotone,
+    continuous, ``0 -> 0`` and ``sr/2 -> sr/2``; the identity at ``alpha = 1``. ``f_hi`` defaults to
+    :data:`VTLP_F_HI` scaled to ``sr``.
+    """
+    if not alpha > 0:
+        raise ConfigError(f"VTLP warp factor must be positive, got {alpha}")
+    nyq = sr / 2.0
+    f_hi = VTLP_F_HI * sr / 16000.0 if f_hi is None else float(f_hi)
+    b = f_hi * min(alpha, 1.0) / alpha
+    f = np.asarray(freqs, dtype=np.float64)
+    upper = nyq - (nyq - f_hi * min(alpha, 1.0)) / (nyq - b) * (nyq - f)
+    return np.where(f <= b, alpha * f, upper)
+
+
+def formant_shift(y: np.ndarray, sr: int, alpha: float) -> np.ndarray:
+    """``y`` with its formants moved by the VTLP warp ``alpha`` (:func:`vtlp_warp`); pitch, length and level kept.
+
+    ``y``: mono float ``(n,)`` at ``sr`` Hz; returns float32 ``(n,)`` with the input's RMS. ``alpha > 1`` moves
+    formants up (a shorter vocal tract: about ``alpha * f`` below :data:`VTLP_F_HI`), ``alpha < 1`` down; the
+    robust recipes draw it from ``formant_warp`` (0.9-1.1 by default, Jaitly & Hinton's range). ``alpha == 1``
+    returns the input unchanged.
+
+    Hand-written, on purpose: no formant-shift library is a dependency (praat-parselmouth would be one, GPL), and
+    warping the whole STFT the way VTLP warps filterbank features would move the harmonics too (a pitch change,
+    which ``p_pitch`` draws separately). So each STFT frame's spectral envelope is estimated by linear prediction
+    (``librosa.lpc``, order ``2 + sr / 1000``: an all-pole envelope follows formant peaks closely, where a
+    cepstrally smoothed one blurs them below its pitch-safe resolution), and each bin ``f`` is scaled by
+    ``E(w^-1(f)) / E(f)``, the warped envelope over the original one (bounded by :data:`VTLP_MAX_GAIN_DB`). That is
+    a real, positive gain per bin, a time-varying filter that keeps the phase, so the ISTFT adds no phase
+    artefacts. It runs on the waveform (librosa STFT / ISTFT), before the degradation chain, so it composes with the
+    channel effects whose features the robust variants cache.
+    """
+    import librosa
+
+    x = np.asarray(y, dtype=np.float32)
+    if x.ndim != 1:
+        raise ConfigError(f"formant_shift needs a mono 1-D signal, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ConfigError("formant_shift: non-finite samples (NaN or Inf)")
+    if alpha == 1.0 or x.size == 0:
+        return x.copy()
+    n_fft, hop = VTLP_N_FFT, VTLP_N_FFT // 4
+    stft = librosa.stft(x, n_fft=n_fft, hop_length=hop, window="hann", center=True, pad_mode="constant")
+    # The frames the STFT analysed (centred, zero-padded), windowed, for one LPC fit each. A fixed, tiny dither
+    # (-140 dBFS) keeps the fit defined on digital silence; it is not added to the output.
+    padded = np.pad(x.astype(np.float64), n_fft // 2)
+    frames = librosa.util.frame(padded, frame_length=n_fft, hop_length=hop)[:, : stft.shape[1]]
+    frames = frames * np.hanning(n_fft + 2)[1:-1, None] + 1e-7 * np.random.default_rng(0).standard_normal(frames.shape)
+    order = round(2 + VTLP_LPC_ORDER_PER_KHZ * sr / 1000)
+    with np.errstate(all="ignore"):
+        a = librosa.lpc(np.ascontiguousarray(frames.T), order=order, axis=-1)  # (frames, order + 1)
+        env = -np.log(np.maximum(np.abs(np.fft.rfft(a, n=n_fft, axis=-1)), 1e-12)).T  # log envelope (bins, frames)
+    env = np.nan_to_num(env, nan=0.0, posinf=0.0, neginf=0.0)
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    source = np.interp(freqs, vtlp_warp(freqs, alpha, sr), freqs)  # w^-1(f): where each bin's envelope comes from
+    warped = np.stack([np.interp(source, freqs, env[:, t]) for t in range(env.shape[1])], axis=1)
+    limit = VTLP_MAX_GAIN_DB / 20.0 * np.log(10.0)
+    gain = np.exp(np.clip(warped - env, -limit, limit))
+    out = librosa.istft(stft * gain, hop_length=hop, window="hann", center=True, length=x.size)
+    rms_in, rms_out = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), float(np.sqrt(np.mean(out**2)))
+    if rms_out > 0:
+        out = out * (rms_in / rms_out)
+    return out.astype(np.float32)
 
 
 # ---- SpecAugment -------------------------------------------------------------------------------------------

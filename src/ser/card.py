@@ -148,8 +148,7 @@ def _model_details(meta: dict[str, Any]) -> list[str]:
         "",
         _architecture(meta.get("model", {})),
         f"- Input: {meta.get('sample_rate')} Hz mono audio → `{inp.get('kind')}` features "
-        f"({inp.get('shape')}{stacked}); silence trimmed at {inp.get('trim_db')} dB "
-        "below the loudest frame, exactly as in training.",
+        f"({inp.get('shape')}{stacked}); {_trim_text(inp)}, exactly as in training.",
         "- Format: ONNX (`model.onnx`, opset "
         f"{export.get('opset')}), run with onnxruntime; `metadata.json` holds the preprocessing. "
         f"ONNX vs PyTorch parity: max |Δlogit| {export.get('parity_max_abs_diff', float('nan')):.1e}.",
@@ -176,6 +175,17 @@ _USES = [
     "except for medical or safety reasons, so an employee well-being use needs legal review where it applies.",
     "",
 ]
+
+
+def _trim_text(inp: dict[str, Any]) -> str:
+    """How the input's leading and trailing non-speech is trimmed (``input.trim``; absent = ``level``)."""
+    trim = inp.get("trim", "level")
+    if trim == "none":
+        return "no silence trim"
+    level = f"{inp.get('trim_db')} dB below the loudest frame"
+    if trim == "vad":
+        return f"trimmed to the first-to-last voiced frame (webrtcvad; no speech found: to {level})"
+    return f"silence trimmed at {level}"
 
 
 def _training_data(meta: dict[str, Any]) -> list[str]:

@@ -24,7 +24,16 @@ import numpy as np
 from ser import TARGET_SR
 from ser.errors import ConfigError, SerError
 from ser.io import write_json
-from ser.model_folder import FORMAT, FORMAT_VERSION, INPUT_NAME, METADATA_FILE, MODEL_FILE, OUTPUT_NAME, read_metadata
+from ser.model_folder import (
+    FORMAT,
+    FORMAT_VERSION,
+    INPUT_NAME,
+    METADATA_FILE,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    check_trim,
+    read_metadata,
+)
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -111,6 +120,7 @@ def write_model_folder(
     feature_config: Any,
     kind: str = "logmel",
     trim_db: float | None = 40.0,
+    trim: str = "level",
     eval_mode: str = "full",
     window: int | None = None,
     hop: int | None = None,
@@ -121,6 +131,7 @@ def write_model_folder(
     """Export ``model`` and its preprocessing into ``out_dir`` (``model.onnx`` + ``metadata.json``), atomically.
 
     ``feature_config``: the :class:`~ser.features.FeatureConfig` (or its dict) the model was trained on.
+    ``trim``, ``trim_db``: how its input was trimmed (:data:`ser.model_folder.TRIM_MODES`).
     ``parity_inputs``: ``(F, T)`` arrays to check ONNX against PyTorch on (default: three random lengths).
     ``extra``: more metadata (``name``, ``version``, ``model``, ``training``, ``metrics``, ...).
     Returns ``out_dir``; an existing folder there is replaced.
@@ -149,6 +160,7 @@ def write_model_folder(
                 "kind": kind,
                 "shape": ["batch", model.n_features, "frames"],
                 "feature_config": fc,
+                "trim": check_trim(trim),
                 "trim_db": trim_db,
                 "min_frames": 8,
             },

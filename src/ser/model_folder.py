@@ -8,7 +8,8 @@ on nothing of each other. A *model folder* holds:
   dynamic), output ``logits`` float32 ``(batch, n_classes)``;
 - ``metadata.json`` (:data:`METADATA_FILE`, format :data:`FORMAT`): ``labels`` (class order of the logits),
   ``sample_rate``, ``input`` (the frame ``kind``, or kinds stacked along the feature axis joined by ``+`` such as
-  ``logmel+mfcc``, the full :class:`~ser.features.FeatureConfig` as ``feature_config``, ``trim_db``,
+  ``logmel+mfcc``, the full :class:`~ser.features.FeatureConfig` as ``feature_config``, ``trim`` (one of
+  :data:`TRIM_MODES`; absent in folders written before 2026-12, which read as ``level``), ``trim_db``,
   ``min_frames``), ``eval`` (``mode`` full / windows, ``window`` and ``hop`` in frames), plus provenance:
   ``name``, ``version``, ``model``, ``training``, ``metrics``, ``code_version``, ``created``;
 - ``MODEL_CARD.md`` (:data:`CARD_FILE`);
@@ -34,7 +35,8 @@ Format versions (``metadata.json["format"]``): ``ser-model/1`` (to 2026-12), ``s
 ``format_version`` filled in, so callers never branch on the version string.
 
 The preprocessing is the training code itself: :func:`ser.features.frames.compute` on 16 kHz mono float32
-(:data:`ser.TARGET_SR`), then the same silence trim as training (:func:`trim_bounds`). Shapes: audio
+(:data:`ser.TARGET_SR`), then the same silence trim as training (:func:`input_bounds`: by level, by voice activity,
+or none). Shapes: audio
 ``(n_samples,)`` → features ``(n_features, T)`` with ``T = 1 + n_samples // hop`` (10 ms frames) → probabilities
 ``(n_classes,)``.
 """
@@ -112,6 +114,41 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return p
 
 
+TRIM_MODES = ("level", "vad", "none")
+"""How a model's input is trimmed to the speech (``metadata.json["input"]["trim"]``, a recipe's ``trim``):
+
+- ``level`` (the default, and every folder from before the field): :func:`trim_bounds`, the frames within
+  ``trim_db`` dB of the loudest. Noise is as loud as the pauses, so in noise it keeps nearly every frame.
+- ``vad``: :func:`vad_bounds`, the first to the last run of voiced frames (at least :data:`VAD_MIN_RUN_FRAMES`)
+  of the ``vad`` kind (webrtcvad, :func:`ser.features.frames.voice`) widened by :data:`VAD_PAD_FRAMES`; a clip
+  with no such run falls back to ``level``.
+- ``none``: every frame (``trim_db`` is ignored).
+"""
+
+VAD_PAD_FRAMES = 10
+"""Frames (10 ms each) kept before the first and after the last voiced frame of a ``vad`` trim: webrtcvad misses
+soft onsets and decays (a breathy start, a fading vowel) by a few frames, so 100 ms keeps them."""
+
+
+VAD_MIN_RUN_FRAMES = 12
+"""Voiced runs shorter than this (frames of 10 ms) do not start or end the span: webrtcvad flags the first frames
+of a clip that opens in noise (its noise model starts empty) and isolated frames here and there; a syllable lasts
+longer than 120 ms."""
+
+
+def check_trim(trim: object) -> str:
+    """``trim`` if it is one of :data:`TRIM_MODES`, else a :class:`~ser.errors.ConfigError`."""
+    if trim not in TRIM_MODES:
+        raise ConfigError(f"trim must be one of {', '.join(TRIM_MODES)}, got {trim!r}")
+    return str(trim)
+
+
+def trim_kinds(trim: str) -> tuple[str, ...]:
+    """The frame-aligned kinds the trim reads: ``("logmel",)``, plus ``"vad"`` for a ``vad`` trim (a model input
+    needs them computed, or read from the feature cache, beside its own kinds)."""
+    return ("logmel", "vad") if check_trim(trim) == "vad" else ("logmel",)
+
+
 def trim_bounds(logmel: np.ndarray, top_db: float | None) -> tuple[int, int]:
     """First and one-past-last frame whose loudest band is within ``top_db`` dB of the clip's loudest frame.
 
@@ -123,6 +160,46 @@ def trim_bounds(logmel: np.ndarray, top_db: float | None) -> tuple[int, int]:
     level = logmel.max(axis=0)
     keep = np.flatnonzero(level >= level.max() - top_db)
     return int(keep[0]), int(keep[-1]) + 1
+
+
+def vad_bounds(
+    voice: np.ndarray, pad: int = VAD_PAD_FRAMES, min_run: int = VAD_MIN_RUN_FRAMES
+) -> tuple[int, int] | None:
+    """From the start of the first to the end of the last run of at least ``min_run`` voiced frames, widened by
+    ``pad`` frames each side (within the clip); ``None`` when no run is that long.
+
+    ``voice``: the ``vad`` kind, ``(1, T)`` (or ``(T,)``) 0/1 flags on the frame grid. Pauses inside the span are
+    kept, as the level trim keeps them: only the leading and trailing non-speech goes.
+    """
+    flags = np.asarray(voice).reshape(-1) > 0.5
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    long = (ends - starts) >= max(1, min_run)
+    if not long.any():
+        return None
+    return max(0, int(starts[long][0]) - pad), min(flags.size, int(ends[long][-1]) + pad)
+
+
+def input_bounds(feats: Mapping[str, np.ndarray], trim: str, trim_db: float | None) -> tuple[int, int]:
+    """The ``[lo, hi)`` frames a model input keeps (see :data:`TRIM_MODES`). ``feats``: the clip's frame kinds,
+    ``logmel`` among them, and ``vad`` for a ``vad`` trim.
+
+    When the VAD finds no speech the ``level`` trim decides instead of the whole clip: a clip served to an emotion
+    model is meant to hold speech, and webrtcvad misses some (speech below its -50 dBFS gate, a narrow telephone
+    band); the level trim still drops the digital silence, and it is what a model saw before this option existed.
+    """
+    logmel = feats["logmel"]
+    if check_trim(trim) == "none":
+        return 0, int(logmel.shape[1])
+    if trim == "vad":
+        if "vad" not in feats:
+            raise SerError("a vad trim needs the clip's 'vad' frames (extract the kinds of trim_kinds('vad'))")
+        if feats["vad"].shape[-1] != logmel.shape[1]:
+            raise SerError(f"vad frames {feats['vad'].shape} do not match the log-mel {logmel.shape}")
+        found = vad_bounds(feats["vad"])
+        if found is not None:
+            return found
+    return trim_bounds(logmel, trim_db)
 
 
 def input_kinds(kind: str) -> tuple[str, ...]:
@@ -137,14 +214,18 @@ def input_kinds(kind: str) -> tuple[str, ...]:
     return kinds
 
 
-def frame_input(feats: Mapping[str, np.ndarray], kind: str, trim_db: float | None, min_frames: int = 1) -> np.ndarray:
-    """One clip's model input ``(rows, T')`` from its frame features ``{kind: (rows_k, T)}`` (``logmel`` among them).
+def frame_input(
+    feats: Mapping[str, np.ndarray], kind: str, trim_db: float | None, min_frames: int = 1, trim: str = "level"
+) -> np.ndarray:
+    """One clip's model input ``(rows, T')`` from its frame features ``{kind: (rows_k, T)}`` (``logmel`` among them,
+    and ``vad`` for ``trim="vad"``).
 
-    The frames are trimmed to :func:`trim_bounds` of the log-mel, each kind of ``kind`` (see :func:`input_kinds`)
-    is padded with its own minimum to at least ``min_frames`` frames, and the kinds are stacked along the rows.
-    Training (``min_frames=1``) and serving share this function, so a model sees the same input in both.
+    The frames are trimmed to :func:`input_bounds` (``trim``: see :data:`TRIM_MODES`; ``level`` uses ``trim_db``),
+    each kind of ``kind`` (see :func:`input_kinds`) is padded with its own minimum to at least ``min_frames``
+    frames, and the kinds are stacked along the rows. Training (``min_frames=1``) and serving share this function,
+    so a model sees the same input in both.
     """
-    lo, hi = trim_bounds(feats["logmel"], trim_db)
+    lo, hi = input_bounds(feats, trim, trim_db)
     blocks = []
     for k in input_kinds(kind):
         x = np.asarray(feats[k][:, lo:hi], dtype=np.float32)
@@ -175,6 +256,7 @@ class Preprocessing:
     trim_db: float | None = 40.0
     min_frames: int = 1
     eval_mode: str = "full"
+    trim: str = "level"
     window: int = 300
     hop: int = 150
 
@@ -188,6 +270,10 @@ class Preprocessing:
         except ConfigError as exc:
             raise SerError(f"metadata.json: {exc}") from None
         window = int(ev.get("window") or 300)
+        try:
+            trim = check_trim(inp.get("trim", "level"))  # absent: a folder from before the option, level-trimmed
+        except ConfigError as exc:
+            raise SerError(f"metadata.json: input.{exc}") from None
         return cls(
             kind=str(inp["kind"]),
             feature_config=dict(inp["feature_config"]),
@@ -196,6 +282,7 @@ class Preprocessing:
             eval_mode=str(ev.get("mode", "full")),
             window=window,
             hop=int(ev.get("hop") or max(1, window // 2)),
+            trim=trim,
         )
 
     @property
@@ -211,9 +298,9 @@ class Preprocessing:
         from ser.features.frames import compute
 
         cfg = make_config(self.feature_config)
-        kinds = tuple(dict.fromkeys(("logmel", *input_kinds(self.kind))))
+        kinds = tuple(dict.fromkeys((*trim_kinds(self.trim), *input_kinds(self.kind))))
         feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds, S=S)
-        return frame_input(feats, self.kind, self.trim_db, self.min_frames)
+        return frame_input(feats, self.kind, self.trim_db, self.min_frames, self.trim)
 
     def stft_args(self) -> dict[str, Any]:
         """The STFT parameters of the features (``n_fft``, ``win_length``, ``hop_length``, ``window``), for a caller

@@ -303,7 +303,7 @@ def test_fit_shipped_joins_members_on_different_features(synth, tmp_path):
     specs = [_small(0).model_copy(update={"val_speakers": 0}), _small_rnn().model_copy(update={"val_speakers": 0})]
     ens = EnsembleSpec(name="views", members=[s.name for s in specs])
     model, info = fit_shipped(ens, specs, manifest, feats, classes, out_dir=tmp_path / "ckpt")
-    assert info["input"] == {"kind": "logmel+mfcc", "trim_db": 40.0}
+    assert info["input"] == {"kind": "logmel+mfcc", "trim": "level", "trim_db": 40.0}
     assert model.hparams["rows"] == [[0, 64], [64, 124]] and model.n_features == 124
     u = manifest["utt_id"].iloc[0]
     x = frame_input(feats[u], "logmel+mfcc", 40.0)

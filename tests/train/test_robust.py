@@ -212,3 +212,84 @@ def test_ser_train_robust_recipe_adds_variants_to_training_folds_only(tmp_path, 
     assert fold["n_train_variants"] == fold["n_train"] > 0
     made = list((tmp_path / "run" / "cache" / "variants" / "logmel").rglob("*.npz"))
     assert len(made) == fold["n_train"]  # variants of the training clips only: none for val or test
+
+
+def test_formant_shift_draws_are_seeded_in_range_and_leave_other_draws_and_keys_alone():
+    off = make_robust_config({"copies": 2, "p_pitch": 0.5, "p_tempo": 0.5})
+    on = make_robust_config({"copies": 2, "p_pitch": 0.5, "p_tempo": 0.5, "p_formant": 1.0, "formant_warp": (0.9, 1.1)})
+    for i in range(20):
+        a, b = draw_variant(_sha(i), 0, off), draw_variant(_sha(i), 0, on)
+        assert a.formant_warp is None and b.formant_warp is not None and 0.9 <= b.formant_warp <= 1.1
+        assert b == draw_variant(_sha(i), 0, on)  # seeded by (clip, copy, seed)
+        # the formant draw comes last: every other part of the variant is the same draw
+        assert (a.pitch_semitones, a.tempo_rate, a.chain, a.apply_seed) == (
+            b.pitch_semitones,
+            b.tempo_rate,
+            b.chain,
+            b.apply_seed,
+        )
+        assert b.key != a.key  # and the formant shift is keyed
+        # without a formant shift the key is the one from before the option (no "formant" field in it)
+        assert a.key == robust.variant_key(_sha(i), a.chain, a.apply_seed, a.pitch_semitones, a.tempo_rate)
+    assert len({draw_variant(_sha(i), 0, on).formant_warp for i in range(20)}) == 20
+    with pytest.raises(ConfigError, match="formant_warp"):
+        make_robust_config({"formant_warp": (1.1, 0.9)})
+    with pytest.raises(ConfigError, match="formant_warp"):
+        make_robust_config({"formant_warp": (0.3, 1.0)})
+
+
+def test_formant_shift_variant_is_rendered_deterministically_and_only_changes_the_spectrum():
+    y = tone(1.0, freq=180.0)
+    cfg = make_robust_config({**FAST, "p_formant": 1.0, "formant_warp": (1.15, 1.15)})
+    v = draw_variant(_sha(3), 0, cfg)
+    assert v.formant_warp == 1.15
+    out = render_variant(y, 16_000, v)
+    np.testing.assert_array_equal(out, render_variant(y, 16_000, v))
+    plain = render_variant(y, 16_000, robust.VariantDraw(v.copy, None, None, v.chain, v.apply_seed, "k"))
+    assert out.shape == plain.shape == y.shape and not np.allclose(out, plain)
+
+
+def test_formant_fields_keep_old_fingerprints_and_the_speaker_recipe_uses_them():
+    base = get_recipe("cnn", {"robust": {"copies": 2}})
+    assert get_recipe("cnn", {"robust": {"copies": 2, "p_formant": 0.0}}).fingerprint() == base.fingerprint()
+    assert get_recipe("cnn", {"robust": {"copies": 2, "p_formant": 0.5}}).fingerprint() != base.fingerprint()
+    speaker = get_recipe("cnn-robust-speaker")
+    assert speaker.robust["p_formant"] > 0 and speaker.robust["formant_warp"] == [0.9, 1.1]
+    assert get_recipe("cnn-robust-vad").trim == "vad"
+
+
+def test_variants_carry_the_vad_frames_a_vad_trim_reads(tmp_path):
+    from ser.model_folder import frame_input
+
+    manifest = _manifest(tmp_path, 1)
+    source = VariantSource(make_robust_config({**FAST, "copies": 1}), kinds=("logmel", "vad"), cache_dir=tmp_path / "c")
+    (v,) = source(manifest)["u0"]
+    assert set(v) == {"logmel", "vad"} and v["vad"].shape == (1, v["logmel"].shape[1])
+    assert (tmp_path / "c" / "variants" / "vad").is_dir()  # cached apart from the log-mel
+    (again,) = source(manifest)["u0"]  # read back from the cache
+    np.testing.assert_array_equal(again["vad"], v["vad"])
+    assert frame_input(v, "logmel", 40.0, trim="vad").shape[0] == 64
+
+
+def test_ser_train_with_vad_trim_and_formant_shifted_variants(tmp_path, run_cli):
+    import json
+
+    import yaml
+
+    run = synth_run_dir(tmp_path / "synth", n_speakers=4, per_emotion=2, k=2)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {"params": {"channels": [4, 8], "convs": [1, 1], "time_pool": [2, 2]},
+             "train": {"epochs": 1, "crop_frames": 100}, "val_speakers": 1,
+             "robust": {"copies": 1, **FAST, "p_formant": 1.0}}
+        )
+    )  # fmt: skip
+    args = ("train", run / "m" / "manifest.parquet", "--splits", run / "s" / "splits.parquet", "--json")
+    out = tmp_path / "run"
+    code, _, err = run_cli(*args, "--model", "cnn-robust-vad", "--config", cfg, "--out", out, "--folds", "0")
+    assert code == 0, err
+    fold = json.loads((out / "cnn-robust-vad" / "fold_0.json").read_text())
+    assert fold["n_train_variants"] == fold["n_train"] > 0
+    for sub in ("vad", "variants/vad", "variants/logmel"):  # the clean clips' and the variants' voice flags
+        assert list((out / "cache" / sub).rglob("*.npz")), sub

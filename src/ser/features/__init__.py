@@ -26,13 +26,17 @@ chroma       (n_chroma, T)    chroma energy per pitch class (C, C#, ... B), each
 centroid     (1, T)           spectral centroid, Hz
 contrast     (bands+1, T)     spectral contrast (peak - valley) per octave band, dB
 f0           (3, T)           rows: F0 in Hz (NaN when unvoiced), voiced flag (0/1), voicing probability
+vad          (1, T)           webrtcvad voice flag (0/1) of the frame's centre sample (:data:`VAD_TRIM`); read by
+                              a model's ``trim: vad`` (:func:`ser.model_folder.frame_input`), never a model input
 functionals  (D,)             utterance vector, names from :func:`ser.features.functionals.feature_names`
 egemaps      (88,)            openSMILE eGeMAPSv02 functionals (optional ``opensmile`` package)
 compare      (6373,)          openSMILE ComParE_2016 functionals (optional ``opensmile`` package)
 ============ ================ ======================================================================
 
 ``T = 1 + n_samples // hop_length`` for every frame kind (frames are centred: frame ``t`` is centred on
-sample ``t * hop_length``).
+sample ``t * hop_length``). ``vad`` is a frame-aligned kind (:data:`TRIM_KINDS`) but not a feature: it is not in
+:data:`FRAME_KINDS`, so no model reads it and no functional summarises it; it is extracted and cached like the
+frame kinds when a model trims by voice activity.
 """
 
 from __future__ import annotations
@@ -57,7 +61,22 @@ OPENSMILE_KINDS: tuple[str, ...] = ("egemaps", "compare")
 TABLE_KINDS: tuple[str, ...] = ("functionals", *OPENSMILE_KINDS)
 """Utterance-level kinds: one vector per utterance, gathered into a table."""
 
-KINDS: tuple[str, ...] = FRAME_KINDS + TABLE_KINDS
+VAD_KIND = "vad"
+TRIM_KINDS: tuple[str, ...] = (VAD_KIND,)
+"""Frame-aligned ``(1, T)`` kinds that decide a model's trim, not its input (see the module doc)."""
+
+ALIGNED_KINDS: tuple[str, ...] = FRAME_KINDS + TRIM_KINDS
+"""Every kind computed on the frame grid (``(rows, T)``): :data:`FRAME_KINDS` and :data:`TRIM_KINDS`."""
+
+KINDS: tuple[str, ...] = FRAME_KINDS + TABLE_KINDS + TRIM_KINDS
+
+VAD_TRIM: dict[str, Any] = {"aggressiveness": 2, "frame_ms": 10, "min_level_db": -50.0}
+"""The :class:`ser.vad.VadConfig` fields of the ``vad`` kind (part of its cache key): webrtcvad mode 2 (the
+service's) on 10 ms frames (one per feature frame), with the service's -50 dBFS energy gate, so digital silence
+and faint hiss are never voiced. Chosen on the *training* noises (babble, pink, volvo_car at 10 and 0 dB) and
+other actors than the ones reported (``benchmarks/trim_vad.py`` sweeps modes 0-3 on 10 / 30 ms frames through
+the trim's own bounds, :func:`ser.model_folder.vad_bounds`): mode 2 on 10 ms frames kept the clean speech span
+best (IoU 0.66, recall 83 %; the other settings 0.58-0.64), mode 3 keeps more noise."""
 
 SCALAR_KINDS: tuple[str, ...] = ("zcr", "rms", "centroid", "f0")
 """Frame kinds whose functionals use ``scalar_stats`` (the rest use ``vector_stats``)."""
@@ -73,6 +92,7 @@ KIND_PARAMS: dict[str, tuple[str, ...]] = {
     "centroid": _STFT,
     "contrast": (*_STFT, "contrast_fmin", "contrast_bands"),
     "f0": ("sr", "hop_length", "f0_fmin", "f0_fmax", "f0_frame_length", "f0_resolution", "f0_thresholds"),
+    "vad": ("sr", "hop_length"),
     "egemaps": ("sr",),
     "compare": ("sr",),
 }
@@ -199,7 +219,10 @@ class FeatureConfig(BaseModel):
             versions = {kind: KIND_VERSIONS[kind]}
         else:
             raise ConfigError(f"unknown feature kind {kind!r}; choose from {', '.join(KINDS)}")
-        return {"kind": kind, "versions": versions, "params": {n: full[n] for n in sorted(names)}}
+        out = {"kind": kind, "versions": versions, "params": {n: full[n] for n in sorted(names)}}
+        if kind == VAD_KIND:  # the VAD settings are code constants, not FeatureConfig fields: key them too
+            out["vad"] = dict(VAD_TRIM)
+        return out
 
     def kind_hash(self, kind: str) -> str:
         """Hash of the parameters ``kind`` depends on: changing ``n_mfcc`` changes ``mfcc``'s, not ``logmel``'s."""
@@ -212,7 +235,7 @@ def _library_version(kind: str) -> str:
     """Major.minor of the library computing ``kind`` (a new release may change the numbers)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    package = "opensmile" if kind in OPENSMILE_KINDS else "librosa"
+    package = "opensmile" if kind in OPENSMILE_KINDS else "webrtcvad-wheels" if kind == VAD_KIND else "librosa"
     try:
         return f"{package}=={'.'.join(version(package).split('.')[:2])}"
     except PackageNotFoundError:
@@ -258,12 +281,16 @@ def load_config(path: str | Path | None) -> FeatureConfig:
 
 
 __all__ = [
+    "ALIGNED_KINDS",
     "FRAME_KINDS",
     "KINDS",
     "KIND_PARAMS",
     "OPENSMILE_KINDS",
     "SCALAR_KINDS",
     "TABLE_KINDS",
+    "TRIM_KINDS",
+    "VAD_KIND",
+    "VAD_TRIM",
     "FeatureConfig",
     "load_config",
     "make_config",

@@ -26,7 +26,7 @@ from typing import Any, cast
 import numpy as np
 
 from ser.errors import SerError
-from ser.features import FRAME_KINDS, FeatureConfig
+from ser.features import ALIGNED_KINDS, FeatureConfig
 from ser.io import atomic_path, write_json
 
 _SHA_RE = re.compile(r"^[0-9a-f]{16,128}$")
@@ -94,7 +94,7 @@ def _valid(kind: str, arrays: dict[str, np.ndarray]) -> bool:
     data = arrays.get("data")
     if data is None or data.dtype.kind != "f":
         return False
-    if kind in FRAME_KINDS:
+    if kind in ALIGNED_KINDS:
         return data.ndim == 2 and data.shape[1] > 0
     names = arrays.get("names")
     return data.ndim == 1 and names is not None and names.shape == data.shape and bool(np.all(np.isfinite(data)))

@@ -26,7 +26,7 @@ from ser.audio import load_audio, sha256_file
 from ser.data.schema import quarantine_frame
 from ser.errors import AudioError, ConfigError, ManifestError, SerError
 from ser.executor import Executor
-from ser.features import FRAME_KINDS, KINDS, OPENSMILE_KINDS, TABLE_KINDS, FeatureConfig
+from ser.features import ALIGNED_KINDS, KINDS, OPENSMILE_KINDS, TABLE_KINDS, FeatureConfig
 from ser.features import frames as frames_mod
 from ser.features.cache import FeatureCache
 from ser.features.functionals import feature_names, functionals
@@ -196,7 +196,7 @@ def extract_one(
 
     # 1. utterance-level kinds straight from the cache
     pending: list[str] = []
-    frame_needed = [k for k in FRAME_KINDS if k in kinds]
+    frame_needed = [k for k in ALIGNED_KINDS if k in kinds]
     for kind in (k for k in kinds if k in TABLE_KINDS):
         arrays = look(kind)
         if arrays is not None:
@@ -205,7 +205,7 @@ def extract_one(
         else:
             pending.append(kind)
     if "functionals" in pending:
-        frame_needed = [k for k in FRAME_KINDS if k in kinds or k in cfg.frame_kinds]
+        frame_needed = [k for k in ALIGNED_KINDS if k in kinds or k in cfg.frame_kinds]
 
     # 2. frame kinds: cached ones, then one shared computation for the rest
     frame_data: dict[str, np.ndarray] = {}

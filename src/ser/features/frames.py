@@ -23,20 +23,23 @@ Units:
   about 0.3 s per second of audio; the default 20-cent grid with 20 thresholds is ~6x faster and the error
   stays within ±10 cents (0.6 %). Rows: F0 in Hz (NaN where unvoiced), voiced flag (0/1), voicing
   probability in [0, 1]. ``librosa.yin`` would be faster still but gives no voicing decision.
+- ``vad``: webrtcvad's voice flag (0.0 / 1.0) on the frame grid (:func:`voice`): not a feature, the input of a
+  model's voice-activity trim.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import TypedDict
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import librosa
 import numpy as np
 
 from ser import TARGET_SR
 from ser.errors import AudioError, ConfigError, SerError
-from ser.features import FRAME_KINDS, FeatureConfig
+from ser.features import ALIGNED_KINDS, FRAME_KINDS, VAD_KIND, VAD_TRIM, FeatureConfig
 
 _PITCH_CLASSES = ("C", "Cs", "D", "Ds", "E", "F", "Fs", "G", "Gs", "A", "As", "B")
 _SPECTRAL = ("logmel", "mfcc", "chroma", "centroid", "contrast")
@@ -256,6 +259,31 @@ def f0(
     return np.stack([hz, voiced.astype(np.float32), prob]).astype(np.float32)
 
 
+def voice(
+    y: np.ndarray, sr: int = TARGET_SR, *, hop_length: int = 160, vad: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Voice flag of each centred frame, ``(1, T)`` float32 0.0 / 1.0 (``T = 1 + n_samples // hop_length``).
+
+    :func:`ser.vad.vad_flags` with :data:`~ser.features.VAD_TRIM` (``vad``: other
+    :class:`~ser.vad.VadConfig` fields, for a benchmark's sweep; the ``vad`` kind always uses the constant) decides
+    non-overlapping VAD frames from sample 0; frame ``t`` (centred on sample ``t * hop_length``) takes the flag of
+    the VAD frame holding that sample; the centres past the last whole VAD frame take its flag. A clip shorter
+    than one VAD frame is all 0.
+    """
+    from ser.vad import VadConfig, vad_flags
+
+    y = check_signal(y)
+    vcfg = VadConfig(**(VAD_TRIM if vad is None else vad))
+    flags = vad_flags(y, sr, vcfg)
+    T = n_frames(y.size, hop_length)
+    out = np.zeros((1, T), dtype=np.float32)
+    if flags.size:
+        frame_len = sr * vcfg.frame_ms // 1000
+        idx = np.minimum(np.arange(T) * hop_length // frame_len, flags.size - 1)
+        out[0] = flags[idx]
+    return out
+
+
 def row_names(kind: str, cfg: FeatureConfig | None = None) -> list[str]:
     """Names of the rows of frame kind ``kind`` (``""`` for one-row kinds)."""
     cfg = cfg or FeatureConfig()
@@ -272,6 +300,8 @@ def row_names(kind: str, cfg: FeatureConfig | None = None) -> list[str]:
         return [f"b{i}" for i in range(cfg.contrast_bands + 1)]
     if kind == "f0":
         return ["hz", "voiced", "prob"]
+    if kind == VAD_KIND:
+        return [""]
     raise ConfigError(f"unknown frame kind {kind!r}; choose from {', '.join(FRAME_KINDS)}")
 
 
@@ -292,8 +322,8 @@ def compute(
     cfg = cfg or FeatureConfig()
     kinds = tuple(cfg.frame_kinds if kinds is None else kinds)
     for k in kinds:
-        if k not in FRAME_KINDS:
-            raise ConfigError(f"unknown frame kind {k!r}; choose from {', '.join(FRAME_KINDS)}")
+        if k not in ALIGNED_KINDS:
+            raise ConfigError(f"unknown frame kind {k!r}; choose from {', '.join(ALIGNED_KINDS)}")
     y = check_signal(y, min_samples=cfg.win_length)
     stft = _StftArgs(n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, window=cfg.window)
     if S is not None:
@@ -332,6 +362,8 @@ def compute(
                 resolution=cfg.f0_resolution,
                 n_thresholds=cfg.f0_thresholds,
             )
+        elif kind == VAD_KIND:
+            out[kind] = voice(y, cfg.sr, hop_length=cfg.hop_length)
     expected = n_frames(y.size, cfg.hop_length)
     for kind, arr in out.items():
         if arr.ndim != 2 or arr.shape[1] != expected:  # a librosa change would break alignment: fail loudly

@@ -21,15 +21,16 @@ from ser.errors import SerError
 
 
 def model_input(final: dict[str, Any], input_spec: dict[str, Any] | None) -> dict[str, Any]:
-    """The shipped model's input (frame ``kind`` and ``trim_db``) from a train record; records from before
-    ensembles over several feature kinds name it through their first member's spec."""
+    """The shipped model's input (frame ``kind``, ``trim`` and ``trim_db``) from a train record; records from before
+    ensembles over several feature kinds name it through their first member's spec, records from before the
+    ``trim`` option were level-trimmed."""
     inp = final.get("input")
     if inp is None:
         from ser.train.spec import ModelSpec
 
         first = ModelSpec.model_validate(input_spec)
-        inp = {"kind": first.features, "trim_db": first.trim_db}
-    return inp
+        inp = {"kind": first.features, "trim": first.trim, "trim_db": first.trim_db}
+    return {"trim": "level", **inp}
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class ExportJob:
 
         model, saved = load_model(self.model_path)
         inp = model_input(self.final, self.input_spec)
-        parity_inputs = [frame_input(f, inp["kind"], inp["trim_db"]) for f in self.parity_feats]
+        parity_inputs = [frame_input(f, inp["kind"], inp["trim_db"], trim=inp["trim"]) for f in self.parity_feats]
         out = write_model_folder(
             self.out,
             model,
@@ -64,6 +65,7 @@ class ExportJob:
             feature_config=self.feature_config,
             kind=inp["kind"],
             trim_db=inp["trim_db"],
+            trim=inp["trim"],
             eval_mode=self.final.get("eval_mode", "full"),
             window=self.final.get("eval_window"),
             hop=self.final.get("eval_hop"),

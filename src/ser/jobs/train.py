@@ -46,8 +46,12 @@ def member_specs(spec: Any) -> list[Any]:
 
 
 def feature_kinds(spec: Any) -> tuple[str, ...]:
-    """Frame-feature kinds ``spec`` needs (log-mel always: the silence trim reads it), sorted."""
-    return tuple(sorted({"logmel"} | {s.features for s in member_specs(spec)}))
+    """Frame-feature kinds ``spec`` needs (log-mel always: the silence trim reads it; ``vad`` for a ``vad`` trim,
+    :func:`ser.model_folder.trim_kinds`), sorted."""
+    from ser.model_folder import trim_kinds
+
+    members = member_specs(spec)
+    return tuple(sorted({"logmel"} | {s.features for s in members} | {k for s in members for k in trim_kinds(s.trim)}))
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,14 @@ class FeatureSource:
     def variants(self, spec: Any) -> Any:
         """The :class:`~ser.train.robust.VariantSource` of a model spec with a ``robust`` field (cached beside the
         features), or None."""
+        from ser.model_folder import trim_kinds
         from ser.train.robust import VariantSource, make_robust_config
 
         if getattr(spec, "robust", None) is None:
             return None
         return VariantSource(
             make_robust_config(spec.robust),
-            kinds=(spec.features,),
+            kinds=(spec.features, *trim_kinds(spec.trim)),
             feature_cfg=self.feature_cfg,
             cache_dir=self.cache_dir,
             noise_dir=self.noise_dir,

@@ -112,17 +112,17 @@ def cross_corpus(
     tr, te, classes, dropped = align(train, test, profile)
     both = pd.concat([tr, te], ignore_index=True)
     splits = cross_corpus_splits(tr, te)
-    kinds = tuple(sorted({"logmel", spec.features}))
+    from ser.model_folder import input_bounds, trim_kinds
+
+    kinds = tuple(sorted({*trim_kinds(spec.trim), spec.features}))
     feats = load_frame_features(both, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
     if normalize == "corpus":
-        if spec.features != "functionals" and spec.trim_db is not None:  # trim on the raw dB log-mel first
-            from ser.model_folder import trim_bounds
-
+        if spec.features != "functionals" and spec.trim != "none":  # trim on the raw dB log-mel first
             trimmed = {}
             for u, f in feats.items():
-                lo, hi = trim_bounds(f["logmel"], spec.trim_db)
+                lo, hi = input_bounds(f, spec.trim, spec.trim_db)
                 trimmed[u] = {k: (a[:, lo:hi] if a.ndim == 2 else a) for k, a in f.items()}
-            feats, spec = trimmed, spec.model_copy(update={"trim_db": None})
+            feats, spec = trimmed, spec.model_copy(update={"trim": "none"})
         corpus_of = dict(zip(both["utt_id"].astype(str), both["corpus"].astype(str), strict=True))
         feats = corpus_normalize(feats, corpus_of)
     outs = cross_validate(both, splits, spec, feats, classes, out_dir, seed=seed)

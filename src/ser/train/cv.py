@@ -89,7 +89,7 @@ def utterance_arrays(spec: ModelSpec, feats: dict[str, dict[str, np.ndarray]], u
     (:func:`~ser.model_folder.frame_input`)."""
     if spec.features == "functionals":
         return [np.asarray(feats[u]["functionals"], dtype=np.float32) for u in utt_ids]
-    return [frame_input(feats[u], spec.features, spec.trim_db) for u in utt_ids]
+    return [frame_input(feats[u], spec.features, spec.trim_db, trim=spec.trim) for u in utt_ids]
 
 
 def training_variants(
@@ -130,7 +130,7 @@ def training_variants(
     )
     frames = [df[["utt_id", "speaker"]].assign(role=r, augmented=False) for r, df in roles.items() if len(df)]
     check_leakage(pd.concat([*frames, copies], ignore_index=True).assign(fold=0))
-    arrays = [frame_input(v, spec.features, spec.trim_db) for u in train_ids for v in made.get(u, [])]
+    arrays = [frame_input(v, spec.features, spec.trim_db, trim=spec.trim) for u in train_ids for v in made.get(u, [])]
     return arrays, sources
 
 
@@ -550,7 +550,7 @@ def fit_shipped(
     }
     if isinstance(spec, ModelSpec):
         ((model, info),) = executor.map_tasks(run_final_task, [(spec, out_dir, source(spec))], shared=shared)
-        return model, {**info, "input": {"kind": spec.features, "trim_db": spec.trim_db}}
+        return model, {**info, "input": {"kind": spec.features, "trim": spec.trim, "trim_db": spec.trim_db}}
     from ser.models.ensemble import Ensemble
 
     try:

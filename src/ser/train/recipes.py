@@ -7,7 +7,10 @@ SpecAugment, label smoothing and a one-cycle schedule.
 
 ``cnn-robust`` is ``cnn`` trained beside two degraded variants of every training clip (:mod:`ser.train.robust`:
 reverb, training noises at 0-20 dB SNR, level changes, telephone and codec channels, drawn per clip and seeded;
-the held-out noises never), for channels and rooms the clean corpus never shows.
+the held-out noises never), for channels and rooms the clean corpus never shows. ``cnn-robust-vad`` is
+``cnn-robust`` with its input trimmed by voice activity (``trim: vad``) instead of by level, which noise defeats;
+``cnn-robust-speaker`` adds speaker variation to the variants (:data:`ROBUST_SPEAKER`: pitch, tempo and formant
+shifts).
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ CNN_PARAMS: dict[str, Any] = {
 
 ROBUST: dict[str, Any] = {"copies": 2, "seed": 0}
 """The ``robust`` field of ``cnn-robust``: two variants per training clip, the default training draws."""
+ROBUST_SPEAKER: dict[str, Any] = {
+    **ROBUST,
+    "p_pitch": 0.3,
+    "pitch_semitones": [-2.0, 2.0],
+    "p_tempo": 0.3,
+    "tempo_rate": [0.9, 1.1],
+    "p_formant": 0.5,
+    "formant_warp": [0.9, 1.1],
+}
+"""``cnn-robust-speaker``: each variant also draws a pitch shift (p 0.3, ±2 semitones), a tempo change (p 0.3,
+0.9-1.1x) and a formant shift (VTLP, p 0.5, warp 0.9-1.1: Jaitly & Hinton's range), before its channel."""
 
 
 def _by_name(specs: list[ModelSpec | EnsembleSpec]) -> dict[str, ModelSpec | EnsembleSpec]:
@@ -80,6 +94,27 @@ RECIPES: dict[str, ModelSpec | EnsembleSpec] = _by_name(
             train=TRAIN,
             augment=SPEC_AUGMENT,
             robust=ROBUST,
+            val_speakers=0,
+        ),
+        ModelSpec(
+            name="cnn-robust-vad",
+            model="cnn",
+            features="logmel",
+            params=CNN_PARAMS,
+            train=TRAIN,
+            augment=SPEC_AUGMENT,
+            robust=ROBUST,
+            trim="vad",
+            val_speakers=0,
+        ),
+        ModelSpec(
+            name="cnn-robust-speaker",
+            model="cnn",
+            features="logmel",
+            params=CNN_PARAMS,
+            train=TRAIN,
+            augment=SPEC_AUGMENT,
+            robust=ROBUST_SPEAKER,
             val_speakers=0,
         ),
         ModelSpec(  # the pipeline's default on the synthetic demo corpus: seconds, not minutes, on 2 cores

@@ -3,7 +3,8 @@
 Channel effects (telephone band, codecs, reverb, noise at an SNR, level) act on the waveform, so they cannot be
 drawn on cached log-mels the way SpecAugment is. Instead each training clip gets ``copies`` variants, each one
 draw of :func:`ser.degrade.sample_training_degradation` (held-out noises refused), optionally after a speaker
-variation (pitch shift, tempo change; :mod:`ser.augment`'s audiomentations wrappers), whose frame features are
+variation (tempo change, pitch shift: :mod:`ser.augment`'s audiomentations wrappers; formant shift:
+:func:`ser.augment.formant_shift`, VTLP), whose frame features are
 computed once and cached. A variant is added to the training set beside its clean clip, with the clip's label;
 it is never built for a validation or test clip (:func:`ser.train.cv.training_variants` hands the source the
 training rows only and checks what comes back).
@@ -11,7 +12,8 @@ training rows only and checks what comes back).
 Determinism and the cache: the draw of copy ``j`` of a clip depends only on (the clip's content hash, ``j``,
 :attr:`RobustConfig.seed`, the draw settings), never on the fold, so a clip that trains in five folds is degraded
 once. The cache key of a variant is a SHA-256 of (clip hash, the drawn chain as a condition string, the seed of
-its random parts, the speaker variation, :data:`VARIANT_VERSION`); entries live under ``<cache>/variants/`` in the
+its random parts, the speaker variation, :data:`VARIANT_VERSION`; the formant warp only when one was drawn, so
+the keys of configurations without it are those from before it existed); entries live under ``<cache>/variants/`` in the
 :class:`~ser.features.cache.FeatureCache` layout. A rerun (or a resumed, killed run) reads them back instead of
 decoding and degrading again.
 
@@ -68,6 +70,10 @@ class RobustConfig(BaseModel):
     pitch_semitones: tuple[float, float] = Field((-2.0, 2.0), description="pitch shift range (semitones)")
     p_tempo: float = Field(0.0, ge=0, le=1, description="probability of a tempo change (speaker variation)")
     tempo_rate: tuple[float, float] = Field((0.9, 1.1), description="speed factor range (> 1 is faster)")
+    p_formant: float = Field(0.0, ge=0, le=1, description="probability of a formant shift (VTLP; speaker variation)")
+    formant_warp: tuple[float, float] = Field(
+        (0.9, 1.1), description="VTLP warp factor range: formants move from f to about factor * f (> 1 is up)"
+    )
 
     @field_validator("noises")
     @classmethod
@@ -81,12 +87,14 @@ class RobustConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> RobustConfig:
-        for name in ("pitch_semitones", "tempo_rate"):
+        for name in ("pitch_semitones", "tempo_rate", "formant_warp"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: low {lo} > high {hi}")
         if self.tempo_rate[0] <= 0:
             raise ValueError("tempo_rate must be positive")
+        if not (self.formant_warp[0] >= 0.5 and self.formant_warp[1] <= 2.0):
+            raise ValueError("formant_warp must lie within [0.5, 2] (VTLP uses about 0.9-1.1)")
         try:
             make_training_config(self.degrade)
         except ConfigError as exc:
@@ -114,7 +122,7 @@ def make_robust_config(data: Mapping[str, Any] | RobustConfig | None) -> RobustC
 @dataclass(frozen=True)
 class VariantDraw:
     """One variant of one clip: speaker variation (``None`` = not applied), the degradation chain, the seed of the
-    chain's random parts (noise offsets), and the cache key."""
+    chain's random parts (noise offsets), the cache key, and the formant warp factor (VTLP)."""
 
     copy: int
     pitch_semitones: float | None
@@ -122,6 +130,7 @@ class VariantDraw:
     chain: Chain
     apply_seed: int
     key: str
+    formant_warp: float | None = None
 
     @property
     def condition(self) -> str:
@@ -139,7 +148,8 @@ def draw_variant(sha: str, copy: int, cfg: RobustConfig) -> VariantDraw:
     """The ``copy``-th variant of the clip with content hash ``sha``: deterministic in (sha, copy, cfg), never in
     the fold or the order clips are seen. Each copy has its own generator, so ``copies=3`` extends ``copies=2``.
     An empty degradation chain (every step's coin came up tails) is drawn again, up to :data:`REDRAWS` times: a
-    variant identical to its clean clip would only repeat it."""
+    variant identical to its clean clip would only repeat it. The formant draw comes after every other draw, so
+    adding it left the draws (and cache keys) of configurations without it as they were."""
     from ser.degrade import sample_training_degradation
 
     g = np.random.default_rng([cfg.seed, _clip_seed(sha), int(copy)])
@@ -152,37 +162,44 @@ def draw_variant(sha: str, copy: int, cfg: RobustConfig) -> VariantDraw:
         if chain:
             break
     apply_seed = int(g.integers(0, 2**63 - 1))
+    use_formant, warp = g.random() < cfg.p_formant, float(g.uniform(*cfg.formant_warp))
     p, t = (pitch if use_pitch else None), (tempo if use_tempo else None)
-    return VariantDraw(copy, p, t, chain, apply_seed, variant_key(sha, chain, apply_seed, p, t))
+    f = warp if use_formant else None
+    return VariantDraw(copy, p, t, chain, apply_seed, variant_key(sha, chain, apply_seed, p, t, f), f)
 
 
-def variant_key(sha: str, chain: Chain, apply_seed: int, pitch: float | None, tempo: float | None) -> str:
-    """SHA-256 (hex) of everything that decides a variant's samples: its cache key."""
-    text = json.dumps(
-        {
-            "clip": str(sha).lower(),
-            "chain": format_chain(chain),
-            "seed": int(apply_seed),
-            "pitch": pitch,
-            "tempo": tempo,
-            "version": VARIANT_VERSION,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+def variant_key(
+    sha: str, chain: Chain, apply_seed: int, pitch: float | None, tempo: float | None, formant: float | None = None
+) -> str:
+    """SHA-256 (hex) of everything that decides a variant's samples: its cache key (``formant`` enters only when
+    drawn, so a variant without one keeps the key it had before formant shifts existed)."""
+    fields: dict[str, Any] = {
+        "clip": str(sha).lower(),
+        "chain": format_chain(chain),
+        "seed": int(apply_seed),
+        "pitch": pitch,
+        "tempo": tempo,
+        "version": VARIANT_VERSION,
+    }
+    if formant is not None:
+        fields["formant"] = float(formant)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def render_variant(y: np.ndarray, sr: int, draw: VariantDraw, noises: Any = None) -> np.ndarray:
-    """The variant's waveform: speaker variation (tempo, then pitch; audiomentations), then the degradation chain
-    (:func:`ser.degrade.apply` seeded with ``draw.apply_seed``). ``noises``: the noise folder or arrays by name.
-    A tempo change changes the length; the chain keeps it."""
-    from ser.augment import WaveParams, apply_waveform_params
+    """The variant's waveform: speaker variation (tempo, then pitch; audiomentations; then the formant shift,
+    :func:`ser.augment.formant_shift`), then the degradation chain (:func:`ser.degrade.apply` seeded with
+    ``draw.apply_seed``). ``noises``: the noise folder or arrays by name. A tempo change changes the length; the
+    formant shift and the chain keep it."""
+    from ser.augment import WaveParams, apply_waveform_params, formant_shift
     from ser.degrade import apply
 
     x = np.asarray(y, dtype=np.float32)
     if draw.pitch_semitones is not None or draw.tempo_rate is not None:
         params = WaveParams(stretch_rate=draw.tempo_rate, pitch_semitones=draw.pitch_semitones, keep_length=False)
         x = apply_waveform_params(x, sr, params)
+    if draw.formant_warp is not None:
+        x = formant_shift(x, sr, draw.formant_warp)
     return apply(x, sr, draw.chain, draw.apply_seed, noises=noises)
 
 

@@ -37,6 +37,11 @@ class ModelSpec(BaseModel):
         description="robustness augmentation: degraded variants of each training clip "
         "(ser.train.robust.RobustConfig fields: copies, seed, noises, degrade, p_pitch, ...); None = off",
     )
+    trim: Literal["level", "vad", "none"] = Field(
+        "level",
+        description="how leading/trailing non-speech is trimmed: level (frames within trim_db of the loudest), "
+        "vad (first to last voiced frame, webrtcvad; ser.model_folder.TRIM_MODES), none",
+    )
     trim_db: float | None = Field(40.0, description="trim leading/trailing frames this far below the loudest")
     val_speakers: int = Field(
         2, ge=0, description="validation speakers carved out of each training fold (0: none, keep the last epoch)"
@@ -66,6 +71,10 @@ class ModelSpec(BaseModel):
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("device", "num_threads")}
         if data["robust"] is None:  # added later: recipes without it keep their fingerprints (and saved folds)
             del data["robust"]
+        elif data["robust"].get("p_formant") == 0:  # likewise the formant shift (VTLP) fields, when it is off
+            data["robust"] = {k: v for k, v in data["robust"].items() if k not in ("p_formant", "formant_warp")}
+        if data["trim"] == "level":  # likewise: the default (and only mode before 2026-12) is left out
+            del data["trim"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,7 +109,7 @@ def eval_settings(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
-    """The input of the model that ships for ``member_specs``: ``{"kind", "trim_db"}``.
+    """The input of the model that ships for ``member_specs``: ``{"kind", "trim", "trim_db"}``.
 
     One spec, or members on the same features: that kind. Members on different frame features (a ``cnn`` on
     log-mel and an ``rnn`` on MFCC): the kinds stacked in the order members first use them (``logmel+mfcc``;
@@ -110,13 +119,19 @@ def model_input(member_specs: list[ModelSpec]) -> dict[str, Any]:
     from ser.features import FRAME_KINDS
 
     bad = [m for m in member_specs if m.model == "classical" or m.features not in FRAME_KINDS]
-    if bad or len({m.trim_db for m in member_specs}) != 1:
+    if bad or len({(m.trim, m.trim_db) for m in member_specs}) != 1:
         raise ConfigError(
             "to ship as one model, every member must be a torch frame model with the same trimming (got "
-            + ", ".join(f"{m.name}: {m.model} on {m.features}, trim_db {m.trim_db}" for m in member_specs)
+            + ", ".join(
+                f"{m.name}: {m.model} on {m.features}, trim {m.trim}, trim_db {m.trim_db}" for m in member_specs
+            )
             + ")"
         )
-    return {"kind": "+".join(dict.fromkeys(m.features for m in member_specs)), "trim_db": member_specs[0].trim_db}
+    return {
+        "kind": "+".join(dict.fromkeys(m.features for m in member_specs)),
+        "trim": member_specs[0].trim,
+        "trim_db": member_specs[0].trim_db,
+    }
 
 
 def input_rows(member_specs: list[ModelSpec], n_features: list[int]) -> list[list[int]] | None:
