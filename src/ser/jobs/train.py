@@ -46,8 +46,11 @@ def member_specs(spec: Any) -> list[Any]:
 
 
 def feature_kinds(spec: Any) -> tuple[str, ...]:
-    """Frame-feature kinds ``spec`` needs (log-mel always: the silence trim reads it), sorted."""
-    return tuple(sorted({"logmel"} | {s.features for s in member_specs(spec)}))
+    """Frame-feature kinds ``spec`` needs (log-mel always: the silence trim reads it; a distilled recipe's teacher
+    members' too), sorted."""
+    from ser.train.recipes import feature_kinds as kinds_of
+
+    return tuple(sorted({"logmel"} | kinds_of(member_specs(spec))))
 
 
 @dataclass(frozen=True)
