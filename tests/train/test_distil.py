@@ -243,7 +243,8 @@ def test_the_cnn_distil_recipe(monkeypatch):
     spec = RECIPES["cnn-distil"]
     cnn = RECIPES["cnn"]
     assert isinstance(spec, ModelSpec) and spec.distil is not None
-    assert spec.distil.teacher == "cnn+crnn+rnn" and 0.5 <= spec.distil.alpha <= 0.7 and 2 <= spec.distil.temperature <= 4
+    assert spec.distil.teacher == "cnn+crnn+rnn"
+    assert 0.5 <= spec.distil.alpha <= 0.7 and 2 <= spec.distil.temperature <= 4
     same = {k: v for k, v in spec.model_dump().items() if k not in ("name", "distil")}
     assert same == {k: v for k, v in cnn.model_dump().items() if k not in ("name", "distil")}  # the cnn, as student
     assert feature_kinds([spec]) == {"logmel", "mfcc"}  # the teacher's rnn reads MFCC

@@ -183,7 +183,7 @@ def feature_kinds(specs: list[ModelSpec]) -> set[str]:
     members (trained in the same task, from the same loaded features)."""
     from ser.train.distil import teacher_kinds
 
-    kinds = {s.features for s in specs}
+    kinds: set[str] = {s.features for s in specs}
     for s in specs:
         if s.distil is not None:
             kinds |= teacher_kinds(s.distil)
