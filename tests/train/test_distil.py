@@ -6,6 +6,7 @@ recipe."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,39 @@ def test_distil_recipes_that_cannot_work_are_refused(data, teacher_pair):
     manifest, splits, feats = data
     with pytest.raises(ConfigError, match="without its distil part"):
         tune(manifest, splits, selfish, feats, CLASSES, space={"train.lr": [1e-2]}, n_trials=1)
+
+
+@pytest.mark.slow
+def test_the_pipeline_ships_a_distilled_recipe_as_the_student_and_says_so(tmp_path, monkeypatch):
+    from ser import registry
+    from ser.model_folder import read_metadata
+    from ser.pipeline import run
+    from ser.pipeline.config import parse_config
+
+    small = RECIPES["cnn-small"]
+    quick = {**small.train, "epochs": 1}
+    for s in (0, 1):
+        monkeypatch.setitem(RECIPES, f"small-t{s}", small.model_copy(update={"name": f"small-t{s}", "seed": s,
+                                                                            "train": quick}))  # fmt: skip
+    monkeypatch.setitem(RECIPES, "small-pair", EnsembleSpec(name="small-pair", members=["small-t0", "small-t1"]))
+    distil = DistilConfig(teacher="small-pair")
+    monkeypatch.setitem(RECIPES, "small-distil", small.model_copy(update={"name": "small-distil", "train": quick,
+                                                                        "distil": distil}))  # fmt: skip
+    cfg = parse_config(
+        {
+            "data": {"synth_speakers": 6, "synth_per_emotion": 2},
+            "split": {"k": 2},
+            "evaluate": {"n_boot": 20},
+            "train": {"model": "small-distil"},
+            "register": {"max_group_gap": None},
+        }
+    )
+    summary = run(cfg, tmp_path)
+    assert summary.ok, summary.to_dict()
+    model_dir = registry.resolve(tmp_path, "ser-emotion@champion")
+    meta = read_metadata(model_dir)
+    assert meta["recipe"]["distil"]["teacher"] == "small-pair" and meta["input"]["kind"] == "logmel"
+    assert meta["model"]["name"] == "cnn"  # the student alone, not an ensemble
+    assert "Distilled (Hinton et al., 2015) from the `small-pair` recipe" in (model_dir / "MODEL_CARD.md").read_text()
+    cv = Path(summary.record("train")["outputs"]["cv"])
+    assert (cv / "small-distil" / "fold_0_teacher" / TEACHER_TARGETS).is_file()
