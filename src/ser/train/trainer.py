@@ -1,4 +1,5 @@
-"""Training loop for the torch models: AdamW + schedule, class-weighted label-smoothed loss, early stopping on
+"""Training loop for the torch models: AdamW + schedule, class-weighted label-smoothed loss (with ``distil``, inside
+a knowledge-distillation loss towards the training set's teacher logits, :mod:`ser.train.distil`), early stopping on
 validation UAR, atomic per-epoch checkpoints with exact resume, CUDA mixed precision when available.
 
 ``fit(train_ds, val_ds, cfg, out_dir)`` trains ``cfg.model`` on :class:`~ser.train.data.ArrayDataset` s and returns
