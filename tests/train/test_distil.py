@@ -6,6 +6,7 @@ recipe."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,40 @@ def test_each_folds_teacher_trains_on_that_folds_training_speakers_only_and_is_k
     (retrained,) = cross_validate(manifest, splits, longer, feats, CLASSES, tmp_path, folds=[1], seed=2)
     assert (folder / TEACHER_TARGETS).stat().st_mtime_ns != stamp
     assert {m["epochs_run"] for m in retrained.info["teacher"]["members"].values()} == {4}
+
+
+def test_a_teacher_adopts_its_members_folds_finished_on_the_same_rows(data, monkeypatch, tmp_path):
+    from ser.train.cv import cross_validate_members
+
+    manifest, splits, feats = data
+    base = get_recipe("cnn", TINY_CNN)
+    members = [
+        base.model_copy(update={"name": f"v-t{s}", "seed": s, "val_speakers": 0, "train": {**base.train, "epochs": 2}})
+        for s in (0, 1)
+    ]
+    for m in members:
+        monkeypatch.setitem(RECIPES, m.name, m)
+    monkeypatch.setitem(RECIPES, "v-pair", EnsembleSpec(name="v-pair", members=["v-t0", "v-t1"]))
+    cross_validate_members(manifest, splits, members, feats, CLASSES, tmp_path, folds=[0], seed=2)  # the ensemble's
+    student = _student("v-pair", val_speakers=0)
+    (out,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[0], seed=2)
+    got = out.info["teacher"]["members"]
+    assert {m: v.get("adopted_from") for m, v in got.items()} == {
+        m: str(tmp_path / m / "fold_0_ckpt" / "last.pt") for m in ("v-t0", "v-t1")
+    }
+    assert {v["epochs_run"] for v in got.values()} == {2}
+    # the same targets as a teacher trained here from scratch
+    (fresh,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path / "fresh", folds=[0], seed=2)
+    assert not any("adopted_from" in v for v in fresh.info["teacher"]["members"].values())
+    adopted = load_teacher(tmp_path / "student" / "fold_0_teacher")
+    scratch = load_teacher(tmp_path / "fresh" / "student" / "fold_0_teacher")
+    assert adopted is not None and scratch is not None
+    np.testing.assert_allclose(adopted.logits, scratch.logits, atol=1e-5)
+    # another seed: the members' folds were trained with other seeds, so they are not adopted
+    (tmp_path / "student" / "fold_0.npz").unlink()  # the run seed is not in a recipe's fingerprint: start afresh
+    shutil.rmtree(tmp_path / "student" / "fold_0_ckpt")
+    (other,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[0], seed=3)
+    assert not any("adopted_from" in v for v in other.info["teacher"]["members"].values())
 
 
 def test_the_shipped_model_is_the_student_alone(data, teacher_pair, tmp_path):

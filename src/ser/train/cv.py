@@ -186,18 +186,23 @@ def run_fold(
     progress: bool = False,
     variants: VariantFn | None = None,
     teacher_dir: Path | None = None,
+    teacher_adopt: dict[str, Path] | None = None,
 ) -> FoldOutput:
     """Train ``spec`` on ``roles['train']`` (early stopping on ``roles['val']``), predict ``roles['test']``.
     With ``variants`` and a ``robust`` recipe, the training clips' variants train beside them
     (:func:`training_variants`). A ``distil`` recipe's teacher is trained on the same training rows first
     (:func:`ser.train.distil.fit_teacher`, kept in ``teacher_dir``; ``seed`` less the recipe's own seed plus each
-    member's, as the members would have in cross-validation) and its targets on the training rows feed the student.
+    member's, as the members would have in cross-validation) and its targets on the training rows feed the student;
+    ``teacher_adopt``: the members' own cross-validation folds of this fold, adopted instead of trained when they
+    trained on the same rows (:func:`ser.train.distil.adopt_member`).
     """
     start = time.perf_counter()
     ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
     teacher = None
     if spec.distil is not None:
-        teacher = _fold_teacher(spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress)
+        teacher = _fold_teacher(
+            spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress, teacher_adopt
+        )
     if spec.model == "classical":
         from ser.models.classical import ClassicalModel
 
@@ -223,9 +228,10 @@ def run_fold(
     return FoldOutput(proba=proba, y=y["test"], utt_ids=ids["test"], info=info)
 
 
-def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, progress):
+def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, progress, adopt=None):
     """The teacher's targets on the fold's training rows (:func:`ser.train.distil.fit_teacher`): only the training
-    and validation rows are handed over, never the test rows; the targets come back for exactly the training rows."""
+    and validation rows are handed over, never the test rows; the targets come back for exactly the training rows.
+    ``adopt``: the teacher members' cross-validation folds to adopt when they match."""
     from ser.train.distil import fit_teacher
 
     assert spec.distil is not None
@@ -240,6 +246,7 @@ def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, prog
         seed=seed,
         out_dir=teacher_dir,
         progress=progress,
+        adopt=adopt,
     )
     if teacher.utt_ids != ids["train"]:  # pragma: no cover - fit_teacher keys its stored targets on the rows
         raise SerError("the teacher's targets are not those of the fold's training rows")
@@ -403,6 +410,7 @@ class FoldTask:
     ckpt: Path
     variants: VariantFn | None = None
     teacher_dir: Path | None = None
+    teacher_adopt: dict[str, Path] | None = None
 
 
 def run_fold_task(
@@ -426,6 +434,7 @@ def run_fold_task(
         progress=progress,
         variants=task.variants,
         teacher_dir=task.teacher_dir,
+        teacher_adopt=task.teacher_adopt,
     )
 
 
@@ -457,7 +466,9 @@ def cross_validate_members(
     resumes at the folds still missing; ``log(name, fold, output)`` is called for each fold read back, then for
     each one trained as it finishes. ``variants_for(spec)``: the source of robustness variants of a spec with a
     ``robust`` field (handed each fold's training rows only, in the task). A ``distil`` spec's fold task trains its
-    teacher first (``out_dir/<name>/fold_<k>_teacher``, kept when only the student's recipe changed)."""
+    teacher first (``out_dir/<name>/fold_<k>_teacher``, kept when only the student's recipe changed), adopting a
+    teacher member's own fold of this run folder when it finished on the same rows (an ensemble cross-validated here
+    before makes its distillation cost only the student)."""
     from ser.data.split import n_folds
 
     out_dir = Path(out_dir)
@@ -477,8 +488,13 @@ def cross_validate_members(
             if done is None:
                 roles = fold_roles(manifest, splits, k, spec.val_speakers, spec_seed)
                 ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
-                teacher = None if spec.distil is None else out_dir / spec.name / f"fold_{k}_teacher"
-                tasks.append(FoldTask(spec, k, roles, spec_seed + k, ckpt, source(spec), teacher))
+                teacher, adopt = None, None
+                if spec.distil is not None:
+                    from ser.train.distil import teacher_members
+
+                    teacher = out_dir / spec.name / f"fold_{k}_teacher"
+                    adopt = {m.name: out_dir / m.name / f"fold_{k}" for m in teacher_members(spec.distil)[1]}
+                tasks.append(FoldTask(spec, k, roles, spec_seed + k, ckpt, source(spec), teacher, adopt))
                 continue
             if log is not None:
                 log(spec.name, k, done)

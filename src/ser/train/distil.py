@@ -135,6 +135,7 @@ def fit_teacher(
     seed: int = 0,
     out_dir: Path | None = None,
     progress: bool = False,
+    adopt: dict[str, Path] | None = None,
 ) -> TeacherTargets:
     """Train the teacher of ``distil`` on the rows ``ids["train"]`` (labels ``y["train"]``; early stopping on
     ``ids["val"]`` as its members' recipes do, none when it is empty) and return its soft targets on the training rows.
@@ -144,6 +145,12 @@ def fit_teacher(
     ``out_dir``: where the targets and the record are kept; the targets are read back when the teacher recipe, the
     seed and the rows are the same, a half-trained teacher resumes from its members' checkpoints, and a folder left
     by another teacher or other rows is cleared first. None: nothing is stored.
+
+    ``adopt``: ``{member name: fold base path}`` of the same members' cross-validation folds in this run folder
+    (``<run>/<member>/fold_<k>``, :func:`adopt_member`): a member whose fold there finished with the same recipe, the
+    same validation speakers, the same number of training clips, no test speaker among the teacher's training
+    speakers and the same seed is not trained again; its checkpoint is copied and read (``info["members"][m]
+    ["adopted_from"]`` says from where).
     """
     from ser.train.cv import device_name, fit_spec, fuse, utterance_arrays
     from ser.train.data import ArrayDataset
@@ -170,6 +177,9 @@ def fit_teacher(
     for m in specs:
         x = {r: utterance_arrays(m, feats, ids[r]) for r in ("train", "val")}
         ckpt = None if out_dir is None else Path(out_dir) / m.name
+        adopted = None
+        if ckpt is not None and adopt and m.name in adopt:
+            adopted = adopt_member(m, adopt[m.name], ckpt, speakers, len(ids["train"]), seed + m.seed)
         result, cfg = fit_spec(m, x, {r: y[r] for r in ("train", "val")}, n_classes, seed + m.seed, ckpt,
                                progress=progress)  # fmt: skip
         train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes)
@@ -183,6 +193,8 @@ def fit_teacher(
             "epochs_run": int(result.epochs_run),
             "device": device_name(result.device),
         }
+        if adopted is not None:
+            members[m.name]["adopted_from"] = str(adopted)
     fused = fuse(probas, getattr(spec, "weights", None)) if len(probas) > 1 else probas[0]
     logits = np.log(np.clip(fused, 1e-12, None)).astype(np.float32)
     info = {
@@ -202,6 +214,52 @@ def fit_teacher(
     if out_dir is not None:
         save_teacher(out_dir, key, out)
     return out
+
+
+def adopt_member(
+    member: ModelSpec, fold: Path, ckpt: Path, speakers: dict[str, list[str]], n_train: int, seed: int
+) -> Path | None:
+    """Copy the checkpoint of ``member``'s finished cross-validation fold (``fold``: ``<run>/<member>/fold_<k>``,
+    with ``.json`` facts and a ``_ckpt`` folder) into the teacher's ``ckpt`` folder when that fold trained the
+    teacher's member on the teacher's rows: the same recipe (fingerprint), the same validation speakers and number of
+    training clips, none of its test speakers among the teacher's training speakers, finished (its last epoch
+    checkpoint marked done) and trained with the member's config and ``seed`` (where it ran aside). Returns the
+    adopted checkpoint, or None
+    (nothing copied) when the fold is missing, unfinished or another one; ``ckpt`` already holding a checkpoint
+    (this teacher's own, half-trained) is left alone."""
+    from ser.train.checkpoint import same_config
+    from ser.train.spec import train_config
+    from ser.train.trainer import CHECKPOINT
+
+    src = Path(f"{fold}_ckpt") / CHECKPOINT
+    if (ckpt / CHECKPOINT).exists() or not src.is_file():
+        return None
+    try:
+        info = json.loads(Path(f"{fold}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = (
+        info.get("spec") == member.fingerprint()
+        and sorted(info.get("val_speakers", [None])) == sorted(speakers["val"])
+        and info.get("n_train") == n_train
+        and info.get("n_train_variants", 0) == 0
+        and not set(info.get("test_speakers", [])) & set(speakers["train"])
+        and bool(info.get("test_speakers"))
+    )
+    if not same:
+        return None
+    try:
+        blob = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: train the member instead
+        return None
+    if not (isinstance(blob, dict) and blob.get("done")):
+        return None
+    if not same_config(blob.get("config") or {}, train_config(member, seed)):
+        return None
+    ckpt.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ckpt / CHECKPOINT) as tmp:
+        shutil.copyfile(src, tmp)
+    return src
 
 
 def _rows_hash(ids: dict[str, list[str]]) -> str:
