@@ -8,6 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -201,3 +202,33 @@ def test_trim_vad_measures(monkeypatch):
     assert ci["mean"] == 0.5 and 0.35 < ci["low"] < 0.5 < ci["high"] < 0.65
     assert tv.mean_ci([0.3] * 5) == {"mean": 0.3, "low": 0.3, "high": 0.3}
     sys.modules.pop("trim_vad", None)
+
+
+@pytest.fixture
+def ravdess_cv(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = importlib.import_module("ravdess_cv")
+    yield module
+    sys.modules.pop("ravdess_cv", None)
+
+
+def test_ravdess_cv_cut_runs_shorten_a_distilled_recipe_and_its_teacher(ravdess_cv):
+    from ser.train.cv import FoldOutput
+    from ser.train.distil import teacher_members
+    from ser.train.recipes import RECIPES
+
+    full = [RECIPES["cnn-distil"], RECIPES["cnn+crnn+rnn"], RECIPES["crnn"]]
+    distil, ens, crnn = ravdess_cv.cut_specs(full, 1)
+    assert distil.train["epochs"] == 1 and crnn.train["epochs"] == 1 and ens is full[1]  # members train, not fusion
+    assert {m.train["epochs"] for m in teacher_members(distil.distil)[1]} == {1}  # the teacher is cut too
+    assert {m.train["epochs"] for m in teacher_members(full[0].distil)[1]} == {40}  # the recipe itself is untouched
+    assert distil.distil.alpha == full[0].distil.alpha and distil.train["lr"] == full[0].train["lr"]
+
+    def fold(info):
+        return FoldOutput(np.eye(2), np.arange(2), ["a", "b"], info)
+
+    taught = [fold({"seconds": 5.0, "teacher": {"teacher": "cnn+crnn+rnn", "seconds": s}}) for s in (100.0, 200.0)]
+    facts = ravdess_cv.distil_facts(taught)
+    assert facts == {"distilled_from": "cnn+crnn+rnn", "teacher_seconds_per_fold": 150.0}
+    assert ravdess_cv.distil_facts([fold({"seconds": 5.0})]) == {}
+    assert ravdess_cv.teacher(facts) == " (distilled from cnn+crnn+rnn)" and ravdess_cv.teacher({}) == ""

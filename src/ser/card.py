@@ -147,6 +147,7 @@ def _model_details(meta: dict[str, Any]) -> list[str]:
         "## Model details",
         "",
         _architecture(meta.get("model", {})),
+        *_distilled(meta),
         f"- Input: {meta.get('sample_rate')} Hz mono audio → `{inp.get('kind')}` features "
         f"({inp.get('shape')}{stacked}); {_trim_text(inp)}, exactly as in training.",
         "- Format: ONNX (`model.onnx`, opset "
@@ -321,6 +322,18 @@ _LIMITS_ETHICS_USAGE = [
     "```",
     "",
 ]
+
+
+def _distilled(meta: dict[str, Any]) -> list[str]:
+    """One line for a model trained by knowledge distillation (its recipe's ``distil`` part); none otherwise."""
+    distil = (meta.get("recipe") or {}).get("distil")
+    if not distil:
+        return []
+    return [
+        f"- Distilled (Hinton et al., 2015) from the `{distil.get('teacher')}` recipe (alpha {distil.get('alpha')}, "
+        f"temperature {distil.get('temperature')}): the teacher was trained on the same training speakers and this "
+        "model towards its outputs as well as the labels. Only this model ships; it runs at its own cost."
+    ]
 
 
 def _architecture(model: dict[str, Any]) -> str:

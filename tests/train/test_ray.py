@@ -114,6 +114,30 @@ def test_an_ensembles_members_train_side_by_side_on_ray_with_local_results(data,
     }
 
 
+def test_a_distilled_recipes_fold_trains_its_teacher_in_its_ray_task_as_locally(data, ray_ex, tmp_path):
+    from ser.train.distil import load_teacher
+    from ser.train.spec import DistilConfig
+
+    manifest, splits, feats = data
+    # the teacher is a recipe name looked up in the task, so it must be one a Ray worker knows (a monkeypatched
+    # RECIPES does not reach a worker process): the cnn recipe, made tiny through the teacher's overrides
+    tiny = _tiny("teacher")
+    overrides = {"params": tiny.params, "augment": tiny.augment, "train": tiny.train}
+    student = _tiny("student").model_copy(update={"distil": DistilConfig(teacher="cnn", teacher_overrides=overrides)})
+    kw = dict(folds=[0, 1], seed=1)
+    local = cross_validate_members(manifest, splits, [student], feats, CLASSES, tmp_path / "local", **kw)["student"]
+    ray = cross_validate_members(manifest, splits, [student], feats, CLASSES, tmp_path / "ray", executor=ray_ex,
+                                 **kw)["student"]  # fmt: skip
+    _assert_same_folds(local, ray)
+    for k in (0, 1):
+        a = load_teacher(tmp_path / "local" / "student" / f"fold_{k}_teacher")
+        b = load_teacher(tmp_path / "ray" / "student" / f"fold_{k}_teacher")  # written by the worker's task
+        assert a is not None and b is not None and a.utt_ids == b.utt_ids
+        np.testing.assert_array_equal(a.logits, b.logits)  # the teacher trained in the worker as it did here
+        assert not set(b.utt_ids) & set(ray[k].utt_ids)  # never on the fold's test rows
+        assert ray[k].info["teacher"]["train_speakers"] == local[k].info["teacher"]["train_speakers"]
+
+
 def test_a_task_error_is_raised_as_itself_and_stops_the_run(data, ray_ex, tmp_path):
     from ser.errors import SerError
 

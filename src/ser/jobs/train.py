@@ -47,11 +47,10 @@ def member_specs(spec: Any) -> list[Any]:
 
 def feature_kinds(spec: Any) -> tuple[str, ...]:
     """Frame-feature kinds ``spec`` needs (log-mel always: the silence trim reads it; ``vad`` for a ``vad`` trim,
-    :func:`ser.model_folder.trim_kinds`), sorted."""
-    from ser.model_folder import trim_kinds
+    :func:`ser.model_folder.trim_kinds`; a distilled recipe's teacher members' too), sorted."""
+    from ser.train.recipes import feature_kinds as kinds_of
 
-    members = member_specs(spec)
-    return tuple(sorted({"logmel"} | {s.features for s in members} | {k for s in members for k in trim_kinds(s.trim)}))
+    return tuple(sorted({"logmel"} | kinds_of(member_specs(spec))))
 
 
 @dataclass(frozen=True)

@@ -100,8 +100,12 @@ RUN_ONLY = {"threads", "executor", "ray_address"}
 
 
 def _recipe_dump(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    from ser.train.distil import teacher_members
+
     spec = recipe(cfg)
-    return [spec.model_dump(mode="json")] + [m.model_dump(mode="json") for m in member_specs(spec) if m is not spec]
+    specs = member_specs(spec)
+    teachers = [t for m in specs if m.distil is not None for t in teacher_members(m.distil)[1]]  # a teacher changed
+    return [spec.model_dump(mode="json")] + [m.model_dump(mode="json") for m in [*specs, *teachers] if m is not spec]
 
 
 def _kinds(cfg: PipelineConfig) -> tuple[str, ...]:

@@ -75,6 +75,21 @@ def save_checkpoint(path, cfg, model, opt, sched, scaler, data_rng, st: dict[str
         torch.save(blob, tmp)
 
 
+def changed_fields(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The fields in which a checkpoint's saved config differs from ``cfg``, besides where it runs (``device``,
+    ``num_threads``)."""
+    old, new = dict(saved), cfg.model_dump(mode="json")
+    for k in _RESUME_IGNORES:
+        old.pop(k, None)
+        new.pop(k, None)
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def same_config(saved: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a checkpoint written with the config ``saved`` may be resumed under ``cfg``."""
+    return not changed_fields(saved, cfg)
+
+
 def load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` with the same config (except ``device`` /
     ``num_threads``); tensors of the RNG states and the best weights come back on the CPU."""
@@ -84,11 +99,7 @@ def load_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> dict[
         raise SerError(f"cannot read checkpoint {path} ({type(exc).__name__}); delete it to start afresh") from exc
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise SerError(f"not a ser training checkpoint: {path}")
-    old, new = dict(ck["config"]), cfg.model_dump(mode="json")
-    for k in _RESUME_IGNORES:
-        old.pop(k, None)
-        new.pop(k, None)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = changed_fields(ck["config"], cfg)
     if changed:
         raise ConfigError(
             f"checkpoint {path} was written with a different config ({', '.join(changed)} differ); "

@@ -6,7 +6,10 @@ the model is trained on the remaining training speakers (augmentation on trainin
 training crops, and with a recipe's ``robust`` field degraded variants of the training clips, see
 :func:`training_variants`) and the test speakers are predicted whole-clip. Each fold's predictions are written
 atomically to ``out_dir/<spec name>/fold_<k>.npz`` + ``.json``, so a killed run resumes at the first missing fold.
-Ensembles average the members' saved fold probabilities (late fusion).
+Ensembles average the members' saved fold probabilities (late fusion). A recipe with a ``distil`` part
+(:mod:`ser.train.distil`) first trains its teacher on the fold's training rows (early stopping on its validation
+rows), in the same task, and trains towards the teacher's outputs on those rows; the teacher's targets are kept in
+``out_dir/<spec name>/fold_<k>_teacher`` so a resumed run does not train it again.
 
 The specs are :mod:`ser.train.spec` objects; :func:`fit_spec` is where one becomes a training run (cross-validation
 folds, :func:`fit_shipped` — the model that ships — and every :mod:`ser.train.tune` trial).
@@ -182,12 +185,24 @@ def run_fold(
     out_dir: Path | None = None,
     progress: bool = False,
     variants: VariantFn | None = None,
+    teacher_dir: Path | None = None,
+    teacher_adopt: dict[str, Path] | None = None,
 ) -> FoldOutput:
     """Train ``spec`` on ``roles['train']`` (early stopping on ``roles['val']``), predict ``roles['test']``.
     With ``variants`` and a ``robust`` recipe, the training clips' variants train beside them
-    (:func:`training_variants`)."""
+    (:func:`training_variants`). A ``distil`` recipe's teacher is trained on the same training rows first
+    (:func:`ser.train.distil.fit_teacher`, kept in ``teacher_dir``; ``seed`` less the recipe's own seed plus each
+    member's, as the members would have in cross-validation) and its targets on the training rows feed the student;
+    ``teacher_adopt``: the members' own cross-validation folds of this fold, adopted instead of trained when they
+    trained on the same rows (:func:`ser.train.distil.adopt_member`).
+    """
     start = time.perf_counter()
     ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
+    teacher = None
+    if spec.distil is not None:
+        teacher = _fold_teacher(
+            spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress, teacher_adopt
+        )
     if spec.model == "classical":
         from ser.models.classical import ClassicalModel
 
@@ -196,7 +211,11 @@ def run_fold(
         proba = clf.predict_proba(np.stack(x["test"]))
         info: dict[str, Any] = {"n_params": int(clf.n_params()), "device": "cpu"}
     else:
-        proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress)
+        logits = None if teacher is None else teacher.logits
+        proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress, logits)
+    if teacher is not None:
+        info["teacher"] = teacher.info
+        info["train_speakers"] = teacher.info["train_speakers"]
     info.update(
         seconds=round(time.perf_counter() - start, 2),
         n_train=len(ids["train"]),
@@ -209,6 +228,31 @@ def run_fold(
     return FoldOutput(proba=proba, y=y["test"], utt_ids=ids["test"], info=info)
 
 
+def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, progress, adopt=None):
+    """The teacher's targets on the fold's training rows (:func:`ser.train.distil.fit_teacher`): only the training
+    and validation rows are handed over, never the test rows; the targets come back for exactly the training rows.
+    ``adopt``: the teacher members' cross-validation folds to adopt when they match."""
+    from ser.train.distil import fit_teacher
+
+    assert spec.distil is not None
+    speakers = {r: sorted(set(roles[r].set_index("utt_id").loc[ids[r], "speaker"])) for r in ("train", "val")}
+    teacher = fit_teacher(
+        spec.distil,
+        {r: ids[r] for r in ("train", "val")},
+        {r: y[r] for r in ("train", "val")},
+        speakers,
+        feats,
+        n_classes,
+        seed=seed,
+        out_dir=teacher_dir,
+        progress=progress,
+        adopt=adopt,
+    )
+    if teacher.utt_ids != ids["train"]:  # pragma: no cover - fit_teacher keys its stored targets on the rows
+        raise SerError("the teacher's targets are not those of the fold's training rows")
+    return teacher
+
+
 def fit_spec(
     spec: ModelSpec,
     x: dict[str, list],
@@ -219,15 +263,23 @@ def fit_spec(
     *,
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    teacher_logits: np.ndarray | None = None,
 ):
     """Fit the torch model of ``spec`` on ``x/y['train']`` (SpecAugment on training crops only) with early stopping
     on ``x/y['val']`` (none when it is empty); resumes from ``out_dir`` when given. The one place a recipe becomes a
     training run: cross-validation folds, the model that ships and every tuning trial come through here.
-    ``on_epoch`` as :func:`ser.train.trainer.fit`. Returns ``(TrainResult, TrainConfig)``."""
+    ``on_epoch`` as :func:`ser.train.trainer.fit`. ``teacher_logits`` ``(n_train, n_classes)``: a ``distil``
+    recipe's soft targets for ``x["train"]`` (required by one, refused without). Returns ``(TrainResult,
+    TrainConfig)``."""
     from ser.augment import make_augment_config, spec_augment
     from ser.train.data import ArrayDataset
     from ser.train.trainer import fit
 
+    if spec.distil is not None and teacher_logits is None:
+        raise ConfigError(
+            f"recipe {spec.name} distils from {spec.distil.teacher}: train it through cross-validation or the "
+            "shipped model (which train its teacher first), not on its own"
+        )
     cfg = train_config(spec, seed)
     transform = None
     if spec.augment is not None:
@@ -236,17 +288,19 @@ def fit_spec(
         def transform(arr, rng):
             return spec_augment(arr, aug, rng)
 
-    train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes, transform=transform)
+    train_ds = ArrayDataset(
+        x["train"], y["train"], n_classes=n_classes, transform=transform, teacher_logits=teacher_logits
+    )
     val_ds = ArrayDataset(x["val"], y["val"], n_classes=n_classes) if len(x["val"]) else None
     result = fit(train_ds, val_ds, cfg, out_dir, progress=progress, resume=out_dir is not None, on_epoch=on_epoch)
     return result, cfg
 
 
-def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress):
+def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress, teacher_logits=None):
     from ser.train.data import ArrayDataset
     from ser.train.predict import predict_proba
 
-    result, cfg = fit_spec(spec, x, y, n_classes, seed, out_dir, progress=progress)
+    result, cfg = fit_spec(spec, x, y, n_classes, seed, out_dir, progress=progress, teacher_logits=teacher_logits)
     test_ds = ArrayDataset(x["test"], y["test"], n_classes=n_classes)
     proba = predict_proba(result.model, test_ds, eval_mode=cfg.eval_mode)
     return proba, {
@@ -355,6 +409,8 @@ class FoldTask:
     seed: int
     ckpt: Path
     variants: VariantFn | None = None
+    teacher_dir: Path | None = None
+    teacher_adopt: dict[str, Path] | None = None
 
 
 def run_fold_task(
@@ -377,6 +433,8 @@ def run_fold_task(
         out_dir=task.ckpt,
         progress=progress,
         variants=task.variants,
+        teacher_dir=task.teacher_dir,
+        teacher_adopt=task.teacher_adopt,
     )
 
 
@@ -407,7 +465,10 @@ def cross_validate_members(
     ``{spec name: fold outputs in fold order}``. A fold is saved as soon as its task finishes, so a killed run
     resumes at the folds still missing; ``log(name, fold, output)`` is called for each fold read back, then for
     each one trained as it finishes. ``variants_for(spec)``: the source of robustness variants of a spec with a
-    ``robust`` field (handed each fold's training rows only, in the task)."""
+    ``robust`` field (handed each fold's training rows only, in the task). A ``distil`` spec's fold task trains its
+    teacher first (``out_dir/<name>/fold_<k>_teacher``, kept when only the student's recipe changed), adopting a
+    teacher member's own fold of this run folder when it finished on the same rows (an ensemble cross-validated here
+    before makes its distillation cost only the student)."""
     from ser.data.split import n_folds
 
     out_dir = Path(out_dir)
@@ -427,7 +488,13 @@ def cross_validate_members(
             if done is None:
                 roles = fold_roles(manifest, splits, k, spec.val_speakers, spec_seed)
                 ckpt = out_dir / spec.name / f"fold_{k}_ckpt"
-                tasks.append(FoldTask(spec, k, roles, spec_seed + k, ckpt, source(spec)))
+                teacher, adopt = None, None
+                if spec.distil is not None:
+                    from ser.train.distil import teacher_members
+
+                    teacher = out_dir / spec.name / f"fold_{k}_teacher"
+                    adopt = {m.name: out_dir / m.name / f"fold_{k}" for m in teacher_members(spec.distil)[1]}
+                tasks.append(FoldTask(spec, k, roles, spec_seed + k, ckpt, source(spec), teacher, adopt))
                 continue
             if log is not None:
                 log(spec.name, k, done)
@@ -484,7 +551,9 @@ def fit_final(
     out for early stopping), after cross-validation has estimated how such a model does on unseen speakers.
 
     Returns ``(model, info)``: a torch :class:`~ser.models.base.SerModel` in eval mode (best validation epoch) and
-    facts about the run. Resumes from ``out_dir`` when a checkpoint is there.
+    facts about the run. Resumes from ``out_dir`` when a checkpoint is there. A ``distil`` recipe trains its teacher
+    on the same training speakers first (kept in ``out_dir/teacher``); only the student comes back, and
+    ``info["distilled_from"]`` says from which teacher.
     """
     from ser.data.split import carve_validation
 
@@ -499,7 +568,13 @@ def fit_final(
     y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in roles.items()}
     start = time.perf_counter()
     n_variants = add_variants(spec, variants, roles, train["utt_id"].tolist(), x, y)
-    result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress)
+    teacher = None
+    if spec.distil is not None:
+        ids = {r: df["utt_id"].tolist() for r, df in roles.items()}
+        teacher_dir = None if out_dir is None else Path(out_dir) / "teacher"
+        teacher = _fold_teacher(spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress)
+    logits = None if teacher is None else teacher.logits
+    result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress, teacher_logits=logits)
     info = {
         "seconds": round(time.perf_counter() - start, 2),
         "best_epoch": int(result.best_epoch),
@@ -513,6 +588,13 @@ def fit_final(
         "device": result.device,
         **eval_settings(cfg),
     }
+    if teacher is not None and spec.distil is not None:
+        info["distilled_from"] = {
+            "teacher": spec.distil.teacher,
+            "alpha": spec.distil.alpha,
+            "temperature": spec.distil.temperature,
+            **{k: teacher.info[k] for k in ("fingerprint", "members", "seconds", "train_accuracy")},
+        }
     return result.model.cpu().eval(), info
 
 

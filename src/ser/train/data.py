@@ -25,6 +25,8 @@ class ArrayDataset:
     """Clips held in memory: ``ds[i] -> (array (F, T) | (N,), label)``.
 
     ``transform`` (augmentation) is not applied by ``__getitem__``; the trainer applies it to training batches only.
+    ``teacher_logits`` ``(N, n_classes)``: a teacher's logits (or log-probabilities) of each clip, the soft targets a
+    distilling run trains towards (:class:`~ser.train.trainer.DistilLoss`); training data only.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class ArrayDataset:
         layout: Literal["FT", "TF"] = "FT",
         transform: Transform | None = None,
         ids: Sequence[str] | None = None,
+        teacher_logits: np.ndarray | None = None,
     ):
         if layout not in ("FT", "TF"):
             raise ConfigError(f"layout must be FT or TF, got {layout!r}")
@@ -78,6 +81,16 @@ class ArrayDataset:
         self.ids = list(ids) if ids is not None else None
         if self.ids is not None and len(self.ids) != len(self.arrays):
             raise SerError(f"{len(self.arrays)} arrays but {len(self.ids)} ids")
+        self.teacher_logits: np.ndarray | None = None
+        if teacher_logits is not None:
+            t = np.asarray(teacher_logits, dtype=np.float32)
+            if t.shape != (len(self.arrays), self.n_classes):
+                raise SerError(
+                    f"teacher logits of shape {t.shape}, expected {(len(self.arrays), self.n_classes)} (clips, classes)"
+                )
+            if not np.isfinite(t).all():
+                raise SerError("teacher logits contain NaN or infinite values")
+            self.teacher_logits = t
 
     @staticmethod
     def _name(ids: Sequence[str] | None, i: int) -> str:
@@ -107,6 +120,7 @@ class ArrayDataset:
         sub.n_classes, sub.is_waveform, sub.n_features = self.n_classes, self.is_waveform, self.n_features
         sub.transform = self.transform
         sub.ids = [self.ids[i] for i in idx] if self.ids is not None else None
+        sub.teacher_logits = None if self.teacher_logits is None else self.teacher_logits[idx]
         if not sub.arrays:
             raise SerError("subset is empty")
         return sub
@@ -151,14 +165,21 @@ def pad_collate(arrays: Sequence[np.ndarray], labels: Sequence[int] | None = Non
 
 
 def training_batches(
-    ds: ArrayDataset, batch_size: int, rng: np.random.Generator, crop: int | None = None, augment: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    ds: ArrayDataset,
+    batch_size: int,
+    rng: np.random.Generator,
+    crop: int | None = None,
+    augment: bool = True,
+    indices: bool = False,
+) -> Iterator[tuple]:
     """One shuffled epoch: each clip randomly cropped to ``crop`` steps (if longer), then ``ds.transform``
-    (if ``augment``), then padded: yields ``(x, lengths, y)``. All randomness comes from ``rng``."""
+    (if ``augment``), then padded: yields ``(x, lengths, y)``, with ``indices`` ``(x, lengths, y, idx)`` where
+    ``idx`` ``(B,)`` are the batch's clip indices into ``ds``. All randomness comes from ``rng``."""
     order = rng.permutation(len(ds))
     for s in range(0, len(order), batch_size):
         arrays, labels = [], []
-        for i in order[s : s + batch_size]:
+        chunk = order[s : s + batch_size]
+        for i in chunk:
             a, label = ds[int(i)]
             if crop is not None:
                 a = random_crop(a, crop, rng)
@@ -166,7 +187,8 @@ def training_batches(
                 a = _checked_transform(ds.transform, a, rng)
             arrays.append(a)
             labels.append(label)
-        yield pad_collate(arrays, labels)
+        x, lengths, y = pad_collate(arrays, labels)
+        yield (x, lengths, y, np.asarray(chunk, dtype=np.int64)) if indices else (x, lengths, y)
 
 
 def _checked_transform(transform: Transform, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:

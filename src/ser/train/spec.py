@@ -1,7 +1,8 @@
-"""Recipes as data: :class:`ModelSpec` (one model: features, model, training) and :class:`EnsembleSpec` (late
-fusion of model specs), with what a spec decides before any training: its fingerprint (which saved folds still
-count), its :class:`~ser.train.trainer.TrainConfig`, how its model evaluates a clip, and the input of the model
-that ships for a list of member specs. Named recipes are in :mod:`ser.train.recipes`.
+"""Recipes as data: :class:`ModelSpec` (one model: features, model, training; with a :class:`DistilConfig`, trained
+towards a teacher recipe's outputs) and :class:`EnsembleSpec` (late fusion of model specs), with what a spec decides
+before any training: its fingerprint (which saved folds still count), its :class:`~ser.train.trainer.TrainConfig`,
+how its model evaluates a clip, and the input of the model that ships for a list of member specs. Named recipes are
+in :mod:`ser.train.recipes`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ser.errors import ConfigError
 
@@ -17,6 +18,38 @@ if TYPE_CHECKING:
     from ser.train.trainer import TrainConfig
 
 FrameKind = Literal["logmel", "mfcc"]
+
+
+DISTIL_ALPHA = 0.7
+"""Default weight of the teacher term. Hinton et al. (2015) found a considerably lower weight on the hard labels
+worked best; the teacher here (``cnn+crnn+rnn``) is 4.4 points of UAR above its cnn student on RAVDESS, so most of
+the signal should come from it, while 0.3 on the hard labels keeps the student anchored to the labels where the
+teacher's outputs on its own training clips are wrong or flat."""
+DISTIL_TEMPERATURE = 3.0
+"""Default temperature. The teacher's targets are its outputs on the clips it was trained on, so they are close to
+one-hot (a member with label smoothing 0.1 still puts ~0.9 on the label): at T = 3 a clip whose label gets 0.95
+and the other seven classes 0.007 each becomes ~0.42 / ~0.08 each, which exposes how the teacher ranks the wrong
+classes (its "dark knowledge"). Above ~4 the eight classes flatten towards uniform and the ranking is lost in the
+noise of a 1 000-clip training set; 2-4 is the usual range for so few classes."""
+
+
+class DistilConfig(BaseModel):
+    """The ``distil`` part of a model recipe: train the model (the student) towards a teacher recipe's softened
+    outputs as well as the hard labels (knowledge distillation, Hinton et al., 2015; the loss is
+    :func:`ser.train.distil.distillation_loss`).
+
+    The teacher is trained on exactly the student's training rows (per cross-validation fold, and for the model that
+    ships), the student's validation rows used for its early stopping; its outputs on those training rows are the
+    soft targets. Only the student ships."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str = Field(description="recipe name of the teacher (a model or an ensemble recipe)")
+    alpha: float = Field(DISTIL_ALPHA, ge=0, le=1, description="weight of the teacher term (1 - alpha: hard labels)")
+    temperature: float = Field(DISTIL_TEMPERATURE, gt=0, description="softmax temperature T of both sides")
+    teacher_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="recipe overrides for the teacher (an ensemble passes them to members)"
+    )
 
 
 class ModelSpec(BaseModel):
@@ -47,6 +80,7 @@ class ModelSpec(BaseModel):
         2, ge=0, description="validation speakers carved out of each training fold (0: none, keep the last epoch)"
     )
     seed: int = Field(0, description="added to the run's seed: members of a seed ensemble differ only here")
+    distil: DistilConfig | None = Field(None, description="knowledge distillation from a teacher recipe; None = off")
 
     @field_validator("robust")
     @classmethod
@@ -58,6 +92,16 @@ class ModelSpec(BaseModel):
             return None if v is None else make_robust_config(v).model_dump(mode="json")
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _distil(self) -> ModelSpec:
+        """Distillation needs a torch student; robustness variants with it are not wired (they would need the
+        teacher's target of the clip each variant copies)."""
+        if self.distil is not None and self.model == "classical":
+            raise ValueError("distil: the student must be a torch model, not classical")
+        if self.distil is not None and self.robust is not None:
+            raise ValueError("distil: a distilled student with robust variants is not supported")
+        return self
 
     def fingerprint(self) -> str:
         """Short hash of everything that decides the run (saved with each fold, so a changed spec reruns it).
@@ -75,6 +119,13 @@ class ModelSpec(BaseModel):
             data["robust"] = {k: v for k, v in data["robust"].items() if k not in ("p_formant", "formant_warp")}
         if data["trim"] == "level":  # likewise: the default (and only mode before 2026-12) is left out
             del data["trim"]
+        if data["distil"] is None:  # the same
+            del data["distil"]
+        else:  # a changed teacher recipe (its members' code recipes included) trains another student
+            from ser.train.distil import teacher_fingerprint
+
+            assert self.distil is not None
+            data["distil"]["teacher_fingerprint"] = teacher_fingerprint(self.distil)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -93,10 +144,14 @@ class EnsembleSpec(BaseModel):
 
 def train_config(spec: ModelSpec, seed: int = 0) -> TrainConfig:
     """The :class:`~ser.train.trainer.TrainConfig` of a torch ``spec``: its model and parameters, ``seed``, then its
-    ``train`` fields (a ``seed`` there wins)."""
+    ``train`` fields (a ``seed`` there wins), and the distillation loss's ``alpha`` / ``temperature`` of a ``distil``
+    recipe."""
     from ser.train.trainer import TrainConfig
 
-    return TrainConfig.from_dict({"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train})
+    data = {"model": spec.model, "model_params": spec.params, "seed": seed, **spec.train}
+    if spec.distil is not None:
+        data["distil"] = {"alpha": spec.distil.alpha, "temperature": spec.distil.temperature}
+    return TrainConfig.from_dict(data)
 
 
 def eval_settings(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Training loop for the torch models: AdamW + schedule, class-weighted label-smoothed loss, early stopping on
+"""Training loop for the torch models: AdamW + schedule, class-weighted label-smoothed loss (with ``distil``, inside
+a knowledge-distillation loss towards the training set's teacher logits, :mod:`ser.train.distil`), early stopping on
 validation UAR, atomic per-epoch checkpoints with exact resume, CUDA mixed precision when available.
 
 ``fit(train_ds, val_ds, cfg, out_dir)`` trains ``cfg.model`` on :class:`~ser.train.data.ArrayDataset` s and returns
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from ser.errors import ConfigError, SerError, validation_reason
@@ -41,6 +42,16 @@ from ser.train.predict import check_compatible, evaluate, time_scale
 CHECKPOINT = "last.pt"
 BEST_MODEL = "best.pt"
 HISTORY = "history.json"
+
+
+class DistilLoss(BaseModel):
+    """The knowledge-distillation term of the training loss (:func:`ser.train.distil.distillation_loss`): its weight
+    ``alpha`` against the hard-label loss and the softmax ``temperature`` (from a recipe's ``distil`` part)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(ge=0, le=1)
+    temperature: float = Field(gt=0)
 
 
 class TrainConfig(BaseModel):
@@ -88,6 +99,15 @@ class TrainConfig(BaseModel):
     """torch CPU threads during training (None: leave as is)."""
     deterministic: bool = True
     """``torch.use_deterministic_algorithms`` (warn-only) and no cuDNN autotuning during training."""
+    distil: DistilLoss | None = None
+    """Train towards the training set's teacher logits (``ArrayDataset.teacher_logits``) as well as the labels:
+    ``alpha * T^2 * KL + (1 - alpha) * hard-label loss``. None: the hard-label loss alone (and no teacher logits)."""
+
+    @model_validator(mode="after")
+    def _distil_without_mixup(self) -> TrainConfig:
+        if self.distil is not None and self.mixup > 0:  # a mixed clip would need a mixed target: not wired
+            raise ValueError("distil: distillation with mixup is not supported")
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -320,6 +340,8 @@ class _Run:
     crop: int | None
     use_amp: bool
     eval_kw: dict[str, Any]
+    teacher: torch.Tensor | None = None
+    """Teacher logits of the training clips ``(N, n_classes)`` when distilling (:func:`_loss`)."""
 
     @property
     def ckpt_path(self) -> Path | None:
@@ -338,6 +360,7 @@ def _setup(
     check_compatible(model, train_ds)
     if val_ds is not None:
         check_compatible(model, val_ds)
+    teacher = _teacher_logits(train_ds, val_ds, cfg, device)
     model.to(device)
 
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
@@ -361,7 +384,25 @@ def _setup(
         device=device,
         amp=use_amp,
     )
-    return _Run(cfg, device, out, model, opt, sched, scaler, weights, criterion, data_rng, crop, use_amp, eval_kw)
+    return _Run(
+        cfg, device, out, model, opt, sched, scaler, weights, criterion, data_rng, crop, use_amp, eval_kw, teacher
+    )
+
+
+def _teacher_logits(
+    train_ds: ArrayDataset, val_ds: ArrayDataset | None, cfg: TrainConfig, device: torch.device
+) -> torch.Tensor | None:
+    """The training clips' teacher logits ``(N, n_classes)`` on ``device`` for a distilling ``cfg``, else None.
+    A teacher without ``cfg.distil`` (or the reverse), or teacher outputs on validation data, is refused."""
+    if val_ds is not None and val_ds.teacher_logits is not None:
+        raise SerError("validation data must not carry teacher outputs")
+    if cfg.distil is None and train_ds.teacher_logits is not None:
+        raise ConfigError("the training data carries teacher logits but the config has no distil settings")
+    if cfg.distil is None:
+        return None
+    if train_ds.teacher_logits is None:
+        raise ConfigError("distil: the training data carries no teacher logits")
+    return torch.as_tensor(train_ds.teacher_logits, dtype=torch.float32, device=device)
 
 
 def _new_state() -> dict[str, Any]:
@@ -400,15 +441,16 @@ def _train_epoch(run: _Run, train_ds: ArrayDataset, epoch: int) -> dict[str, Any
     params = [p for g in opt.param_groups for p in g["params"]]
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, lengths, y in training_batches(train_ds, cfg.batch_size, run.data_rng, run.crop, augment=True):
+    batches = training_batches(train_ds, cfg.batch_size, run.data_rng, run.crop, augment=True, indices=True)
+    for x, lengths, y, idx in batches:
         x, lengths, y = x.to(device), lengths.to(device), y.to(device)
         y2, lam = y, 1.0
         if cfg.mixup > 0 and len(y) > 1:
             x, lengths, y2, lam = mixup_batch(x, lengths, y, cfg.mixup, run.data_rng)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=run.use_amp):
             logits = model(x, lengths)
-        loss = run.criterion(logits.float(), y)
-        if lam != 1.0:
+        loss = _loss(run, logits.float(), y, idx)
+        if lam != 1.0:  # never when distilling (TrainConfig refuses distil with mixup)
             loss = lam * loss + (1.0 - lam) * run.criterion(logits.float(), y2)
         if not torch.isfinite(loss):
             raise SerError(f"training diverged at epoch {epoch} (loss is {loss.item()}); try a lower lr")
@@ -432,6 +474,18 @@ def _train_epoch(run: _Run, train_ds: ArrayDataset, epoch: int) -> dict[str, Any
         "val_uar": None,
         "val_acc": None,
     }
+
+
+def _loss(run: _Run, logits: torch.Tensor, y: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """The batch's training loss: the hard-label criterion, or with a teacher the distillation loss around it
+    (``idx``: the batch's clip indices into the training set, where the teacher logits are looked up)."""
+    if run.teacher is None or run.cfg.distil is None:
+        return run.criterion(logits, y)
+    from ser.train.distil import distillation_loss
+
+    teacher = run.teacher[torch.as_tensor(idx, device=run.teacher.device)]
+    d = run.cfg.distil
+    return distillation_loss(logits, teacher, y, alpha=d.alpha, temperature=d.temperature, hard_loss=run.criterion)
 
 
 def _validate(run: _Run, val_ds: ArrayDataset | None, record: dict[str, Any], st: dict[str, Any]) -> bool:

@@ -240,6 +240,8 @@ def tune(
 
     if not isinstance(spec, ModelSpec):
         raise ConfigError("tune one model recipe, not an ensemble")
+    if spec.distil is not None:  # each trial would train the teacher too: tune the student's recipe without it
+        raise ConfigError(f"tune the student recipe without its distil part, not {spec.name} (it trains a teacher)")
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
     params = parse_space(space, spec)
