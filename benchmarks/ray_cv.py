@@ -51,6 +51,14 @@ RESULTS_JSON = RESULTS_DIR / "ray_cv.json"
 FULL_FOLDS = 6
 
 
+def load_data(workers: int) -> tuple:
+    """RAVDESS-8: the manifest, its classes, the ``ravdess6`` actor folds and the log-mel features (cached)."""
+    manifest = ingest("ravdess", RAVDESS, profile="ravdess8", workers=workers, progress=True).manifest
+    splits = make_splits(manifest, "ravdess6")
+    feats = load_frame_features(manifest, ("logmel",), cache_dir=CACHE, workers=workers, progress=True)
+    return manifest, get_profile("ravdess8").classes, splits, feats
+
+
 def run_path(name: str, spec, manifest, splits, feats, classes, folds, executor=None) -> dict:
     """Cross-validate ``spec`` from an empty run folder; wall time, per-fold UAR and the predictions."""
     out = RUNS / name
@@ -105,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     cut = args.folds < FULL_FOLDS or epochs < int(base.train["epochs"])
     load_before = os.getloadavg()
 
-    manifest = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True).manifest
-    classes = get_profile("ravdess8").classes
-    splits = make_splits(manifest, "ravdess6")
-    feats = load_frame_features(manifest, ("logmel",), cache_dir=CACHE, workers=args.workers, progress=True)
+    manifest, classes, splits, feats = load_data(args.workers)
 
     torch.set_num_threads(args.threads)
     paths = {"local": run_path("local", spec, manifest, splits, feats, classes, folds)}
@@ -169,10 +174,7 @@ def main_ray_only(args) -> int:
     folds = list(range(FULL_FOLDS))
     ref = next(r for r in json.loads((RESULTS_DIR / "ravdess_cv.json").read_text()) if r["model"] == "cnn")
     load_before = os.getloadavg()
-    manifest = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True).manifest
-    classes = get_profile("ravdess8").classes
-    splits = make_splits(manifest, "ravdess6")
-    feats = load_frame_features(manifest, ("logmel",), cache_dir=CACHE, workers=args.workers, progress=True)
+    manifest, classes, splits, feats = load_data(args.workers)
     start = time.perf_counter()
     ray = connect_ray_with(args.cpus)
     ray_start = time.perf_counter() - start

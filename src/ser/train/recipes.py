@@ -69,6 +69,20 @@ ROBUST_SPEAKER: dict[str, Any] = {
 0.9-1.1x) and a formant shift (VTLP, p 0.5, warp 0.9-1.1: Jaitly & Hinton's range), before its channel."""
 
 
+def cnn_recipe(name: str, **fields: Any) -> ModelSpec:
+    """The ``cnn`` recipe under another ``name``, with ``fields`` (``seed``, ``robust``, ``trim``, ``distil``, ...)
+    set: the cnn family's variants differ from it in those alone."""
+    base: dict[str, Any] = {
+        "model": "cnn",
+        "features": "logmel",
+        "params": CNN_PARAMS,
+        "train": TRAIN,
+        "augment": SPEC_AUGMENT,
+        "val_speakers": 0,
+    }
+    return ModelSpec(name=name, **{**base, **fields})
+
+
 def _by_name(specs: list[ModelSpec | EnsembleSpec]) -> dict[str, ModelSpec | EnsembleSpec]:
     """``{name: spec}`` (a typed list, so a mix of model and ensemble specs is not widened to ``BaseModel``)."""
     return {s.name: s for s in specs}
@@ -77,50 +91,10 @@ def _by_name(specs: list[ModelSpec | EnsembleSpec]) -> dict[str, ModelSpec | Ens
 RECIPES: dict[str, ModelSpec | EnsembleSpec] = _by_name(
     [
         ModelSpec(name="classical", model="classical", features="functionals", params={"kind": "svm", "C": 10.0}),
-        *[
-            ModelSpec(
-                name="cnn" if seed == 0 else f"cnn-s{seed}",
-                model="cnn",
-                features="logmel",
-                params=CNN_PARAMS,
-                train=TRAIN,
-                augment=SPEC_AUGMENT,
-                val_speakers=0,
-                seed=seed,
-            )
-            for seed in range(3)
-        ],
-        ModelSpec(
-            name="cnn-robust",
-            model="cnn",
-            features="logmel",
-            params=CNN_PARAMS,
-            train=TRAIN,
-            augment=SPEC_AUGMENT,
-            robust=ROBUST,
-            val_speakers=0,
-        ),
-        ModelSpec(
-            name="cnn-robust-vad",
-            model="cnn",
-            features="logmel",
-            params=CNN_PARAMS,
-            train=TRAIN,
-            augment=SPEC_AUGMENT,
-            robust=ROBUST,
-            trim="vad",
-            val_speakers=0,
-        ),
-        ModelSpec(
-            name="cnn-robust-speaker",
-            model="cnn",
-            features="logmel",
-            params=CNN_PARAMS,
-            train=TRAIN,
-            augment=SPEC_AUGMENT,
-            robust=ROBUST_SPEAKER,
-            val_speakers=0,
-        ),
+        *[cnn_recipe("cnn" if seed == 0 else f"cnn-s{seed}", seed=seed) for seed in range(3)],
+        cnn_recipe("cnn-robust", robust=ROBUST),
+        cnn_recipe("cnn-robust-vad", robust=ROBUST, trim="vad"),
+        cnn_recipe("cnn-robust-speaker", robust=ROBUST_SPEAKER),
         ModelSpec(  # the pipeline's default on the synthetic demo corpus: seconds, not minutes, on 2 cores
             name="cnn-small",
             model="cnn",
@@ -149,16 +123,8 @@ RECIPES: dict[str, ModelSpec | EnsembleSpec] = _by_name(
             augment=SPEC_AUGMENT,
             val_speakers=0,
         ),
-        ModelSpec(  # the cnn trained towards the cnn+crnn+rnn ensemble's outputs: the ensemble's views at cnn cost
-            name="cnn-distil",
-            model="cnn",
-            features="logmel",
-            params=CNN_PARAMS,
-            train=TRAIN,
-            augment=SPEC_AUGMENT,
-            val_speakers=0,
-            distil=DistilConfig(teacher="cnn+crnn+rnn"),
-        ),
+        # the cnn trained towards the cnn+crnn+rnn ensemble's outputs: the ensemble's views at cnn cost
+        cnn_recipe("cnn-distil", distil=DistilConfig(teacher="cnn+crnn+rnn")),
         EnsembleSpec(name="cnn-x3", members=["cnn", "cnn-s1", "cnn-s2"]),
         EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
         # architecture ensembles, named before their 6-fold results were seen: three views at cnn-x3's cost, and
