@@ -676,6 +676,20 @@ def markdown(row: dict[str, Any]) -> str:
             )
         if st.get("repeats"):
             lines.append("")
+    if row.get("history"):
+        lines.append("Earlier runs of this benchmark (kept in `serve.json` under `history`):\n")
+        for h in row["history"]:
+            lines.append(
+                f"- {h['date']}, `--processes {h['processes']}`: held **{h['max_streams']}**"
+                + (f", failed at {h['stopped_at']}" if h.get("stopped_at") else "")
+                + (
+                    f", {h['server_cpu_ms_per_stream_s']} ms server CPU per stream-second"
+                    if h.get("server_cpu_ms_per_stream_s")
+                    else ""
+                )
+                + (f". {h['note']}" if h.get("note") else "")
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
