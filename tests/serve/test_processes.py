@@ -89,7 +89,9 @@ def test_cli_option_and_env_var_pick_the_process_count(run_cli, model_dir, monke
     monkeypatch.setattr(processes, "run", lambda settings, host, port, options: seen.append(settings))
     code, out, err = run_cli("serve", "--model", model, "--processes", "2", "--port", "8124")
     assert code == 0, err
-    assert seen[-1].processes == 2 and "2 processes × 32 streams" in out and "model not polled" in out
+    assert (
+        seen[-1].processes == 2 and "2 processes × 50 streams" in out and "model not polled" in out
+    )  # the default: 50 per process
     monkeypatch.setenv("SER_PROCESSES", "3")
     monkeypatch.setenv("SER_MAX_STREAMS", "90")
     code, out, err = run_cli("serve", "--model", model, "--port", "8124")
@@ -339,3 +341,15 @@ def test_two_processes_follow_a_promotion_without_a_failed_request(tmp_path, run
     )
     assert code in (0, 1), err  # 1: a threshold crossed (a tone is not speech-like); the log was read either way
     assert json.loads(out)["log"]["predictions"] == logged
+
+
+def test_the_default_stream_budget_follows_the_process_count():
+    """SER_MAX_STREAMS unset: 50 streams per worker process (benchmarks/serve.py: two processes on 2 cores held
+    100-120); set, it is the host's budget whatever the process count."""
+    from ser.serve.settings import STREAMS_PER_PROCESS
+
+    assert Settings.from_env({}).max_streams == STREAMS_PER_PROCESS == 50
+    assert Settings.from_env({"SER_PROCESSES": "2"}).max_streams == 100
+    assert Settings.from_env({}, processes=3).max_streams == 150
+    assert Settings.from_env({"SER_PROCESSES": "2", "SER_MAX_STREAMS": "64"}).max_streams == 64
+    assert Settings.from_env({"SER_MAX_STREAMS": "64"}, processes=4).max_streams == 64
