@@ -157,7 +157,8 @@ def section(result: dict[str, Any]) -> str:
         HEADING,
         "",
         f"Machine: {result['machine']}. Date: {result['date']}. Produced by `benchmarks/batch.py` "
-        f"(load averages in the table: about 1 is a quiet 2-core machine, the benchmark's own work; more is other jobs).",
+        "(load averages in the table: about 1 is a quiet 2-core machine, the benchmark's own work; more is "
+        "other jobs).",
         "",
         f"Corpus: {c['files']} calls of 2-5 minutes, {c['audio_h']} h of audio in all, made of the "
         f"{c['clips_available']} RAVDESS clips (16 kHz mono; clips reused across calls) joined with 0.3-1.5 s pauses;"
