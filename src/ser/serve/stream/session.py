@@ -82,6 +82,7 @@ class StreamSession:
         self.errors = 0
         self.utterances = 0
         self.partials = 0
+        self._pending = bytearray()  # queued client bytes, not yet decoded (see ingest_frame)
 
     # ------------------------------------------------------------------------------------------------ dispatch
 
@@ -153,7 +154,8 @@ class StreamSession:
     def _flush(self, last: bool = False) -> list[dict[str, Any]]:
         """Decode, resample, buffer and voice-flag the queued frames (with ``last``, flush the resampler too)."""
         assert self.config is not None
-        data, self._pending = bytes(self._pending), bytearray()
+        data = bytes(self._pending)
+        self._pending = bytearray()
         if not data and not last:
             return []
         return self._ingest(decode_frame(data, self.config.encoding), last)
@@ -224,7 +226,7 @@ class StreamSession:
         self._flags: list[bool] = []  # VAD flags of frames _flag0, _flag0 + 1, ...
         self._flag0 = 0
         self._next_partial = self.hop
-        self._pending = bytearray()  # queued client bytes, not yet decoded (see ingest_frame)
+        self._pending = bytearray()
         self._width = 2 if cfg.encoding == "pcm16" else 4
         self._block = max(1, round(PENDING_S * cfg.sample_rate))
         self._ratio = self.sr / cfg.sample_rate
