@@ -152,26 +152,29 @@ def trim_overlap(clean_logmel: np.ndarray, logmel: np.ndarray, top_db: float | N
 # ---- the run ---------------------------------------------------------------------------------------------------
 
 
-def _test_features(rows, condition: str, cfg, cache_root: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Log-mel of every test clip through ``condition`` (cached by clip, condition and seed); ``clean`` is the
-    clean cache. Entries go to ``<cache_root>/<condition key>`` in the feature-cache layout."""
+def _test_features(
+    rows, condition: str, cfg, cache_root: Path, kinds: tuple[str, ...] = ("logmel",)
+) -> dict[str, dict[str, np.ndarray]]:
+    """Frame ``kinds`` (log-mel, and ``vad`` for a recipe that trims by voice activity) of every test clip through
+    ``condition`` (cached by kind, clip, condition and seed); ``clean`` is the clean cache. Entries go to
+    ``<cache_root>/<condition key>`` in the feature-cache layout."""
     from ser.audio import load_audio
     from ser.features.cache import FeatureCache
     from ser.features.frames import compute
 
     cache = FeatureCache(cache_root)
-    kind_hash = cfg.kind_hash("logmel")
     out = {}
     for utt, path, sha in rows:
         key = hashlib.sha256(f"{sha}:{condition}:{condition_seed(sha, condition)}".encode()).hexdigest()
-        hit = cache.get("logmel", kind_hash, key)
-        if hit is None:
+        hits = {k: cache.get(k, cfg.kind_hash(k), key) for k in kinds}
+        missing = tuple(k for k, h in hits.items() if h is None)
+        if missing:
             x = degrade_clip(load_audio(path, cfg.sr), cfg.sr, sha, condition, NOISE_DIR)
-            data = compute(x, cfg, ("logmel",))["logmel"]
-            cache.put("logmel", kind_hash, key, {"data": data})
-        else:
-            data = hit["data"]
-        out[utt] = {"logmel": data}
+            computed = compute(x, cfg, missing)
+            for k in missing:
+                cache.put(k, cfg.kind_hash(k), key, {"data": computed[k]})
+                hits[k] = {"data": computed[k]}
+        out[utt] = {k: h["data"] for k, h in hits.items() if h is not None}
     return out
 
 
@@ -199,15 +202,15 @@ def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int
 
 
 def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: bool) -> np.ndarray:
-    from ser.model_folder import trim_bounds
+    from ser.model_folder import input_bounds
     from ser.train.cv import utterance_arrays
     from ser.train.data import ArrayDataset
     from ser.train.predict import predict_proba
 
-    if clean_trim:  # the degraded frames inside the clean clip's trim bounds
+    if clean_trim:  # the degraded frames inside the clean clip's trim bounds (the recipe's own trim)
         xs = []
         for u in ids:
-            lo, hi = trim_bounds(clean_feats[u]["logmel"], spec.trim_db)
+            lo, hi = input_bounds(clean_feats[u], spec.trim, spec.trim_db)
             xs.append(np.ascontiguousarray(test_feats[u]["logmel"][:, lo:hi]))
     else:
         xs = utterance_arrays(spec, test_feats, ids)
@@ -217,6 +220,7 @@ def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: 
 def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> None:
     """Train (or read back) fold ``k`` of ``spec`` and save the test probabilities of every missing condition."""
     from ser.features import FeatureConfig
+    from ser.train.recipes import feature_kinds
 
     fold_dir = RUNS / tag / spec.name / f"fold_{k}"
     fold_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +244,8 @@ def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> 
     cfg = FeatureConfig()
     for condition, clean_trim in todo:
         t0 = time.perf_counter()
-        test_feats = feats if condition == "clean" else _test_features(rows, condition, cfg, RUNS / "test_cache")
+        kinds = tuple(sorted({"logmel"} | feature_kinds([spec])))
+        test_feats = feats if condition == "clean" else _test_features(rows, condition, cfg, RUNS / "test_cache", kinds)
         proba = _predict(model, spec, test_feats, feats, ids, y, classes, clean_trim)
         name = f"{condition}{CLEAN_TRIM if clean_trim else ''}"
         np.savez(fold_dir / f"{name}.npz", proba=proba, y=y, utt_ids=np.array(ids))
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     from ser.data.labels import get_profile
     from ser.data.split import make_splits
     from ser.train.cv import fold_roles, load_frame_features
-    from ser.train.recipes import get_recipe
+    from ser.train.recipes import feature_kinds, get_recipe
 
     torch.set_num_threads(args.threads)
     overrides: dict[str, Any] = {"train": {"epochs": args.epochs}} if args.epochs else {}
@@ -376,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True).manifest
     classes = list(get_profile("ravdess8").classes)
     splits = make_splits(manifest, "ravdess6")
-    feats = load_frame_features(manifest, ("logmel",), cache_dir=CACHE, workers=args.workers, progress=True)
+    kinds = tuple(sorted({"logmel"} | feature_kinds(specs)))  # a vad trim reads the "vad" kind too
+    feats = load_frame_features(manifest, kinds, cache_dir=CACHE, workers=args.workers, progress=True)
     for spec in specs:
         for k in args.folds:
             roles = fold_roles(manifest, splits, k, spec.val_speakers, seed=0)
