@@ -230,10 +230,16 @@ def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> 
         return
     variants = None
     if spec.robust is not None:
+        from ser.model_folder import trim_kinds
         from ser.train.robust import VariantSource, make_robust_config
 
         variants = VariantSource(
-            make_robust_config(spec.robust), cache_dir=CACHE, noise_dir=NOISE_DIR, workers=args.workers, progress=True
+            make_robust_config(spec.robust),
+            kinds=(spec.features, *trim_kinds(spec.trim)),
+            cache_dir=CACHE,
+            noise_dir=NOISE_DIR,
+            workers=args.workers,
+            progress=True,
         )
     model, info = _train_fold(spec, roles, feats, classes, variants, fold_dir, seed=k)
     print(f"{spec.name} fold {k}: trained ({info})", flush=True)

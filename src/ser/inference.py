@@ -143,6 +143,8 @@ class Predictor:
         """Calibrated class probabilities ``(n_classes,)`` (``softmax(logits / temperature)``) of mono float32
         ``audio`` at :attr:`sample_rate`. ``S``: the STFT magnitude of ``audio`` with :meth:`stft_args`, when the
         caller already has it (a stream's overlapping windows)."""
+        if S is None:  # the plain call (subclasses that override proba_and_features(audio) keep working)
+            return self.proba_and_features(audio)[0]
         return self.proba_and_features(audio, S=S)[0]
 
     def stft_args(self) -> dict[str, Any]:
