@@ -232,3 +232,18 @@ def test_ravdess_cv_cut_runs_shorten_a_distilled_recipe_and_its_teacher(ravdess_
     assert facts == {"distilled_from": "cnn+crnn+rnn", "teacher_seconds_per_fold": 150.0}
     assert ravdess_cv.distil_facts([fold({"seconds": 5.0})]) == {}
     assert ravdess_cv.teacher(facts) == " (distilled from cnn+crnn+rnn)" and ravdess_cv.teacher({}) == ""
+
+
+def test_robustness_section_compares_every_recipe_with_the_baseline(robustness, tmp_path, monkeypatch):
+    s = {"uar": 0.5, "uar_ci": [0.4, 0.6], "gender_gap_uar": 0.01}
+    d = {"uar_diff": 0.1, "ci": [0.02, 0.2]}
+    payload = {"machine": "m", "date": "d", "command": "c", "cut": "1 of 6 folds", "folds": [0], "test_actors": "a",
+               "scores": {"cnn": {"clean": s}, "r1": {"clean": s}, "r2": {"clean": s}},
+               "difference": {"r1": {"of": "r1 - cnn", "clean": d}, "r2": {"of": "r2 - cnn"}}}  # fmt: skip
+    written: list[str] = []
+    monkeypatch.setattr(robustness, "RESULTS_JSON", tmp_path / "r.json")
+    monkeypatch.setattr(robustness, "replace_section", lambda heading, text: written.append(text))
+    robustness.write_results(payload)
+    header, _, row = written[0].strip().splitlines()[-3:]
+    assert "| r1 - cnn [95 % CI] | r2 - cnn [95 % CI] |" in header
+    assert row.startswith("| clean | 50.0 [40.0, 60.0] | 1.0 |") and "| +10.0 [+2.0, +20.0] | - | - |" in row
