@@ -320,8 +320,8 @@ def write_results(payload: dict[str, Any]) -> None:
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/robustness.py` "
         f"(`{payload['command']}`). "
         + (
-            f"**Cut run** ({cut}): a screen (one fold pools 4 test actors, so CIs are wide; fewer epochs), not the figures "
-            "of record, which need the full protocol (the script's default). "
+            f"**Cut run** ({cut}): a screen (one fold pools 4 test actors, so CIs are wide; fewer epochs), not the "
+            "figures of record, which need the full protocol (the script's default). "
             if cut
             else ""
         )
