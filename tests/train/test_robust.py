@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,10 +187,9 @@ def test_a_variant_of_a_val_or_test_clip_is_refused():
             training_variants(spec, Recorder(), mixed, list(mixed["train"]["utt_id"]))
 
 
-@pytest.mark.slow
-def test_ser_train_robust_recipe_adds_variants_to_training_folds_only(tmp_path, run_cli):
-    import json
-
+def _tiny_robust_run(tmp_path, **robust) -> tuple[tuple, Path]:
+    """A synthetic corpus's ``ser train`` arguments and a tiny cnn config with one robust variant per clip
+    (``robust``: more fields of the robust config)."""
     import yaml
 
     run = synth_run_dir(tmp_path / "synth", n_speakers=4, per_emotion=2, k=2)
@@ -198,10 +198,18 @@ def test_ser_train_robust_recipe_adds_variants_to_training_folds_only(tmp_path, 
         yaml.safe_dump(
             {"params": {"channels": [4, 8], "convs": [1, 1], "time_pool": [2, 2]},
              "train": {"epochs": 1, "crop_frames": 100}, "val_speakers": 1,
-             "robust": {"copies": 1, **FAST}}
+             "robust": {"copies": 1, **FAST, **robust}}
         )
     )  # fmt: skip
     args = ("train", run / "m" / "manifest.parquet", "--splits", run / "s" / "splits.parquet", "--json")
+    return args, cfg
+
+
+@pytest.mark.slow
+def test_ser_train_robust_recipe_adds_variants_to_training_folds_only(tmp_path, run_cli):
+    import json
+
+    args, cfg = _tiny_robust_run(tmp_path)
     code, _, err = run_cli(
         *args, "--model", "cnn-robust", "--config", cfg, "--out", tmp_path / "run", "--folds", "0", "--workers", "1"
     )
@@ -271,21 +279,11 @@ def test_variants_carry_the_vad_frames_a_vad_trim_reads(tmp_path):
     assert frame_input(v, "logmel", 40.0, trim="vad").shape[0] == 64
 
 
+@pytest.mark.slow
 def test_ser_train_with_vad_trim_and_formant_shifted_variants(tmp_path, run_cli):
     import json
 
-    import yaml
-
-    run = synth_run_dir(tmp_path / "synth", n_speakers=4, per_emotion=2, k=2)
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {"params": {"channels": [4, 8], "convs": [1, 1], "time_pool": [2, 2]},
-             "train": {"epochs": 1, "crop_frames": 100}, "val_speakers": 1,
-             "robust": {"copies": 1, **FAST, "p_formant": 1.0}}
-        )
-    )  # fmt: skip
-    args = ("train", run / "m" / "manifest.parquet", "--splits", run / "s" / "splits.parquet", "--json")
+    args, cfg = _tiny_robust_run(tmp_path, p_formant=1.0)
     out = tmp_path / "run"
     code, _, err = run_cli(*args, "--model", "cnn-robust-vad", "--config", cfg, "--out", out, "--folds", "0")
     assert code == 0, err
