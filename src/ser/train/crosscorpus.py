@@ -172,13 +172,15 @@ def _members(spec: Any) -> list[Any]:
     return [spec] if isinstance(spec, ModelSpec) else members([spec])
 
 
-def _trim_db(member_specs: list[Any]) -> float | None:
+def _trim(member_specs: list[Any]) -> tuple[str, float | None]:
+    """The members' shared silence trim ``(trim, trim_db)``, as the model that ships would apply it."""
     from ser.train.spec import model_input
 
     try:
-        return model_input(member_specs)["trim_db"]
+        inp = model_input(member_specs)
     except ConfigError as exc:  # members that could not ship as one model
         raise SerError(f"cross-corpus: {exc}") from None
+    return inp["trim"], inp["trim_db"]
 
 
 def _summary(ev: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -240,6 +242,7 @@ def neural_cross_corpus(
     from ser.train.cv import FoldOutput, fit_spec, fuse, load_frame_features, utterance_arrays
     from ser.train.data import ArrayDataset
     from ser.train.predict import predict_proba
+    from ser.train.recipes import feature_kinds
     from ser.train.spec import train_config
 
     bad = [m for m in modes if m not in ADAPT_MODES]
@@ -248,12 +251,12 @@ def neural_cross_corpus(
     member_specs = _members(spec)
     if any(m.model == "classical" for m in member_specs):
         raise SerError("neural_cross_corpus trains torch recipes; use cross_corpus for the classical model")
-    trim_db = _trim_db(member_specs)
+    trim, trim_db = _trim(member_specs)
     out_dir = Path(out_dir)
     tr, te, classes, dropped = align(train, test, profile)
     cross_corpus_splits(tr, te)  # the leakage guard: no speaker or content on both sides
     both = pd.concat([tr, te], ignore_index=True)
-    kinds = tuple(sorted({"logmel", *(m.features for m in member_specs)}))
+    kinds = tuple(sorted({"logmel"} | feature_kinds(member_specs)))  # a vad trim reads the "vad" kind too
     feats = load_frame_features(both, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
     tr = tr[tr["utt_id"].isin(feats.keys())].reset_index(drop=True)
     te = te[te["utt_id"].isin(feats.keys())].reset_index(drop=True)
@@ -262,8 +265,8 @@ def neural_cross_corpus(
     y_test = np.array([index[e] for e in te["emotion"]])
     n_mels = int(next(iter(feats.values()))["logmel"].shape[0])
     adaptation = domain_adaptation(
-        [frame_input(feats[u], "logmel", trim_db) for u in tr["utt_id"]],
-        [frame_input(feats[u], "logmel", trim_db) for u in test_ids],
+        [frame_input(feats[u], "logmel", trim_db, trim=trim) for u in tr["utt_id"]],
+        [frame_input(feats[u], "logmel", trim_db, trim=trim) for u in test_ids],
         n_mels,
     )
     probas: dict[str, list[np.ndarray]] = {m: [] for m in modes}
@@ -365,6 +368,7 @@ def joint_corpus(
     from ser.data.labels import apply_profile, get_profile
     from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.train.cv import FoldOutput, cross_validate_members, ensemble_folds, load_frame_features
+    from ser.train.recipes import feature_kinds
 
     member_specs = _members(spec)
     mapped = {n: apply_profile(df, profile)[0] for n, df in corpora.items()}
@@ -374,7 +378,7 @@ def joint_corpus(
         raise SerError(f"profile {profile!r}: the corpora share fewer than two classes ({sorted(shared)})")
     mapped = {n: df[df["emotion"].isin(classes)].reset_index(drop=True) for n, df in mapped.items()}
     pooled = pd.concat(list(mapped.values()), ignore_index=True)
-    kinds = tuple(sorted({"logmel", *(m.features for m in member_specs)}))
+    kinds = tuple(sorted({"logmel"} | feature_kinds(member_specs)))  # a vad trim reads the "vad" kind too
     feats = load_frame_features(pooled, kinds, cache_dir=cache_dir, workers=workers, progress=progress)
     mapped = {n: df[df["utt_id"].isin(feats.keys())].reset_index(drop=True) for n, df in mapped.items()}
     pooled = pd.concat(list(mapped.values()), ignore_index=True)
