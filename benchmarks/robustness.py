@@ -47,6 +47,8 @@ NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 RUNS = HERE / "runs" / "robustness"
 CACHE = HERE / "runs" / "feature_cache"
 RESULTS_JSON = RESULTS_DIR / "robustness.json"
+ADOPT_FROM = (HERE / "runs" / "ravdess_cv", HERE / "runs" / "ray_cv" / "ray", HERE / "runs" / "ray_cv" / "local")
+"""Cross-validation runs whose finished folds a recipe without variants adopts (the same training, not repeated)."""
 
 RECIPES = ("cnn", "cnn-robust")
 """Baseline and the same recipe with robustness augmentation (its ``robust`` field)."""
@@ -178,6 +180,21 @@ def _test_features(
     return out
 
 
+def adopt_cv_fold(spec, roles, n_train: int, ckpt: Path, seed: int) -> Path | None:
+    """Copy the finished checkpoint of the same fold of ``spec`` from a cross-validation run of the benchmarks
+    (:data:`ADOPT_FROM`: ``ravdess_cv.py``, ``ray_cv.py``) into ``ckpt`` when it trained this recipe (fingerprint),
+    seed, validation speakers and training rows (:func:`ser.train.distil.adopt_member` checks each); the fold then
+    resumes finished instead of training again. None when there is none to adopt."""
+    from ser.train.distil import adopt_member
+
+    speakers = {r: sorted(roles[r]["speaker"].unique().tolist()) for r in ("train", "val")}
+    k = int(ckpt.parent.name.removeprefix("fold_"))
+    for run in ADOPT_FROM:
+        if adopt_member(spec, run / spec.name / f"fold_{k}", ckpt, speakers, n_train, seed) is not None:
+            return run / spec.name / f"fold_{k}"
+    return None
+
+
 def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int):
     """The fold's model: read back when saved, else trained (resumable from its checkpoints) and saved."""
     from ser.models.factory import load_model, save_model
@@ -188,6 +205,9 @@ def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int
         return load_model(path)[0], json.loads((fold_dir / "train.json").read_text())
     start = time.perf_counter()
     ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
+    adopted = adopt_cv_fold(spec, roles, len(ids["train"]), fold_dir / "ckpt", seed) if not n_variants else None
+    if adopted is not None:
+        print(f"{spec.name} fold {fold_dir.name}: adopted the cross-validation fold {adopted}", flush=True)
     result, _ = fit_spec(spec, x, y, len(classes), seed, fold_dir / "ckpt", progress=True)
     info = {
         "seconds": round(time.perf_counter() - start, 1),
@@ -195,6 +215,7 @@ def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int
         "n_train_variants": n_variants,
         "epochs_run": int(result.epochs_run),
         "test_speakers": sorted(roles["test"]["speaker"].unique().tolist()),
+        **({"adopted_from": str(adopted.relative_to(HERE))} if adopted is not None else {}),
     }
     save_model(path, result.model, {"classes": classes, "spec": spec.fingerprint()})
     (fold_dir / "train.json").write_text(json.dumps(info, indent=2))
