@@ -34,12 +34,14 @@ from ser.data.ingest import ingest
 from ser.data.labels import get_profile
 from ser.data.split import make_splits
 from ser.evaluate import aggregate_folds, evaluate_predictions, uar_score
+from ser.jobs.train import FeatureSource
 from ser.models.factory import benchmark_forward, build_model
 from ser.train.cv import cross_validate, ensemble_folds, load_frame_features
 from ser.train.recipes import RECIPES, feature_kinds, members
 from ser.train.spec import EnsembleSpec, ModelSpec
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
+NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 RUNS = HERE / "runs" / "ravdess_cv"
 CACHE = HERE / "runs" / "feature_cache"
 RESULTS_JSON = RESULTS_DIR / "ravdess_cv.json"
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         uar = uar_score(out.y, out.proba.argmax(1))
         print(f"{name} fold {k}: UAR {uar:.3f} ({out.info.get('seconds')} s)", flush=True)
 
+    # a robust recipe's variants: rendered from the training noises and cached beside the features, as
+    # benchmarks/robustness.py renders them (its folds are saved here too, so a recipe it ran is not trained again)
+    variants_of = FeatureSource(cache_dir=CACHE, workers=args.workers, progress=True, noise_dir=NOISE_DIR).variants
     outputs, rows = {}, []
     previous = {r["model"]: r for r in json.loads(RESULTS_JSON.read_text())} if RESULTS_JSON.exists() else {}
     for spec in specs:
@@ -180,7 +185,18 @@ def main(argv: list[str] | None = None) -> int:
             infer = sum(r["infer_ms_per_3s_clip"] or 0 for r in rows if r["model"] in spec.members)
             rows.append(summarise(spec.name, outs, classes, n_params, round(infer, 2)))
         else:
-            outs = cross_validate(manifest, splits, spec, feats, classes, runs, folds=folds, progress=False, log=log)
+            outs = cross_validate(
+                manifest,
+                splits,
+                spec,
+                feats,
+                classes,
+                runs,
+                folds=folds,
+                progress=False,
+                log=log,
+                variants=variants_of(spec),
+            )
             outputs[spec.name] = outs
             n_params, infer = outs[0].info.get("n_params"), None
             if spec.model != "classical":

@@ -47,7 +47,9 @@ NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 RUNS = HERE / "runs" / "robustness"
 CACHE = HERE / "runs" / "feature_cache"
 RESULTS_JSON = RESULTS_DIR / "robustness.json"
-ADOPT_FROM = (HERE / "runs" / "ravdess_cv", HERE / "runs" / "ray_cv" / "ray", HERE / "runs" / "ray_cv" / "local")
+CV_RUNS = HERE / "runs" / "ravdess_cv"
+"""``benchmarks/ravdess_cv.py``'s fold folder: a full-protocol fold trained here is saved there too."""
+ADOPT_FROM = (CV_RUNS, HERE / "runs" / "ray_cv" / "ray", HERE / "runs" / "ray_cv" / "local")
 """Cross-validation runs whose finished folds a recipe without variants adopts (the same training, not repeated)."""
 
 RECIPES = ("cnn", "cnn-robust")
@@ -248,20 +250,12 @@ def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> 
     wanted = [(c, False) for c in args.conditions] + [(c, True) for c in args.conditions if c.startswith("noise")]
     todo = [(c, t) for c, t in wanted if not (fold_dir / f"{c}{CLEAN_TRIM if t else ''}.npz").is_file()]
     if not todo:
+        if tag == "full":
+            save_cv_fold(spec, k, fold_dir, roles)
         return
-    variants = None
-    if spec.robust is not None:
-        from ser.model_folder import trim_kinds
-        from ser.train.robust import VariantSource, make_robust_config
+    from ser.jobs.train import FeatureSource
 
-        variants = VariantSource(
-            make_robust_config(spec.robust),
-            kinds=(spec.features, *trim_kinds(spec.trim)),
-            cache_dir=CACHE,
-            noise_dir=NOISE_DIR,
-            workers=args.workers,
-            progress=True,
-        )
+    variants = FeatureSource(cache_dir=CACHE, workers=args.workers, progress=True, noise_dir=NOISE_DIR).variants(spec)
     model, info = _train_fold(spec, roles, feats, classes, variants, fold_dir, seed=k)
     print(f"{spec.name} fold {k}: trained ({info})", flush=True)
     test = roles["test"][roles["test"]["utt_id"].isin(feats)]
@@ -278,6 +272,36 @@ def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> 
         np.savez(fold_dir / f"{name}.npz", proba=proba, y=y, utt_ids=np.array(ids))
         uar = float(np.mean([np.mean(proba[y == c].argmax(1) == c) for c in np.unique(y)]))
         print(f"  {name}: UAR {uar:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if tag == "full":
+        save_cv_fold(spec, k, fold_dir, roles)
+
+
+def save_cv_fold(spec, k: int, fold_dir: Path, roles) -> None:
+    """Save fold ``k``'s clean test predictions as fold ``k`` of ``benchmarks/ravdess_cv.py``'s run of ``spec``
+    (:func:`ser.train.cv.save_fold`, with the recipe's fingerprint): the clean condition of a full-protocol fold
+    here is that protocol's fold (same split, seed ``k``, training rows and variants), so ``ravdess_cv.py --models
+    <recipe>`` reads it back instead of training it again. A fold adopted from there, one already saved there, or
+    one without its clean predictions is left alone."""
+    from ser.models.factory import load_model
+    from ser.train.cv import FoldOutput, load_fold, save_fold
+
+    info = json.loads((fold_dir / "train.json").read_text())
+    clean = fold_dir / "clean.npz"
+    if "adopted_from" in info or not clean.is_file() or load_fold(CV_RUNS, spec.name, k) is not None:
+        return
+    with np.load(clean) as z:
+        proba, y, ids = z["proba"], z["y"], [str(u) for u in z["utt_ids"]]
+    facts = {
+        **info,
+        "spec": spec.fingerprint(),
+        "n_params": int(load_model(fold_dir / "model.pt")[0].n_params()),
+        "device": info.get("device", "cpu"),
+        "n_test": len(y),
+        "n_val": len(roles["val"]),
+        "val_speakers": sorted(roles["val"]["speaker"].unique().tolist()),
+        "trained_by": f"benchmarks/robustness.py ({fold_dir.relative_to(HERE)})",
+    }
+    save_fold(CV_RUNS, spec.name, k, FoldOutput(proba, y, ids, facts))
 
 
 def trim_stats(args, test_rows, feats, top_db: float | None) -> dict[str, Any]:

@@ -165,6 +165,9 @@ def test_only_training_clips_get_variants_and_they_keep_their_label():
     assert y["train"][len(train_ids) :].tolist() == expected
     # a recipe without `robust` asks for nothing
     assert training_variants(get_recipe("cnn"), source, roles, train_ids) == ([], [])
+    # a robust recipe without a source would train as its plain twin under the robust name: refused
+    with pytest.raises(ConfigError, match="no variant source"):
+        training_variants(spec, None, roles, train_ids)
 
 
 def test_a_variant_of_a_val_or_test_clip_is_refused():

@@ -103,15 +103,21 @@ def training_variants(
     Only the training rows (``roles["train"]`` restricted to ``train_ids``) are ever handed to ``variants``, so a
     validation or test clip cannot get a variant; what comes back is checked anyway: a variant of a clip outside
     ``train_ids`` is a :class:`~ser.errors.LeakageError`, and the variants, as augmented rows of their clip's
-    speaker, go through :func:`~ser.data.split.check_leakage` with every role. ``([], [])`` when ``variants`` is
-    None or the recipe has no ``robust`` field.
+    speaker, go through :func:`~ser.data.split.check_leakage` with every role. ``([], [])`` when the recipe has no
+    ``robust`` field; a ``robust`` recipe without a variant source is a :class:`~ser.errors.ConfigError` (it would
+    train as its recipe without the augmentation, under the augmented recipe's name).
     """
     from ser.data.split import check_leakage
     from ser.errors import LeakageError
     from ser.features import FRAME_KINDS
 
-    if variants is None or spec.robust is None:
+    if spec.robust is None:
         return [], []
+    if variants is None:
+        raise ConfigError(
+            f"recipe {spec.name} trains on robustness variants, but no variant source was given (the noise "
+            "recordings and the variant cache: ser.jobs.train.FeatureSource.variants)"
+        )
     if spec.model == "classical" or spec.features not in FRAME_KINDS:
         raise ConfigError(f"recipe {spec.name}: robust variants need a torch model on frame features")
     train = roles["train"][roles["train"]["utt_id"].isin(set(train_ids))].reset_index(drop=True)

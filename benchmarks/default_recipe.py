@@ -1,0 +1,215 @@
+"""The default recipe, by one rule: among the recipes of the robustness benchmark that serve a 3 s clip in at most
+10 ms on one core, the one with the best mean UAR over its clean and degraded test conditions.
+
+Usage (after ``benchmarks/robustness.py``, whose ``robustness.json`` it reads; on an otherwise idle machine, since it
+times the serving path)::
+
+    .venv/bin/python benchmarks/default_recipe.py
+
+Serving cost: each candidate's fold-0 model of that robustness run is exported into a model folder
+(:func:`ser.export.write_model_folder`, with the recipe's own trim) and the whole serving path is timed on a real
+3 s RAVDESS clip: :class:`ser.inference.Predictor` with one onnxruntime thread, decoding excluded, features, trim
+and the network included (median of 50 calls after 5 warm-up calls). The mean UAR is over the conditions of the
+run (clean, telephone, held-out noises at 10 and 0 dB, an unseen room, MP3), each clip counted once per condition;
+the "clean trim" rows are diagnostics and do not count. The cross-corpus UAR of the chosen recipe is reported
+beside it when ``cross_corpus.json`` has a full (not cut) neural row for it.
+
+Results: ``benchmarks/results/default_recipe.json`` and the "Default recipe" section of ``benchmarks/RESULTS.md``.
+``configs/ravdess.yaml`` names the chosen recipe (a test checks they agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+
+RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
+ROBUSTNESS_JSON = RESULTS_DIR / "robustness.json"
+CROSS_CORPUS_JSON = RESULTS_DIR / "cross_corpus.json"
+RESULTS_JSON = RESULTS_DIR / "default_recipe.json"
+LIMIT_MS = 10.0
+"""The serving budget of the rule: a 3 s clip on one core."""
+CLIP = "Actor_01/03-01-05-01-01-01-01.flac"
+"""The clip timed (an angry utterance of actor 1, cut or padded to 3 s)."""
+
+
+# ---- pure parts ------------------------------------------------------------------------------------------------
+
+
+def mean_uar(scores: dict[str, Any], conditions: list[str]) -> float:
+    """The mean of a recipe's UAR over ``conditions`` (every one must be scored)."""
+    missing = [c for c in conditions if c not in scores]
+    if missing:
+        raise SystemExit(f"robustness.json lacks condition(s) {', '.join(missing)}")
+    return float(np.mean([scores[c]["uar"] for c in conditions]))
+
+
+def choose(mean: dict[str, float], serve_ms: dict[str, float], limit_ms: float = LIMIT_MS) -> str:
+    """The recipe with the best ``mean`` UAR among those with ``serve_ms <= limit_ms`` (ties: the first given)."""
+    eligible = [r for r in mean if serve_ms[r] <= limit_ms]
+    if not eligible:
+        raise SystemExit(f"no recipe serves a 3 s clip in {limit_ms} ms: {serve_ms}")
+    return max(eligible, key=lambda r: mean[r])
+
+
+# ---- measurement -----------------------------------------------------------------------------------------------
+
+
+def serve_ms(model_pt: Path, spec: Any, classes: list[str], clip: np.ndarray, repeats: int = 50) -> float:
+    """Median ms of :meth:`Predictor.predict_proba` on ``clip`` (one onnxruntime thread) for the model saved at
+    ``model_pt`` exported with ``spec``'s trim."""
+    from ser.export import write_model_folder
+    from ser.features import FeatureConfig
+    from ser.inference import Predictor
+    from ser.models.factory import load_model
+
+    model = load_model(model_pt)[0].eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_model_folder(
+            Path(tmp) / "m", model, labels=classes, feature_config=FeatureConfig(), trim=spec.trim, trim_db=spec.trim_db
+        )
+        pred = Predictor(folder, threads=1)
+        for _ in range(5):
+            pred.predict_proba(clip)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            pred.predict_proba(clip)
+            times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
+
+
+def cross_corpus_rows(recipe: str, path: Path = CROSS_CORPUS_JSON) -> list[dict[str, Any]]:
+    """``{train, test, adaptation, uar, uar_ci}`` of each cross-corpus row of ``recipe``'s full (not cut) neural
+    run in ``cross_corpus.json`` (key ``neural[recipe]``); [] when there is none."""
+    if not path.is_file():
+        return []
+    run = json.loads(path.read_text()).get("neural", {}).get(recipe)
+    if not isinstance(run, dict) or run.get("cut"):
+        return []
+    return [
+        {
+            "train": "+".join(r["train_corpora"]),
+            "test": "+".join(r["test_corpora"]),
+            "adaptation": r.get("adaptation", "none"),
+            "uar": r["uar"],
+            "uar_ci": [r["ci"]["uar"]["low"], r["ci"]["uar"]["high"]],
+        }
+        for r in run.get("cross_corpus", [])
+    ]
+
+
+def write_results(payload: dict[str, Any]) -> None:
+    RESULTS_JSON.write_text(json.dumps(payload, indent=2) + "\n")
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        "## Default recipe",
+        "",
+        f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/default_recipe.py` from "
+        f"`robustness.json` ({payload['robustness_run']}). Rule: among the recipes that serve a 3 s clip in at most "
+        f"{payload['limit_ms']:g} ms on one core (the whole serving path, one onnxruntime thread, median of 50 on a "
+        "real clip; load average before timing "
+        f"{payload['load_before_timing']:.2f}), the best mean UAR over the clean and degraded conditions. "
+        + (
+            f"**Provisional**: the robustness run is cut ({payload['robustness_cut']}). "
+            if payload["robustness_cut"]
+            else ""
+        )
+        + f"Chosen: **{payload['chosen']}** (`configs/ravdess.yaml`).",
+        "",
+        "| recipe | mean UAR over conditions | clean UAR | serve ms / 3 s clip | within budget |",
+        "|---|---|---|---|---|",
+    ]
+    for c in payload["candidates"]:
+        lines.append(
+            f"| {c['recipe']}{' (chosen)' if c['recipe'] == payload['chosen'] else ''} | {pct(c['mean_uar'])} | "
+            f"{pct(c['clean_uar'])} | {c['serve_ms']:.2f} | {'yes' if c['eligible'] else 'no'} |"
+        )
+    cc = payload["cross_corpus"]
+    rows = "; ".join(
+        f"{r['train']} → {r['test']} ({r['adaptation']}) {pct(r['uar'])} [{pct(r['uar_ci'][0])}, {pct(r['uar_ci'][1])}]"
+        for r in cc
+    )
+    lines += [
+        "",
+        f"Cross-corpus UAR (4 classes) of {payload['chosen']}: "
+        + (rows or "not measured yet (no full neural run of it in `cross_corpus.json`)."),
+    ]
+    replace_section("## Default recipe", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit-ms", type=float, default=LIMIT_MS)
+    args = ap.parse_args(argv)
+    import torch
+
+    from ser.audio import load_audio
+    from ser.data.labels import get_profile
+    from ser.train.recipes import get_recipe
+
+    torch.set_num_threads(1)
+    rob = json.loads(ROBUSTNESS_JSON.read_text())
+    conditions = list(rob["conditions"])
+    tag = "full" if not rob.get("cut") or "epochs" not in rob["cut"] else None
+    if tag is None:
+        raise SystemExit("robustness.json comes from a run with other epochs than the recipes': rerun it first")
+    classes = list(get_profile("ravdess8").classes)
+    clip = load_audio(RAVDESS / CLIP, 16000)
+    clip = np.pad(clip, (0, max(0, 48000 - len(clip))))[:48000].astype(np.float32)
+    load = os.getloadavg()[0]
+    candidates = []
+    for recipe, scores in rob["scores"].items():
+        spec = get_recipe(recipe)
+        if spec.fingerprint() != rob["recipes"][recipe]["fingerprint"]:
+            raise SystemExit(f"{recipe}: the recipe changed since robustness.json was written; rerun it")
+        fold = min(rob["folds"])
+        ms = serve_ms(HERE / "runs" / "robustness" / tag / recipe / f"fold_{fold}" / "model.pt", spec, classes, clip)
+        candidates.append(
+            {
+                "recipe": recipe,
+                "mean_uar": mean_uar(scores, conditions),
+                "clean_uar": scores["clean"]["uar"],
+                "uar_by_condition": {c: scores[c]["uar"] for c in conditions},
+                "serve_ms": ms,
+            }
+        )
+        print(f"{recipe}: mean UAR {candidates[-1]['mean_uar']:.3f}, {ms:.2f} ms per 3 s clip", flush=True)
+    chosen = choose(
+        {c["recipe"]: c["mean_uar"] for c in candidates},
+        {c["recipe"]: c["serve_ms"] for c in candidates},
+        args.limit_ms,
+    )
+    for c in candidates:
+        c["eligible"] = c["serve_ms"] <= args.limit_ms
+    payload = {
+        "benchmark": "default_recipe",
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "limit_ms": args.limit_ms,
+        "load_before_timing": load,
+        "robustness_run": f"{rob['command']}, {rob['date']}, folds {rob['folds']}",
+        "robustness_cut": rob.get("cut"),
+        "conditions": conditions,
+        "candidates": candidates,
+        "chosen": chosen,
+        "cross_corpus": cross_corpus_rows(chosen),
+    }
+    write_results(payload)
+    print(f"chosen: {chosen}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

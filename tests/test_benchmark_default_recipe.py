@@ -1,0 +1,117 @@
+"""The default-recipe rule (benchmarks/default_recipe.py) and the hand-over of robustness folds to the 6-fold
+protocol's run folder (benchmarks/robustness.py): pure parts and file formats, no training."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    loaded = {name: importlib.import_module(name) for name in ("default_recipe", "robustness")}
+    yield loaded
+    for name in loaded:
+        sys.modules.pop(name, None)
+
+
+def test_the_rule_takes_the_best_mean_within_the_serving_budget(bench):
+    dr = bench["default_recipe"]
+    mean = {"cnn": 0.40, "cnn-robust": 0.56, "cnn-robust-vad": 0.58, "ensemble": 0.60}
+    ms = {"cnn": 7.9, "cnn-robust": 7.9, "cnn-robust-vad": 8.4, "ensemble": 24.9}
+    assert dr.choose(mean, ms) == "cnn-robust-vad"  # the ensemble is better but over 10 ms
+    assert dr.choose(mean, ms, limit_ms=30.0) == "ensemble"
+    assert dr.choose(mean, {**ms, "cnn-robust-vad": 10.5}) == "cnn-robust"
+    with pytest.raises(SystemExit, match="no recipe serves"):
+        dr.choose(mean, ms, limit_ms=1.0)
+
+
+def test_the_mean_is_over_the_named_conditions_only(bench):
+    dr = bench["default_recipe"]
+    scores = {"clean": {"uar": 0.7}, "telephone": {"uar": 0.5}, "noise-10db:factory1|clean trim": {"uar": 0.0}}
+    assert dr.mean_uar(scores, ["clean", "telephone"]) == pytest.approx(0.6)
+    with pytest.raises(SystemExit, match="reverb"):
+        dr.mean_uar(scores, ["clean", "reverb:0.7@7"])
+
+
+def test_cross_corpus_rows_skip_cut_runs(bench, tmp_path):
+    dr = bench["default_recipe"]
+    row = {
+        "train_corpora": ["ravdess"],
+        "test_corpora": ["emodb"],
+        "adaptation": "none",
+        "uar": 0.41,
+        "ci": {"uar": {"low": 0.35, "high": 0.47}},
+    }
+    path = tmp_path / "cc.json"
+    path.write_text(json.dumps({"neural": {"cnn-robust": {"cut": {"epochs": 1}, "cross_corpus": [row]}}}))
+    assert dr.cross_corpus_rows("cnn-robust", path) == []
+    path.write_text(json.dumps({"neural": {"cnn-robust": {"cut": None, "cross_corpus": [row]}}}))
+    assert dr.cross_corpus_rows("cnn-robust", path) == [
+        {"train": "ravdess", "test": "emodb", "adaptation": "none", "uar": 0.41, "uar_ci": [0.35, 0.47]}
+    ]
+    assert dr.cross_corpus_rows("cnn", path) == [] and dr.cross_corpus_rows("cnn", tmp_path / "none.json") == []
+
+
+def test_the_pipeline_config_uses_the_recorded_default():
+    recorded = ROOT / "benchmarks" / "results" / "default_recipe.json"
+    if not recorded.is_file():
+        pytest.skip("the default-recipe rule has not been run yet")
+    chosen = json.loads(recorded.read_text())["chosen"]
+    config = yaml.safe_load((ROOT / "configs" / "ravdess.yaml").read_text())
+    assert config["train"]["model"] == chosen
+
+
+def test_a_full_robustness_fold_is_handed_to_the_cv_protocol(bench, tmp_path, monkeypatch):
+    from ser.models.factory import build_model, save_model
+    from ser.train.cv import load_fold
+    from ser.train.recipes import get_recipe
+
+    rob = bench["robustness"]
+    monkeypatch.setattr(rob, "CV_RUNS", tmp_path / "cv")
+    monkeypatch.setattr(rob, "HERE", tmp_path)
+    spec = get_recipe("cnn-robust")
+    fold = tmp_path / "robustness" / "full" / spec.name / "fold_2"
+    fold.mkdir(parents=True)
+    save_model(fold / "model.pt", build_model("cnn", 8, 64, **spec.params), {"spec": spec.fingerprint()})
+    info = {"seconds": 10.0, "n_train": 3, "n_train_variants": 6, "epochs_run": 15, "test_speakers": ["t"]}
+    (fold / "train.json").write_text(json.dumps(info))
+    roles = {"val": pd.DataFrame({"speaker": pd.Series([], dtype=str)})}
+    rob.save_cv_fold(spec, 2, fold, roles)
+    assert load_fold(tmp_path / "cv", spec.name, 2) is None  # no clean predictions yet: nothing handed over
+    proba = np.full((2, 8), 1 / 8)
+    np.savez(fold / "clean.npz", proba=proba, y=np.array([0, 1]), utt_ids=np.array(["a", "b"]))
+    rob.save_cv_fold(spec, 2, fold, roles)
+    out = load_fold(tmp_path / "cv", spec.name, 2)
+    assert out is not None and out.utt_ids == ["a", "b"] and np.array_equal(out.proba, proba)
+    assert out.info["spec"] == spec.fingerprint() and out.info["n_train_variants"] == 6
+    assert out.info["n_params"] > 0 and out.info["trained_by"].startswith("benchmarks/robustness.py")
+    # a fold adopted from a cross-validation run is not handed back to it
+    (fold / "train.json").write_text(json.dumps({**info, "adopted_from": "runs/ray_cv/ray/cnn/fold_2"}))
+    other = tmp_path / "robustness" / "full" / spec.name / "fold_3"
+    other.mkdir()
+    for f in ("model.pt", "train.json", "clean.npz"):
+        (other / f).write_bytes((fold / f).read_bytes())
+    rob.save_cv_fold(spec, 3, other, roles)
+    assert load_fold(tmp_path / "cv", spec.name, 3) is None
+
+
+def test_no_cv_fold_to_adopt_means_training(bench, tmp_path, monkeypatch):
+    from ser.train.recipes import get_recipe
+
+    rob = bench["robustness"]
+    monkeypatch.setattr(rob, "ADOPT_FROM", (tmp_path / "nothing",))
+    roles = {r: pd.DataFrame({"speaker": ["a"]}) for r in ("train", "val")}
+    assert rob.adopt_cv_fold(get_recipe("cnn"), roles, 10, tmp_path / "fold_0" / "ckpt", 0) is None
+    assert not (tmp_path / "fold_0" / "ckpt").exists()
