@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -404,3 +405,15 @@ def test_relative_source_paths_are_relative_to_the_config_file(tmp_path):
     )
     src = load_config(cfg_file).data.all_sources()[0]
     assert src.path == str(tmp_path / "clips") and src.log == str(tmp_path / "runs" / "monitor")
+
+
+def test_the_noise_folder_is_relative_to_the_config_file_and_reaches_the_variants(tmp_path):
+    from ser.pipeline.stages import _features
+    from ser.train.recipes import get_recipe
+
+    cfg = load_config(_write_cfg(tmp_path / "p.yaml", {"train": {"model": "cnn-robust", "noise_dir": "noise"}}))
+    assert cfg.train.noise_dir == str(tmp_path / "noise")
+    assert load_config(_write_cfg(tmp_path / "q.yaml", {})).train.noise_dir is None  # then $SER_NOISE_DIR
+    ctx = SimpleNamespace(workdir=tmp_path / "w", cfg=cfg, progress=False)
+    source = _features(ctx).variants(get_recipe("cnn-robust"))
+    assert source is not None and source.noise_dir == tmp_path / "noise"

@@ -163,6 +163,11 @@ class TrainSection(_Section):
     ray_address: str = Field(
         "local", min_length=1, description="executor ray: local (start Ray here), auto (running cluster), HOST:PORT"
     )
+    noise_dir: str | None = Field(
+        None,
+        description="the noise recordings a robust recipe's training variants mix in (relative to the config file); "
+        "unset: $SER_NOISE_DIR",
+    )
 
 
 class EvaluateConfig(_Section):
@@ -251,7 +256,7 @@ def load_config(path: str | Path | None) -> PipelineConfig:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of sections (data, split, train, ...)")
     cfg = parse_config(data, str(p))
-    # relative corpus paths are relative to the config file
+    # relative corpus and noise paths are relative to the config file
     data_update: dict[str, Any] = {}
     if _relative(cfg.data.path):
         data_update["path"] = _resolve(p, cfg.data.path)
@@ -262,6 +267,10 @@ def load_config(path: str | Path | None) -> PipelineConfig:
         ]
     if data_update:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=data_update)})
+    if _relative(cfg.train.noise_dir):
+        cfg = cfg.model_copy(
+            update={"train": cfg.train.model_copy(update={"noise_dir": _resolve(p, cfg.train.noise_dir)})}
+        )
     return cfg
 
 

@@ -87,6 +87,7 @@ def _features(ctx: StageContext) -> FeatureSource:
         ctx.cfg.workers,
         progress=ctx.progress,
         executor=_executor(ctx.cfg),
+        noise_dir=None if ctx.cfg.train.noise_dir is None else Path(ctx.cfg.train.noise_dir),
     )
 
 
