@@ -117,7 +117,8 @@ def write_results(payload: dict[str, Any]) -> None:
         "## Default recipe",
         "",
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/default_recipe.py` from "
-        f"`robustness.json` ({payload['robustness_run']}). Rule: among the recipes that serve a 3 s clip in at most "
+        f"`{payload['robustness_file']}` ({payload['robustness_run']}). Rule: among the recipes that serve a 3 s "
+        "clip in at most "
         f"{payload['limit_ms']:g} ms on one core (the whole serving path, one onnxruntime thread, median of 50 on a "
         "real clip; load average before timing "
         f"{payload['load_before_timing']:.2f}), the best mean UAR over the clean and degraded conditions. "
@@ -152,6 +153,12 @@ def write_results(payload: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit-ms", type=float, default=LIMIT_MS)
+    ap.add_argument(
+        "--robustness",
+        type=Path,
+        default=ROBUSTNESS_JSON,
+        help="the robustness results the candidates come from (robustness.json, or a screen: robustness_screen.json)",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from ser.train.recipes import get_recipe
 
     torch.set_num_threads(1)
-    rob = json.loads(ROBUSTNESS_JSON.read_text())
+    rob = json.loads(args.robustness.read_text())
     conditions = list(rob["conditions"])
     tag = "full" if not rob.get("cut") or "epochs" not in rob["cut"] else None
     if tag is None:
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "limit_ms": args.limit_ms,
         "load_before_timing": load,
+        "robustness_file": args.robustness.name,
         "robustness_run": f"{rob['command']}, {rob['date']}, folds {rob['folds']}",
         "robustness_cut": rob.get("cut"),
         "conditions": conditions,

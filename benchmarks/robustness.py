@@ -353,14 +353,22 @@ def collect(args, tag, manifest, classes) -> dict[str, Any]:
     return {"scores": results, "difference": diffs}
 
 
-def write_results(payload: dict[str, Any]) -> None:
-    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps(payload, indent=2) + "\n")
+SCREEN_JSON = RESULTS_DIR / "robustness_screen.json"
+"""``--screen``: a comparison of candidate recipes on some folds (the issue's "screen on 2-3 folds"), kept beside the
+figures of record of ``robustness.json`` instead of replacing them."""
+SECTIONS = {False: "## Robustness", True: "## Recipe screen under degraded test conditions"}
+
+
+def write_results(payload: dict[str, Any], screen: bool = False) -> None:
+    path = SCREEN_JSON if screen else RESULTS_JSON
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
     scores, recipes = payload["scores"], list(payload["scores"])
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     cut = payload["cut"]
     lines = [
-        "## Robustness: RAVDESS-8 under degraded test conditions",
+        SECTIONS[screen]
+        + (": candidates for the default recipe" if screen else ": RAVDESS-8 under degraded test conditions"),
         "",
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/robustness.py` "
         f"(`{payload['command']}`). "
@@ -398,7 +406,7 @@ def write_results(payload: dict[str, Any]) -> None:
         trim = "-" if t is None else f"{100 * t['kept']:.0f} % ({t['iou_clean']:.2f})"
         label = name.replace("|", "\\|")  # the clean-trim suffix's bar, escaped in a Markdown cell
         lines.append(f"| {label} | " + " | ".join([*cells, *diffs]) + f" | {trim} |")
-    replace_section("## Robustness", "\n".join(lines) + "\n")
+    replace_section(SECTIONS[screen], "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--screen",
+        action="store_true",
+        help="write robustness_screen.json and its own section (a comparison of candidates), not the record",
+    )
     args = ap.parse_args(argv)
     args.folds = [int(f) for f in args.folds.split(",")]
     args.recipes = args.recipes.split(",")
@@ -473,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_test_noises": ["factory1", "icra5_speechlike"],
         **payload,
     }
-    write_results(payload)
+    write_results(payload, screen=args.screen)
     print(json.dumps(payload["difference"], indent=1))
     return 0
 

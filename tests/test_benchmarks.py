@@ -247,3 +247,19 @@ def test_robustness_section_compares_every_recipe_with_the_baseline(robustness, 
     header, _, row = written[0].strip().splitlines()[-3:]
     assert "| r1 - cnn [95 % CI] | r2 - cnn [95 % CI] |" in header
     assert row.startswith("| clean | 50.0 [40.0, 60.0] | 1.0 |") and "| +10.0 [+2.0, +20.0] | - | - |" in row
+
+
+def test_a_robustness_screen_keeps_the_record_and_its_section(robustness, tmp_path, monkeypatch):
+    s = {"uar": 0.5, "uar_ci": [0.4, 0.6], "gender_gap_uar": 0.01}
+    payload = {"machine": "m", "date": "d", "command": "c", "cut": "3 of 6 folds", "folds": [0, 1, 2],
+               "test_actors": "a", "scores": {"cnn": {"clean": s}}, "difference": {}}  # fmt: skip
+    sections: list[str] = []
+    monkeypatch.setattr(robustness, "RESULTS_JSON", tmp_path / "r.json")
+    monkeypatch.setattr(robustness, "SCREEN_JSON", tmp_path / "screen.json")
+    monkeypatch.setattr(robustness, "replace_section", lambda heading, text: sections.append(heading))
+    robustness.write_results(payload, screen=True)
+    assert (tmp_path / "screen.json").is_file() and not (tmp_path / "r.json").exists()
+    robustness.write_results(payload)
+    assert (tmp_path / "r.json").is_file()
+    # neither heading is a prefix of the other (replace_section matches by prefix)
+    assert len(set(sections)) == 2 and not any(a != b and b.startswith(a) for a in sections for b in sections)
