@@ -184,8 +184,8 @@ def logmel_rows(kind: str, feature_config: Mapping[str, Any]) -> tuple[int, int]
 def read_adaptation(model_dir: str | Path, meta: Mapping[str, Any]) -> Adaptation | None:
     """The input-row map a model folder serves with: None when ``meta`` (its ``metadata.json``) has no
     ``adaptation`` entry, or when its adaptation is AdaBN (method ``batchnorm``, :mod:`ser.adabn`: re-estimated
-    batch-norm statistics written into ``model.onnx``, nothing to apply to the input); a missing or invalid :data:`ADAPTATION_FILE` under an entry is a :class:`SerError`
-    (serving it silently unadapted would hide it)."""
+    batch-norm statistics written into ``model.onnx``, nothing to apply to the input); a missing or invalid
+    :data:`ADAPTATION_FILE` under an entry is a :class:`SerError` (serving it silently unadapted would hide it)."""
     entry = meta.get("adaptation")
     if entry is None:
         return None

@@ -63,7 +63,7 @@ def _torch_adabn(model, clips, sequential: bool = True) -> list[tuple[np.ndarray
     measured = []
     for bn in _bns(model):
         seen: list[torch.Tensor] = []
-        h = bn.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().double()))
+        h = bn.register_forward_hook(lambda _m, inp, _out, seen=seen: seen.append(inp[0].detach().double()))
         with torch.no_grad():
             for x in clips:
                 model(torch.from_numpy(x[None]))
@@ -178,8 +178,9 @@ def test_adapting_on_the_statistics_own_data_changes_nothing(tmp_path, one_torch
     # the input is standardised per utterance, which cancels it)
     kernel = np.exp(-np.arange(12) / 4.0)
     other = [
-        np.maximum(np.apply_along_axis(lambda r: np.convolve(r, kernel / kernel.sum())[: r.size], 1, x), -40.0)
-        .astype(np.float32)
+        np.maximum(np.apply_along_axis(lambda r: np.convolve(r, kernel / kernel.sum())[: r.size], 1, x), -40.0).astype(
+            np.float32
+        )
         for x in source
     ]
     moved, moved_layers = adapt_batchnorm(graph, [x[None] for x in other], input_name=INPUT_NAME)
@@ -251,9 +252,10 @@ def test_cli_adapts_batchnorm_end_to_end(utterance_folder, tmp_path, run_cli):
     # the folder serves the adapted graph, with no input map; its statistics are those of the deployment
     base, adapted = Predictor(utterance_folder["model"]), Predictor(out)
     assert adapted.adaptation is None
-    assert _bn_stats(onnx.load(str(out / MODEL_FILE)))[0][0].tolist() != _bn_stats(
-        onnx.load(str(utterance_folder["model"] / MODEL_FILE))
-    )[0][0].tolist()
+    assert (
+        _bn_stats(onnx.load(str(out / MODEL_FILE)))[0][0].tolist()
+        != _bn_stats(onnx.load(str(utterance_folder["model"] / MODEL_FILE)))[0][0].tolist()
+    )
     f0 = utterance_folder["files"][0]
     assert np.abs(adapted.predict_file(f0).probabilities["a"] - base.predict_file(f0).probabilities["a"]) > 1e-4
     # the first layer's statistics are the pooled statistics of its input over the served model inputs

@@ -216,9 +216,10 @@ def adapt_cmd(
             "training deviations on average)"
         )
     else:
+        rows = res.rows or (0, 0)
         console.print(
             f"{res.path}: adapted to {res.target!r} from {res.files} file(s), {res.seconds:.1f} s of audio "
-            f"(rows {res.rows[0]}–{res.rows[1] - 1}; training statistics: {res.source}); "
+            f"(rows {rows[0]}–{rows[1] - 1}; training statistics: {res.source}); "
             f"mean row offset {res.shift_db:.2f} dB"
         )
     if res.invariant:

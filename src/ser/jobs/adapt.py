@@ -132,8 +132,9 @@ def choose_method(method: str, utterance_norm: bool, has_bn: bool) -> str:
         raise ConfigError(f"adaptation method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "batchnorm" and not has_bn:
         raise ConfigError(
-            "batchnorm adaptation: the graph has no BatchNormalization node (folded into its convolutions at export, "
-            "as in folders exported before ser kept them); re-export the model from its checkpoint, or use --method rows"
+            "batchnorm adaptation: the graph has no BatchNormalization node (folded into its convolutions at "
+            "export, as in folders exported before ser kept them); re-export the model from its checkpoint, or use "
+            "--method rows"
         )
     if method == "auto":
         return "batchnorm" if (has_bn and utterance_norm) else "rows"
@@ -347,9 +348,7 @@ class AdaptJob:
             "layers": layers,
             "skipped": [{"path": p, "reason": r} for p, r in skipped[:MAX_SKIPPED_KEPT]],
         }
-        self._write(
-            src, out, meta, info, body, CARD_FILE, METADATA_FILE, ADAPTATION_FILE, graph=(MODEL_FILE, adapted)
-        )
+        self._write(src, out, meta, info, body, CARD_FILE, METADATA_FILE, ADAPTATION_FILE, graph=(MODEL_FILE, adapted))
         return AdaptOutcome(
             out, target, len(ok), seconds, skipped, "the graph's batch-norm statistics", None, float("nan"),
             method=METHOD, layers=layers,
