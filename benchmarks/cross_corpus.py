@@ -97,7 +97,7 @@ def neural_lines(key: str, entry: dict[str, Any]) -> list[str]:
     for r in entry["cross_corpus"]:
         g = (r.get("gain_vs_none") or {}).get("uar")
         gain = "—" if g is None else f"{100 * g['diff']:+.1f} ({100 * g['low']:+.1f} to {100 * g['high']:+.1f})"
-        adapt = "target statistics" if r["adaptation"] == "target" else "none"
+        adapt = {"target": "target statistics", "batchnorm": "AdaBN"}.get(r["adaptation"], "none")
         lines.append(
             f"| {'+'.join(r['train_corpora'])} → {'+'.join(r['test_corpora'])} | {adapt} | "
             f"{r['n_test']} ({r['test_speakers']}) | {_ci(r, 'uar')} | {_ci(r, 'accuracy')} | {gain} | {_recalls(r)} |"
@@ -147,7 +147,11 @@ def render(data: dict[str, Any]) -> str:
             "(`ser.adaptation`). Δ UAR is the "
             "paired speaker-bootstrap difference to the same model unadapted. Recipes whose models standardise each "
             "clip's rows themselves (`input_norm: utterance`: `cnn`, `crnn`, `rnn`) are invariant to this map by "
-            "construction, so for them Δ ≈ 0 is expected; members on MFCC are not mapped.",
+            "construction, so for them Δ ≈ 0 is expected; members on MFCC are not mapped. *Adaptation: AdaBN* "
+            "re-estimates every batch-norm layer's mean and variance in the exported graph, layer after layer, on "
+            "the test corpus' own unlabelled model inputs (what `ser model adapt --method batchnorm` does; "
+            "`ser.adabn`); it acts on utterance-normalised models too. A speaker-disjoint AdaBN measurement is the "
+            '"Target-domain adaptation (AdaBN)" section (`benchmarks/adabn.py`).',
             "",
         ]
         full = {k: v for k, v in data["neural"].items() if not v.get("cut")}
@@ -264,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000, help="speaker-bootstrap resamples of the 95 %% CIs")
     ap.add_argument("--cache-dir", default=str(HERE / "runs" / "feature_cache"))
     ap.add_argument("--normalize", default="none,corpus", help="classical: comma-separated none, corpus")
-    ap.add_argument("--adapt", default=",".join(ADAPT_MODES), help="neural: comma-separated none, target")
+    ap.add_argument("--adapt", default=",".join(ADAPT_MODES), help="neural: comma-separated none, target, batchnorm")
     ap.add_argument("--no-joint", dest="joint", action="store_false", help="neural: skip the joint training")
     ap.add_argument("--k", type=int, default=5, help="neural: joint speaker folds per corpus")
     ap.add_argument("--folds", type=int, default=None, help="cut: run only the first N joint folds")

@@ -178,6 +178,7 @@ def test_cross_corpus_section_keeps_the_classical_rows_and_flags_cut_runs(monkey
     joint = {**row, "test_corpus": "emodb", "train_corpora": ["ravdess", "emodb"], "folds": [0], "k": 5,
              "n_test": 5, "test_speakers": 2}  # fmt: skip
     rows = [{**neural, "adaptation": "none"}, {**neural, "adaptation": "target", "gain_vs_none": gain}]
+    rows.append({**neural, "adaptation": "batchnorm", "gain_vs_none": gain})
     entry = {"model": "cnn", "machine": "m", "date": "d", "seconds": 3.0, "joint": [joint], "cross_corpus": rows}
     both = {"cnn@cut": {**entry, "cut": {"epochs": 1}}, "cnn": {**entry, "cut": None}}
     text = cc.render({"runs": [classical], "machine": "m", "date": "d", "neural": both})
@@ -186,6 +187,39 @@ def test_cross_corpus_section_keeps_the_classical_rows_and_flags_cut_runs(monkey
     assert text.index("### cnn\n") < text.index("### cnn — CUT RUN")  # full runs first
     assert "+5.0 (-1.0 to +10.0)" in text and "test corpus's own unlabelled" in text
     assert "| emodb | 5 (2) | 70.0 % (60.0–80.0)" in text and "folds 0 of 5" in text
+    assert "| ravdess → emodb | AdaBN | 10 (3) |" in text and "Adaptation: AdaBN" in text
+
+
+def test_adabn_benchmark_labels_and_four_class_argmax(monkeypatch, tmp_path):
+    """benchmarks/adabn.py's pure parts: EmoDB names → speaker and 4-class label, the arg-max among the four shared
+    classes of an 8-class model (not the overall arg-max), and the section from a results document."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    ab = importlib.import_module("adabn")
+    sys.modules.pop("adabn", None)
+    (tmp_path / "wav").mkdir()
+    for name in ("03a01Wa", "08b02Fc", "16a05Lb", "11a04Tc", "12a01Nb"):
+        (tmp_path / "wav" / f"{name}.flac").write_bytes(b"")
+    clips = ab.emodb_clips(tmp_path)
+    assert [(c["speaker"], c["label"]) for c in clips] == [
+        ("03", "angry"), ("08", "happy"), ("11", "sad"), ("12", "neutral"), ("16", None)]  # fmt: skip
+    labels = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    logits = np.array([[0.0, 5.0, 1.0, 0.5, 0.2, 9.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0]])
+    assert ab.four_class(logits, labels).tolist() == [ab.CLASSES.index("happy"), ab.CLASSES.index("angry")]
+    p4 = ab.softmax4(logits, labels)
+    assert p4.shape == (2, 4) and np.all(p4.sum(1) < 1)  # the other four classes keep their share
+    c = {"uar": 0.5, "low": 0.4, "high": 0.6}
+    d = {"diff": 0.05, "low": -0.01, "high": 0.1, "p_not_better": 0.1}
+    layer = {"mean_shift_sd": 0.2}
+    ctl = {"adapted_on_actors": [5], "test_actors": [1], "uar_before": 0.7, "uar_after": 0.68, "agreement": 0.9,
+           "diff": {"diff": -0.02, "low": -0.05, "high": 0.01}, "mean_shift_sd": 0.1}  # fmt: skip
+    fold = {"fold": 0, "before": c, "after": c, "transductive": c, "diff_after": d, "diff_transductive": d,
+            "agreement_after": 0.7, "adaptation": [{"layers": [layer]}], "source_control": ctl}  # fmt: skip
+    res = {"scored_clips": 4, "scored_per_class": {"angry": 1}, "speaker_halves": [["03"], ["08"]],
+           "per_fold": [fold], "mean_over_folds": {"before": 0.5, "after": 0.55, "transductive": 0.5},
+           "ensemble": {**fold}}  # fmt: skip
+    text = ab.render({"date": "d", "machine": "m", "seconds": 1.0, "results": res})
+    assert text.startswith(ab.HEADING) and "| fold 0 | 50.0 (40.0–60.0) |" in text and "+5.0 (-1.0 to +10.0)" in text
+    assert "| fold 0 | 5 | 1 | 70.0 | 68.0 | -2.0 (-5.0 to +1.0) | 90 % |" in text
 
 
 def test_trim_vad_measures(monkeypatch):

@@ -25,7 +25,8 @@ Pure functions of arrays; units: dB (the log-mel rows), shapes noted per functio
 
 Caveat: a model that standardises each clip's rows itself (``input_norm="utterance"``, the ``cnn``, ``crnn`` and
 ``rnn`` recipes) is invariant to a per-row affine map of its input (up to rounding), so this adaptation cannot
-change its answers; it acts on models with a batch-norm or no input normalisation (e.g. ``tdnn``).
+change its answers; it acts on models with a batch-norm or no input normalisation (e.g. ``tdnn``). For those
+models ``ser model adapt`` re-estimates the network's own batch-norm statistics instead (AdaBN, :mod:`ser.adabn`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from ser.errors import SerError
 ADAPTATION_FILE = "adaptation.json"
 ADAPTATION_FORMAT = "ser-adaptation/1"
 METHOD = "row-statistics"
+BATCHNORM_METHOD = "batchnorm"
+"""The other method ``ser model adapt`` writes: AdaBN inside the graph (:mod:`ser.adabn`)."""
 MIN_STD = 1e-3
 """Floor (dB) of a target row's standard deviation: a constant row would otherwise divide by zero."""
 
@@ -179,9 +182,10 @@ def logmel_rows(kind: str, feature_config: Mapping[str, Any]) -> tuple[int, int]
 
 
 def read_adaptation(model_dir: str | Path, meta: Mapping[str, Any]) -> Adaptation | None:
-    """The adaptation a model folder serves with: None when ``meta`` (its ``metadata.json``) has no
-    ``adaptation`` entry; a missing or invalid :data:`ADAPTATION_FILE` under an entry is a :class:`SerError`
-    (serving it silently unadapted would hide it)."""
+    """The input-row map a model folder serves with: None when ``meta`` (its ``metadata.json``) has no
+    ``adaptation`` entry, or when its adaptation is AdaBN (method ``batchnorm``, :mod:`ser.adabn`: re-estimated
+    batch-norm statistics written into ``model.onnx``, nothing to apply to the input); a missing or invalid
+    :data:`ADAPTATION_FILE` under an entry is a :class:`SerError` (serving it silently unadapted would hide it)."""
     entry = meta.get("adaptation")
     if entry is None:
         return None
@@ -193,6 +197,10 @@ def read_adaptation(model_dir: str | Path, meta: Mapping[str, Any]) -> Adaptatio
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise SerError(f"{path}: not readable JSON ({exc})") from None
+    if isinstance(data, Mapping) and data.get("method") == BATCHNORM_METHOD:
+        if data.get("format") != ADAPTATION_FORMAT:
+            raise SerError(f"{path}: format {data.get('format')!r}, expected {ADAPTATION_FORMAT!r}")
+        return None  # AdaBN (ser.adabn): the adapted statistics are in the graph itself, the input is not mapped
     return Adaptation.from_dict(data)
 
 

@@ -369,6 +369,26 @@ def render_adaptation(info: dict[str, Any]) -> str:
     """The model card's adaptation section from ``metadata.json["adaptation"]`` (:class:`ser.jobs.adapt.AdaptJob`)."""
     base = info.get("base") or {}
     skipped = int(info.get("skipped", 0))
+    if info.get("method") == "batchnorm":
+        return "\n".join(
+            [
+                ADAPTATION_HEADING,
+                "",
+                f"This folder is **adapted** to `{info.get('target')}` by AdaBN (Li et al., 2016): the mean and "
+                f"variance of each of the graph's {info.get('layers')} batch-norm layers were re-estimated, layer "
+                f"after layer, on the model inputs of {info.get('files')} unlabelled file(s), "
+                f"{float(info.get('seconds', 0.0)):.1f} s of audio under `{info.get('target_audio')}`"
+                + (f" ({skipped} file(s) skipped, reasons in `adaptation.json`)" if skipped else "")
+                + f", on {info.get('created')}; every learned weight is unchanged. The layer means moved by "
+                f"{float(info.get('mean_shift_sd', 0.0)):.2f} training standard deviations on average (per layer "
+                "in `adaptation.json`).",
+                "",
+                f"Adapted from {base.get('name', '?')} version {base.get('version', '?')}. The evaluation above (and "
+                "the calibration temperature and reference profile) are the unadapted model's on its training "
+                "corpus; the adapted model was not scored on labelled target audio here.",
+                "",
+            ]
+        )
     rows = info.get("rows") or [0, 0]
     return "\n".join(
         [

@@ -62,7 +62,11 @@ def export_onnx(model: Any, path: str | Path, *, opset: int = OPSET) -> Path:
     """Export a frame-input :class:`~ser.models.base.SerModel` to ONNX with dynamic batch and frame axes.
 
     Uses the TorchScript-based exporter (``dynamo=False``): it handles every recipe (the dynamo exporter fails on
-    the packed LSTM/GRU of ``rnn`` / ``crnn``).
+    the packed LSTM/GRU of ``rnn`` / ``crnn``). Without constant folding (``do_constant_folding=False``), so each
+    BatchNorm stays a BatchNormalization node with its own mean and variance (constant folding fuses a
+    Conv → BatchNorm pair into one convolution, after which :mod:`ser.adabn` cannot re-estimate the statistics);
+    onnxruntime folds the constants and fuses Conv + BatchNormalization itself when it loads the graph, so serving
+    computes the same and as fast.
     """
     import torch
 
@@ -89,6 +93,7 @@ def export_onnx(model: Any, path: str | Path, *, opset: int = OPSET) -> Path:
                 dynamic_axes={INPUT_NAME: {0: "batch", 2: "frames"}, OUTPUT_NAME: {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
+                do_constant_folding=False,  # keep BatchNormalization nodes (ser.adabn)
             )
     finally:
         model.train(was_training)

@@ -122,13 +122,13 @@ class Predictor:
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits ``(n_classes,)`` of one ``(n_features, T)`` input, whole clip or window mean as in training
         (the graph's output, before the temperature: for an ensemble, the log of its members' mean probability)."""
-        x = self.adapt(np.asarray(features, dtype=np.float32))
-        if self.pre.eval_mode == "windows":
-            starts = window_starts(x.shape[1], self.pre.window, self.pre.hop)
-            if len(starts) > 1:
-                batch = np.stack([x[:, s : s + self.pre.window] for s in starts])
-                return self._run(batch).mean(axis=0)
-        return self._run(x[None])[0]
+        return self._run(self.graph_batch(features)).mean(axis=0)
+
+    def graph_batch(self, features: np.ndarray) -> np.ndarray:
+        """The graph's input batch for one clip's model input ``features`` ``(n_features, T)``: the adapted input
+        (:meth:`adapt`) as ``(1, n_features, T)``, or its evaluation windows ``(n_windows, n_features, window)``
+        (all of equal length, no padding) for a folder evaluated by windows (:func:`graph_batch`)."""
+        return graph_batch(self.pre, self.adapt(np.asarray(features, dtype=np.float32)))
 
     def adapt(self, features: np.ndarray) -> np.ndarray:
         """The graph's input for model input ``features`` ``(n_features, T)``: the folder's target-domain
@@ -182,6 +182,18 @@ class Predictor:
         audio = load_audio(path, self.sample_rate)
         p = self.predict_proba(audio)
         return self.make_prediction(p, audio.size / self.sample_rate, (time.perf_counter() - t0) * 1000.0)
+
+
+def graph_batch(pre: Preprocessing, x: np.ndarray) -> np.ndarray:
+    """The graph input batch of one clip's (already adapted) model input ``x`` ``(n_features, T)`` under the
+    folder's evaluation mode: ``x[None]``, or the stacked windows of ``pre.window`` frames every ``pre.hop`` when
+    ``pre.eval_mode == "windows"`` and the clip holds more than one. The logits are the batch's mean."""
+    x = np.asarray(x, dtype=np.float32)
+    if pre.eval_mode == "windows":
+        starts = window_starts(x.shape[1], pre.window, pre.hop)
+        if len(starts) > 1:
+            return np.stack([x[:, s : s + pre.window] for s in starts])
+    return x[None]
 
 
 def default_threads() -> int:

@@ -115,8 +115,8 @@ def test_neural_cross_corpus_rows_with_and_without_adaptation(two_corpora, quiet
 
     root, a, _ = two_corpora
     rows = neural_cross_corpus(a, quiet_b, _tiny(), out_dir=root / "neural", workers=1, n_boot=200)
-    assert [r["adaptation"] for r in rows] == ["none", "target"]
-    none, target = rows
+    assert [r["adaptation"] for r in rows] == ["none", "target", "batchnorm"]
+    none, target, bn = rows
     n4 = int(quiet_b["emotion"].isin(["angry", "happy", "neutral", "calm", "sad"]).sum())
     for r in rows:
         assert r["n_test"] == n4 and r["test_speakers"] == 4 and r["train_corpora"] == ["synthetic"]
@@ -131,6 +131,11 @@ def test_neural_cross_corpus_rows_with_and_without_adaptation(two_corpora, quiet
     gain = target["gain_vs_none"]["uar"]
     assert gain["low"] <= gain["diff"] <= gain["high"]
     assert np.isclose(gain["diff"], target["uar"] - none["uar"])
+    # AdaBN: the cnn-small graph's batch norms (its input norm and 3 conv layers) re-estimated on the test inputs
+    assert bn["adaptation_stats"]["batchnorm_layers"] == {"cnn-small": 4}
+    assert bn["adaptation_stats"]["target_clips"] == n4
+    g = bn["gain_vs_none"]["uar"]
+    assert np.isclose(g["diff"], bn["uar"] - none["uar"]) and (root / "neural" / "cnn-small" / "adabn.onnx").is_file()
     with pytest.raises(SerError, match="modes"):
         neural_cross_corpus(a, quiet_b, _tiny(), out_dir=root / "x", modes=("bogus",))
     with pytest.raises(SerError, match="classical"):

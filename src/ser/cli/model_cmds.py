@@ -172,12 +172,22 @@ def adapt_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out folder"),
     workdir: Path | None = WORKDIR,
     as_json: bool = typer.Option(False, "--json", help="print the outcome as JSON"),
+    method: str = typer.Option(
+        "auto",
+        "--method",
+        help="rows (map the input rows), batchnorm (AdaBN: re-estimate the graph's batch norms), or auto: "
+        "batchnorm for a graph with batch norms whose input is normalised per utterance, else rows",
+    ),
 ) -> None:
-    """Adapt a model to a deployment without labels: estimate the mean and deviation of each log-mel input row over
-    the target audio (through the model's own preprocessing) and write a copy of the folder that maps them onto
-    the training statistics (from its reference.parquet) before the model. Files that cannot be used are skipped
-    and listed with their reason. A model that standardises each clip's rows itself (input_norm utterance: the
-    cnn, crnn and rnn recipes, the bundled model) is invariant to this map, so adapting it changes nothing.
+    """Adapt a model to a deployment without labels, writing an adapted copy of the folder. Files that cannot be
+    used are skipped and listed with their reason.
+
+    rows: estimate the mean and deviation of each log-mel input row over the target audio (through the model's own
+    preprocessing) and map them onto the training statistics (from its reference.parquet) before the model. A model
+    that standardises each clip's rows itself (input_norm utterance: the cnn, crnn and rnn recipes) is invariant to
+    this map. batchnorm (AdaBN): re-estimate every batch-norm layer's mean and variance on the target audio, layer
+    after layer, inside the graph; acts on those models too, if their graph kept its batch norms (exported by this
+    version; the bundled model's are folded into its convolutions).
 
     Example: ser model adapt runs/registry/ser-emotion/3 --audio calls/ --out models/ser-emotion-callcentre
     """
@@ -193,19 +203,30 @@ def adapt_cmd(
         workers=workers,
         overwrite=overwrite,
         workdir=_wd(workdir),
+        method=method,
     ).run()
     if as_json:
         print_json(res.to_dict())
         return
-    console.print(
-        f"{res.path}: adapted to {res.target!r} from {res.files} file(s), {res.seconds:.1f} s of audio "
-        f"(rows {res.rows[0]}–{res.rows[1] - 1}; training statistics: {res.source}); "
-        f"mean row offset {res.shift_db:.2f} dB"
-    )
+    if res.method == "batchnorm":
+        mean_shift = sum(la["mean_shift_sd"] for la in res.layers) / len(res.layers)
+        console.print(
+            f"{res.path}: adapted to {res.target!r} from {res.files} file(s), {res.seconds:.1f} s of audio "
+            f"(AdaBN: {len(res.layers)} batch-norm layers re-estimated; layer means moved by {mean_shift:.2f} "
+            "training deviations on average)"
+        )
+    else:
+        rows = res.rows or (0, 0)
+        console.print(
+            f"{res.path}: adapted to {res.target!r} from {res.files} file(s), {res.seconds:.1f} s of audio "
+            f"(rows {rows[0]}–{rows[1] - 1}; training statistics: {res.source}); "
+            f"mean row offset {res.shift_db:.2f} dB"
+        )
     if res.invariant:
         console.print(
             "[yellow]note: this model standardises each clip's input rows itself (input_norm utterance), so the "
-            "adaptation cancels out: the new folder answers exactly as the original.[/]"
+            "adaptation cancels out: the new folder answers exactly as the original. --method batchnorm (AdaBN) "
+            "acts on such a model when its graph kept its batch norms (exported by this version of ser).[/]"
         )
     if res.skipped:
         console.print(f"[yellow]skipped {len(res.skipped)} file(s):[/]")

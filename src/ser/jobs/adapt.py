@@ -1,11 +1,19 @@
 """Adapt a model folder to a deployment from unlabelled audio (``ser model adapt``).
 
-:class:`AdaptJob` runs every audio file under the target folder through the model's own preprocessing (decoded to
-its rate, mono, the serving silence trim), estimates the per-row statistics of its log-mel input rows
-(:mod:`ser.adaptation`), reads the training statistics from the folder's ``reference.parquet`` (or, for a folder
-without one, estimates them the same way from ``source_audio``), and writes a copy of the folder with
-``adaptation.json``, the ``metadata.json["adaptation"]`` entry and the model card's adaptation section. The source
-folder is never modified; the copy is written beside ``out`` and renamed into place.
+Two methods (:func:`choose_method`; ``auto`` picks):
+
+- ``rows`` (:mod:`ser.adaptation`): :class:`AdaptJob` runs every audio file under the target folder through the
+  model's own preprocessing (decoded to its rate, mono, the serving silence trim), estimates the per-row statistics
+  of its log-mel input rows, reads the training statistics from the folder's ``reference.parquet`` (or, for a
+  folder without one, estimates them the same way from ``source_audio``) and records the map in ``adaptation.json``;
+  serving applies it before the graph. A model that standardises each clip's rows itself is invariant to it.
+- ``batchnorm`` (AdaBN, :mod:`ser.adabn`): the same served model inputs, one clip at a time (its evaluation windows
+  for a folder evaluated by windows), re-estimate every BatchNormalization node's mean and variance in topological
+  order; the adapted graph replaces ``model.onnx`` and ``adaptation.json`` records the per-layer shifts. Acts on
+  utterance-normalised models too; needs a graph exported with its batch norms (:func:`ser.export.export_onnx`).
+
+Either way the copy gets ``adaptation.json``, the ``metadata.json["adaptation"]`` entry and the model card's
+adaptation section. The source folder is never modified; the copy is written beside ``out`` and renamed into place.
 
 A file that cannot be used (undecodable, empty, shorter than one analysis window, non-finite) is skipped with its
 reason (:attr:`AdaptOutcome.skipped`, also kept in ``adaptation.json``); no usable file at all is an error.
@@ -110,6 +118,51 @@ def estimate_domain(
     )
 
 
+METHODS = ("auto", "rows", "batchnorm")
+
+
+def choose_method(method: str, utterance_norm: bool, has_bn: bool) -> str:
+    """The adaptation method (``rows`` or ``batchnorm``) for a requested ``method`` (:data:`METHODS`).
+
+    ``auto``: ``batchnorm`` when the graph holds BatchNormalization nodes (``has_bn``) and every network
+    standardises each clip's input rows itself (``utterance_norm``, :func:`ser.adaptation.utterance_normalised`:
+    the row map would cancel), else ``rows`` (it acts on the input of a batch- or un-normalised model).
+    ``batchnorm`` on a graph without such nodes is a :class:`ConfigError` (they were folded at export)."""
+    if method not in METHODS:
+        raise ConfigError(f"adaptation method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "batchnorm" and not has_bn:
+        raise ConfigError(
+            "batchnorm adaptation: the graph has no BatchNormalization node (folded into its convolutions at "
+            "export, as in folders exported before ser kept them); re-export the model from its checkpoint, or use "
+            "--method rows"
+        )
+    if method == "auto":
+        return "batchnorm" if (has_bn and utterance_norm) else "rows"
+    return method
+
+
+def clip_graph_input(path: str | Path, pre: Any) -> tuple[np.ndarray, float] | str:
+    """``(graph input batch, seconds)`` of one file through the serving path (:func:`ser.inference.graph_batch`
+    of its model input: ``(1, F, T)`` or its windows), or the reason it cannot be used."""
+    from ser.audio import load_audio
+    from ser.inference import graph_batch
+
+    try:
+        audio = load_audio(path, pre.sample_rate)
+        if audio.size < int(pre.feature_config.get("win_length", 400)):
+            return f"too short ({audio.size} samples)"
+        x = pre.features(audio)
+    except SerError as exc:
+        return str(exc) or type(exc).__name__
+    except (OSError, ValueError, RuntimeError) as exc:  # a decoder's own error on a malformed file
+        return f"{type(exc).__name__}: {exc}"
+    if x.shape[1] == 0:
+        return "no frames after the silence trim"
+    if not np.all(np.isfinite(x)):
+        return "non-finite model input"
+    return graph_batch(pre, x), audio.size / pre.sample_rate
+
+
 @dataclass(frozen=True)
 class AdaptOutcome:
     path: Path
@@ -118,12 +171,16 @@ class AdaptOutcome:
     seconds: float
     skipped: list[tuple[str, str]]
     source: str
-    rows: tuple[int, int]
+    rows: tuple[int, int] | None
     shift_db: float
     """Mean absolute difference (dB) between the target and source row means: how far the deployment was off."""
     invariant: bool = False
-    """The model standardises each clip's rows itself (:func:`ser.adaptation.utterance_normalised`): the adapted
-    folder answers exactly as the original."""
+    """The row map was written for a model that standardises each clip's rows itself
+    (:func:`ser.adaptation.utterance_normalised`): the adapted folder answers exactly as the original."""
+    method: str = "rows"
+    """``rows`` (the input-row map) or ``batchnorm`` (AdaBN: re-estimated batch-norm statistics in the graph)."""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    """Per batch-norm layer: node, channels, shift summary (:func:`ser.adabn.adapt_batchnorm`); ``batchnorm`` only."""
 
     def quarantine(self) -> pd.DataFrame:
         """The skipped files as a quarantine table (:func:`ser.data.schema.quarantine_frame`)."""
@@ -140,9 +197,11 @@ class AdaptOutcome:
             "skipped": len(self.skipped),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped],
             "source": self.source,
-            "rows": list(self.rows),
-            "mean_row_shift_db": round(self.shift_db, 3),
+            "method": self.method,
+            "rows": list(self.rows) if self.rows else None,
+            "mean_row_shift_db": None if not np.isfinite(self.shift_db) else round(self.shift_db, 3),
             "invariant": self.invariant,
+            "layers": self.layers,
         }
 
 
@@ -154,7 +213,8 @@ class AdaptJob:
     ``target``: the deployment's name in the metadata and card (default: the audio folder's name).
     ``source_audio``: training-domain audio for a folder without ``reference.parquet`` (or to override it).
     ``max_files``: a seeded random sample of at most this many target files (None: all). ``overwrite``: replace an
-    existing ``out``.
+    existing ``out``. ``method``: ``auto`` / ``rows`` / ``batchnorm`` (:func:`choose_method`). ``threads``:
+    onnxruntime threads of the batch-norm passes.
     """
 
     model: str | Path
@@ -168,6 +228,8 @@ class AdaptJob:
     overwrite: bool = False
     workdir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    method: str = "auto"
+    threads: int = 1
 
     def run(self) -> AdaptOutcome:
         from ser.adaptation import (
@@ -189,15 +251,22 @@ class AdaptJob:
             raise ConfigError(f"{out} exists (pass overwrite to replace it)")
         meta = read_metadata(src)
         pre = Preprocessing.from_metadata(meta)
-        try:
-            rows = logmel_rows(pre.kind, pre.feature_config)
-        except SerError as exc:
-            raise ConfigError(str(exc)) from None
+        from ser.adabn import has_batchnorm
+        from ser.model_folder import MODEL_FILE
 
+        method = choose_method(self.method, utterance_normalised(meta), has_batchnorm(src / MODEL_FILE))
         files = list_audio(self.audio)
         if self.max_files is not None and len(files) > self.max_files:
             pick = np.sort(np.random.default_rng(self.seed).choice(len(files), self.max_files, replace=False))
             files = [files[i] for i in pick]
+        if method == "batchnorm":
+            return self._run_batchnorm(src, out, meta, pre, files)
+        if (meta.get("adaptation") or {}).get("method") == "batchnorm":
+            raise ConfigError(f"{src} already has re-estimated batch norms; adapt its base folder instead")
+        try:
+            rows = logmel_rows(pre.kind, pre.feature_config)
+        except SerError as exc:
+            raise ConfigError(str(exc)) from None
         tgt = estimate_domain(files, pre, rows, workers=self.workers, what="target")
         target_stats = pooled_stats(tgt.means, tgt.stds)
         source_stats, source_desc = self._source(src, pre, rows)
@@ -227,8 +296,63 @@ class AdaptJob:
         shift = float(np.mean(np.abs(target_stats.mean - source_stats.mean)))
         invariant = utterance_normalised(meta)
         return AdaptOutcome(
-            out, target, len(tgt.files), tgt.seconds, tgt.skipped, source_desc, rows, shift, invariant=invariant
+            out, target, len(tgt.files), tgt.seconds, tgt.skipped, source_desc, rows, shift, invariant=invariant,
+            method="rows",
+        )  # fmt: skip
+
+    def _run_batchnorm(self, src: Path, out: Path, meta: dict[str, Any], pre: Any, files: list[Path]) -> AdaptOutcome:
+        """AdaBN (:mod:`ser.adabn`) on the target files' served graph inputs, one clip at a time."""
+        import onnx
+
+        from ser.adabn import METHOD, adapt_batchnorm
+        from ser.adaptation import ADAPTATION_FILE, ADAPTATION_FORMAT
+        from ser.model_folder import CARD_FILE, INPUT_NAME, METADATA_FILE, MODEL_FILE
+
+        if meta.get("adaptation") and (meta["adaptation"] or {}).get("method") != METHOD:
+            raise ConfigError(
+                f"{src} is already adapted by its input rows ({meta['adaptation'].get('method')}); "
+                "adapt its base folder instead"
+            )
+        paths = [str(f) for f in files]
+        results = [clip_graph_input(p, pre) for p in paths]
+        ok = [(p, r) for p, r in zip(paths, results, strict=True) if not isinstance(r, str)]
+        skipped = [(p, r) for p, r in zip(paths, results, strict=True) if isinstance(r, str)]
+        if not ok:
+            reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in skipped[:3])
+            raise SerError(f"target audio: none of {len(paths)} file(s) is usable ({reasons})")
+        seconds = float(sum(r[1] for _, r in ok))
+        adapted, layers = adapt_batchnorm(
+            onnx.load(str(src / MODEL_FILE)), [r[0] for _, r in ok], input_name=INPUT_NAME, threads=self.threads
         )
+        target = self.target or Path(self.audio).resolve().name
+        info = {
+            "file": ADAPTATION_FILE,
+            "method": METHOD,
+            "target": target,
+            "target_audio": str(self.audio),
+            "files": len(ok),
+            "skipped": len(skipped),
+            "seconds": round(seconds, 2),
+            "layers": len(layers),
+            "mean_shift_sd": round(float(np.mean([la["mean_shift_sd"] for la in layers])), 4),
+            "base": {"name": meta.get("name"), "version": meta.get("version"), "path": str(src)},
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **self.extra,
+        }
+        body = {
+            "format": ADAPTATION_FORMAT,
+            "method": METHOD,
+            "target_audio": str(self.audio),
+            "clips": len(ok),
+            "seconds": round(seconds, 2),
+            "layers": layers,
+            "skipped": [{"path": p, "reason": r} for p, r in skipped[:MAX_SKIPPED_KEPT]],
+        }
+        self._write(src, out, meta, info, body, CARD_FILE, METADATA_FILE, ADAPTATION_FILE, graph=(MODEL_FILE, adapted))
+        return AdaptOutcome(
+            out, target, len(ok), seconds, skipped, "the graph's batch-norm statistics", None, float("nan"),
+            method=METHOD, layers=layers,
+        )  # fmt: skip
 
     def _source(self, src: Path, pre: Any, rows: tuple[int, int]) -> tuple[Any, str]:
         """The training statistics: from ``source_audio`` when given, else from the folder's reference profile."""
@@ -252,7 +376,7 @@ class AdaptJob:
         stats = pooled_stats(means, stds)
         return stats, f"reference.parquet, {stats.clips} training clips"
 
-    def _write(self, src, out, meta, info, body, card_file, metadata_file, adaptation_file) -> None:
+    def _write(self, src, out, meta, info, body, card_file, metadata_file, adaptation_file, graph=None) -> None:
         from ser.card import with_adaptation
         from ser.io import write_json, write_text
 
@@ -262,6 +386,10 @@ class AdaptJob:
             tmp = tmp_root / "model"
             shutil.copytree(src, tmp)
             write_json(tmp / adaptation_file, body)
+            if graph is not None:  # (file name, onnx.ModelProto): the adapted graph replaces the copied one
+                import onnx
+
+                onnx.save(graph[1], str(tmp / graph[0]))
             new_meta = {**meta, "version": "unregistered", "adaptation": info}
             write_json(tmp / metadata_file, new_meta)
             card = (tmp / card_file).read_text() if (tmp / card_file).is_file() else f"# {meta.get('name', 'model')}\n"

@@ -159,10 +159,41 @@ def cross_corpus(
 # neural recipes: cross-corpus with and without target-domain adaptation, and joint training
 
 
-ADAPT_MODES = ("none", "target")
-"""Cross-corpus adaptation settings: ``none`` (the model as trained) and ``target`` (its log-mel input rows mapped
+ADAPT_MODES = ("none", "target", "batchnorm")
+"""Cross-corpus adaptation settings: ``none`` (the model as trained), ``target`` (its log-mel input rows mapped
 from the test corpus' statistics, estimated on its own unlabelled audio, onto the training corpus' statistics:
-:mod:`ser.adaptation`, what ``ser model adapt`` writes into a model folder)."""
+:mod:`ser.adaptation`, what ``ser model adapt --method rows`` writes into a model folder) and ``batchnorm`` (AdaBN:
+the exported graph's batch-norm statistics re-estimated on the test corpus' own unlabelled model inputs,
+:func:`adabn_proba`, what ``ser model adapt --method batchnorm`` does)."""
+
+
+def adabn_proba(model: Any, xs: list[np.ndarray], cfg: Any, path: str | Path) -> tuple[np.ndarray, int]:
+    """Probabilities ``(N, n_classes)`` of torch frame ``model`` on inputs ``xs`` (each ``(F, T)``) after AdaBN on
+    those same inputs (transductive, as the ``target`` mode), through the ONNX graph that would ship
+    (:func:`ser.export.export_onnx` to ``path``, :func:`ser.adabn.adapt_batchnorm`, one clip or its evaluation windows
+    per run as served, :func:`ser.inference.graph_batch`), and the number of batch-norm layers re-estimated (0: the
+    graph has none, the unadapted graph's answers are returned)."""
+    import onnx
+    import onnxruntime as ort
+
+    from ser.adabn import adapt_batchnorm, batchnorm_nodes
+    from ser.export import export_onnx
+    from ser.inference import graph_batch, softmax
+    from ser.model_folder import INPUT_NAME, OUTPUT_NAME, Preprocessing
+
+    graph = onnx.load(str(export_onnx(model, path)))
+    # the windows of the unadapted rows' predict_proba call (eval_mode only: 300 frames every 150), so the paired
+    # difference to ``none`` is AdaBN's alone
+    pre = Preprocessing(kind="logmel", feature_config={}, eval_mode=cfg.eval_mode, window=300, hop=150)
+    batches = [graph_batch(pre, x) for x in xs]
+    n_bn = len(batchnorm_nodes(graph))
+    if n_bn:
+        graph, _ = adapt_batchnorm(graph, batches, input_name=INPUT_NAME)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    logits = np.stack([sess.run([OUTPUT_NAME], {INPUT_NAME: b})[0].mean(axis=0) for b in batches])
+    return softmax(logits, axis=1), n_bn
 
 
 def _members(spec: Any) -> list[Any]:
@@ -208,6 +239,40 @@ def domain_adaptation(train_inputs: list[np.ndarray], test_inputs: list[np.ndarr
     return Adaptation(rows, stats_of_inputs(train_inputs, rows), stats_of_inputs(test_inputs, rows))
 
 
+def _member_proba(
+    mode: str,
+    model: Any,
+    m: Any,
+    x_test: list[np.ndarray],
+    y_test: np.ndarray,
+    n_classes: int,
+    tc: Any,
+    adaptation: Adaptation,
+    out_dir: Path,
+) -> tuple[np.ndarray, int | None]:
+    """One member's test probabilities under adaptation ``mode`` and, for ``batchnorm``, its re-estimated layers."""
+    from ser.train.data import ArrayDataset
+    from ser.train.predict import predict_proba
+
+    if mode == "batchnorm":
+        return adabn_proba(model, x_test, tc, out_dir / m.name / "adabn.onnx")
+    xs = [adaptation.apply(a) for a in x_test] if mode == "target" and m.features == "logmel" else x_test
+    return predict_proba(model, ArrayDataset(xs, y_test, n_classes=n_classes), eval_mode=tc.eval_mode), None
+
+
+def _adaptation_stats(mode: str, adaptation: Adaptation, bn_layers: dict[str, int], n_test: int) -> dict[str, Any]:
+    """What an adapted row records: the row map's clip counts and shifts (``target``), or the batch-norm layers
+    re-estimated per member (``batchnorm``)."""
+    if mode == "batchnorm":
+        return {"batchnorm_layers": bn_layers, "target_clips": n_test}
+    return {
+        "source_clips": adaptation.source.clips,
+        "target_clips": adaptation.target.clips,
+        "mean_row_shift_db": float(np.mean(np.abs(adaptation.target.mean - adaptation.source.mean))),
+        "mean_std_ratio": float(np.mean(adaptation.target.std / adaptation.source.std)),
+    }
+
+
 def neural_cross_corpus(
     train: pd.DataFrame,
     test: pd.DataFrame,
@@ -228,10 +293,12 @@ def neural_cross_corpus(
     Validation speakers (``val_speakers`` of each member) come out of the training corpus only. Ensembles fuse the
     members' probabilities (their weights) as cross-validation does. ``target`` maps each log-mel member's input
     rows (:func:`domain_adaptation`); members on MFCC are left as they are (a model folder adapts its log-mel rows
-    only). Each setting is scored with :func:`~ser.evaluate.cv_report.cv_evaluation` (UAR and accuracy with 95 %
-    speaker-bootstrap CIs) and its report written to ``out_dir/<mode>/report``; ``target`` also gets the paired
-    speaker-bootstrap difference to ``none`` (:func:`~ser.evaluate.metrics.paired_bootstrap_diff`). Members train
-    with checkpoints in ``out_dir/<member>``, so a killed run resumes.
+    only). ``batchnorm`` re-estimates each member's batch norms in its exported graph on the test inputs
+    (:func:`adabn_proba`; a member without batch norms is left as it is). Each setting is scored with
+    :func:`~ser.evaluate.cv_report.cv_evaluation` (UAR and accuracy with 95 % speaker-bootstrap CIs) and its report
+    written to ``out_dir/<mode>/report``; ``target`` and ``batchnorm`` also get the paired speaker-bootstrap
+    difference to ``none`` (:func:`~ser.evaluate.metrics.paired_bootstrap_diff`). Members train with checkpoints in
+    ``out_dir/<member>``, so a killed run resumes.
 
     Returns one row per mode.
     """
@@ -240,8 +307,6 @@ def neural_cross_corpus(
     from ser.evaluate.metrics import paired_bootstrap_diff
     from ser.model_folder import frame_input
     from ser.train.cv import FoldOutput, fit_spec, fuse, load_frame_features, utterance_arrays
-    from ser.train.data import ArrayDataset
-    from ser.train.predict import predict_proba
     from ser.train.recipes import feature_kinds
     from ser.train.spec import train_config
 
@@ -270,6 +335,7 @@ def neural_cross_corpus(
         n_mels,
     )
     probas: dict[str, list[np.ndarray]] = {m: [] for m in modes}
+    bn_layers: dict[str, int] = {}
     infos = {}
     for m in member_specs:
         m_seed = seed + m.seed
@@ -279,10 +345,11 @@ def neural_cross_corpus(
         y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in (("train", fit_rows), ("val", val_rows))}
         result, cfg = fit_spec(m, x, y, len(classes), m_seed, out_dir / m.name, progress=progress)
         x_test = utterance_arrays(m, feats, test_ids)
+        tc = train_config(m, m_seed)
         for mode in modes:
-            xs = [adaptation.apply(a) for a in x_test] if mode == "target" and m.features == "logmel" else x_test
-            ds = ArrayDataset(xs, y_test, n_classes=len(classes))
-            probas[mode].append(predict_proba(result.model, ds, eval_mode=train_config(m, m_seed).eval_mode))
+            proba, n_bn = _member_proba(mode, result.model, m, x_test, y_test, len(classes), tc, adaptation, out_dir)
+            probas[mode].append(proba)
+            bn_layers |= {} if n_bn is None else {m.name: n_bn}
         infos[m.name] = {
             "epochs": int(cfg.epochs),
             "epochs_run": int(result.epochs_run),
@@ -317,19 +384,14 @@ def neural_cross_corpus(
             "members": infos,
             "report": str(out_dir / mode / "report" / "report.md"),
         }
-        if mode == "target":
-            row["adaptation_stats"] = {
-                "source_clips": adaptation.source.clips,
-                "target_clips": adaptation.target.clips,
-                "mean_row_shift_db": float(np.mean(np.abs(adaptation.target.mean - adaptation.source.mean))),
-                "mean_std_ratio": float(np.mean(adaptation.target.std / adaptation.source.std)),
-            }
-            if "none" in preds and n_boot > 0:
-                d = paired_bootstrap_diff(
-                    y_test, preds["target"], preds["none"], te["speaker"].astype(str).to_numpy(),
-                    classes=list(range(len(classes))), n_boot=n_boot, seed=seed,
-                )  # fmt: skip
-                row["gain_vs_none"] = {k: d[k] for k in ("uar", "accuracy")} | {"n_speakers": d["n_clusters"]}
+        if mode != "none":
+            row["adaptation_stats"] = _adaptation_stats(mode, adaptation, bn_layers, len(test_ids))
+        if mode != "none" and "none" in preds and n_boot > 0:
+            d = paired_bootstrap_diff(
+                y_test, preds[mode], preds["none"], te["speaker"].astype(str).to_numpy(),
+                classes=list(range(len(classes))), n_boot=n_boot, seed=seed,
+            )  # fmt: skip
+            row["gain_vs_none"] = {k: d[k] for k in ("uar", "accuracy")} | {"n_speakers": d["n_clusters"]}
         rows.append(row)
     return rows
 
