@@ -1,5 +1,6 @@
 """The default recipe, by one rule: among the recipes of the robustness benchmark that serve a 3 s clip in at most
-10 ms on one core, the one with the best mean UAR over its clean and degraded test conditions.
+10 ms on one core and lose at most 2 UAR points on clean speech against the baseline without augmentation, the one
+with the best mean UAR over its clean and degraded test conditions.
 
 Usage (after ``benchmarks/robustness.py``, whose ``robustness.json`` it reads; on an otherwise idle machine, since it
 times the serving path)::
@@ -7,12 +8,13 @@ times the serving path)::
     .venv/bin/python benchmarks/default_recipe.py
 
 Serving cost: each candidate's fold-0 model of that robustness run is exported into a model folder
-(:func:`ser.export.write_model_folder`, with the recipe's own trim) and the whole serving path is timed on a real
-3 s RAVDESS clip: :class:`ser.inference.Predictor` with one onnxruntime thread, decoding excluded, features, trim
-and the network included (median of 50 calls after 5 warm-up calls). The mean UAR is over the conditions of the
-run (clean, telephone, held-out noises at 10 and 0 dB, an unseen room, MP3), each clip counted once per condition;
-the "clean trim" rows are diagnostics and do not count. The cross-corpus UAR of the chosen recipe is reported
-beside it when ``cross_corpus.json`` has a full (not cut) neural row for it.
+(:func:`ser.export.write_model_folder`, with the recipe's own trim) and timed with one onnxruntime thread (median of
+50 calls after 5 warm-up calls): the network on a real 3 s clip's 300 log-mel frames, what the rule budgets (the
+issue's "8 ms for the cnn, 25 for the ensemble" are that figure, the 6-fold table's inference column), and beside it
+the whole serving path of :class:`ser.inference.Predictor` (features and trim included; decoding excluded). The
+mean UAR is over the conditions of the run (clean, telephone, held-out noises at 10 and 0 dB, an unseen room, MP3),
+each clip counted once per condition; the "clean trim" rows are diagnostics and do not count. The cross-corpus UAR
+of the chosen recipe is reported beside it when ``cross_corpus.json`` has a full (not cut) neural row for it.
 
 Results: ``benchmarks/results/default_recipe.json`` and the "Default recipe" section of ``benchmarks/RESULTS.md``.
 ``configs/ravdess.yaml`` names the chosen recipe (a test checks they agree).
@@ -40,6 +42,10 @@ CROSS_CORPUS_JSON = RESULTS_DIR / "cross_corpus.json"
 RESULTS_JSON = RESULTS_DIR / "default_recipe.json"
 LIMIT_MS = 10.0
 """The serving budget of the rule: a 3 s clip on one core."""
+MAX_CLEAN_LOSS = 0.02
+"""What a default may cost on clean speech against the baseline recipe without augmentation (the issue's "no more
+than 2 points on clean speech", applied as a condition of the rule: a recipe that buys noise robustness with clean
+accuracy is not a default, however good its mean)."""
 CLIP = "Actor_01/03-01-05-01-01-01-01.flac"
 """The clip timed (an angry utterance of actor 1, cut or padded to 3 s)."""
 
@@ -55,39 +61,59 @@ def mean_uar(scores: dict[str, Any], conditions: list[str]) -> float:
     return float(np.mean([scores[c]["uar"] for c in conditions]))
 
 
-def choose(mean: dict[str, float], serve_ms: dict[str, float], limit_ms: float = LIMIT_MS) -> str:
-    """The recipe with the best ``mean`` UAR among those with ``serve_ms <= limit_ms`` (ties: the first given)."""
-    eligible = [r for r in mean if serve_ms[r] <= limit_ms]
+def choose(
+    mean: dict[str, float],
+    serve_ms: dict[str, float],
+    clean: dict[str, float] | None = None,
+    *,
+    limit_ms: float = LIMIT_MS,
+    max_clean_loss: float = MAX_CLEAN_LOSS,
+) -> str:
+    """The recipe with the best ``mean`` UAR among those with ``serve_ms <= limit_ms`` and, given ``clean`` (clean
+    UAR per recipe, the first one the baseline without augmentation), a clean UAR at most ``max_clean_loss`` below
+    the baseline's (ties: the first given)."""
+    base = None if clean is None else clean[next(iter(clean))]
+    eligible = [
+        r
+        for r in mean
+        if serve_ms[r] <= limit_ms and (base is None or clean is None or clean[r] >= base - max_clean_loss - 1e-12)
+    ]
     if not eligible:
-        raise SystemExit(f"no recipe serves a 3 s clip in {limit_ms} ms: {serve_ms}")
+        raise SystemExit(f"no recipe serves a 3 s clip in {limit_ms} ms and keeps clean speech: {serve_ms}, {clean}")
     return max(eligible, key=lambda r: mean[r])
 
 
 # ---- measurement -----------------------------------------------------------------------------------------------
 
 
-def serve_ms(model_pt: Path, spec: Any, classes: list[str], clip: np.ndarray, repeats: int = 50) -> float:
-    """Median ms of :meth:`Predictor.predict_proba` on ``clip`` (one onnxruntime thread) for the model saved at
-    ``model_pt`` exported with ``spec``'s trim."""
+def serve_ms(model_pt: Path, spec: Any, classes: list[str], clip: np.ndarray, repeats: int = 50) -> dict[str, float]:
+    """Median ms, one onnxruntime thread, of the model saved at ``model_pt`` exported with ``spec``'s trim:
+    ``network``, its graph on the 3 s clip's 300 log-mel frames (what the rule budgets, as the 6-fold table's
+    "inference ms / 3 s clip"), and ``path``, the whole :meth:`Predictor.predict_proba` (features and trim too)."""
     from ser.export import write_model_folder
     from ser.features import FeatureConfig
+    from ser.features.frames import compute
     from ser.inference import Predictor
     from ser.models.factory import load_model
 
     model = load_model(model_pt)[0].eval()
+    frames = compute(clip, FeatureConfig(), ("logmel",))["logmel"][:, :300]
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_model_folder(
             Path(tmp) / "m", model, labels=classes, feature_config=FeatureConfig(), trim=spec.trim, trim_db=spec.trim_db
         )
         pred = Predictor(folder, threads=1)
-        for _ in range(5):
-            pred.predict_proba(clip)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            pred.predict_proba(clip)
-            times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
+        for name, call in (("network", lambda: pred.logits(frames)), ("path", lambda: pred.predict_proba(clip))):
+            for _ in range(5):
+                call()
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                call()
+                times.append(1000 * (time.perf_counter() - t0))
+            out[name] = float(np.median(times))
+    return out
 
 
 def cross_corpus_rows(recipe: str, path: Path = CROSS_CORPUS_JSON) -> list[dict[str, Any]]:
@@ -119,9 +145,12 @@ def write_results(payload: dict[str, Any]) -> None:
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/default_recipe.py` from "
         f"`{payload['robustness_file']}` ({payload['robustness_run']}). Rule: among the recipes that serve a 3 s "
         "clip in at most "
-        f"{payload['limit_ms']:g} ms on one core (the whole serving path, one onnxruntime thread, median of 50 on a "
-        "real clip; load average before timing "
-        f"{payload['load_before_timing']:.2f}), the best mean UAR over the clean and degraded conditions. "
+        f"{payload['limit_ms']:g} ms on one core (the network on a real 3 s clip's 300 log-mel frames, one "
+        "onnxruntime thread, median of 50, as the 6-fold table's inference column; the whole serving path with "
+        "features and trim beside it; load average before timing "
+        f"{payload['load_before_timing']:.2f}) and lose at most {100 * payload['max_clean_loss']:g} UAR points on "
+        "clean speech against the baseline without augmentation (the first row), the best mean UAR over the clean "
+        "and degraded conditions. "
         + (
             f"**Provisional**: the robustness run is cut ({payload['robustness_cut']}). "
             if payload["robustness_cut"]
@@ -129,13 +158,17 @@ def write_results(payload: dict[str, Any]) -> None:
         )
         + f"Chosen: **{payload['chosen']}** (`configs/ravdess.yaml`).",
         "",
-        "| recipe | mean UAR over conditions | clean UAR | serve ms / 3 s clip | within budget |",
-        "|---|---|---|---|---|",
+        "| recipe | mean UAR over conditions | clean UAR | clean loss vs baseline | network ms / 3 s clip | "
+        "serving path ms | eligible |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in payload["candidates"]:
+        why = [w for w, ok in (("over 10 ms", c["within_budget"]), ("costs clean speech", c["keeps_clean"])) if not ok]
         lines.append(
             f"| {c['recipe']}{' (chosen)' if c['recipe'] == payload['chosen'] else ''} | {pct(c['mean_uar'])} | "
-            f"{pct(c['clean_uar'])} | {c['serve_ms']:.2f} | {'yes' if c['eligible'] else 'no'} |"
+            f"{pct(c['clean_uar'])} | {100 * c['clean_loss']:+.1f} | {c['serve_ms']:.2f} | "
+            f"{c['serving_path_ms']:.2f} | "
+            f"{'yes' if c['eligible'] else 'no: ' + ', '.join(why)} |"
         )
     cc = payload["cross_corpus"]
     rows = "; ".join(
@@ -182,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         if spec.fingerprint() != rob["recipes"][recipe]["fingerprint"]:
             raise SystemExit(f"{recipe}: the recipe changed since robustness.json was written; rerun it")
         fold = min(rob["folds"])
-        ms = serve_ms(HERE / "runs" / "robustness" / tag / recipe / f"fold_{fold}" / "model.pt", spec, classes, clip)
+        cost = serve_ms(HERE / "runs" / "robustness" / tag / recipe / f"fold_{fold}" / "model.pt", spec, classes, clip)
+        ms = cost["network"]
         candidates.append(
             {
                 "recipe": recipe,
@@ -190,21 +224,29 @@ def main(argv: list[str] | None = None) -> int:
                 "clean_uar": scores["clean"]["uar"],
                 "uar_by_condition": {c: scores[c]["uar"] for c in conditions},
                 "serve_ms": ms,
+                "serving_path_ms": cost["path"],
             }
         )
-        print(f"{recipe}: mean UAR {candidates[-1]['mean_uar']:.3f}, {ms:.2f} ms per 3 s clip", flush=True)
+        print(f"{recipe}: mean UAR {candidates[-1]['mean_uar']:.3f}, {cost} ms per 3 s clip", flush=True)
+    clean = {c["recipe"]: c["clean_uar"] for c in candidates}
     chosen = choose(
         {c["recipe"]: c["mean_uar"] for c in candidates},
         {c["recipe"]: c["serve_ms"] for c in candidates},
-        args.limit_ms,
+        clean,
+        limit_ms=args.limit_ms,
     )
+    base = candidates[0]["clean_uar"]
     for c in candidates:
-        c["eligible"] = c["serve_ms"] <= args.limit_ms
+        c["within_budget"] = c["serve_ms"] <= args.limit_ms
+        c["clean_loss"] = base - c["clean_uar"]
+        c["keeps_clean"] = c["clean_loss"] <= MAX_CLEAN_LOSS + 1e-12
+        c["eligible"] = c["within_budget"] and c["keeps_clean"]
     payload = {
         "benchmark": "default_recipe",
         "date": dt.date.today().isoformat(),
         "machine": machine(),
         "limit_ms": args.limit_ms,
+        "max_clean_loss": MAX_CLEAN_LOSS,
         "load_before_timing": load,
         "robustness_file": args.robustness.name,
         "robustness_run": f"{rob['command']}, {rob['date']}, folds {rob['folds']}",

@@ -35,6 +35,11 @@ def test_the_rule_takes_the_best_mean_within_the_serving_budget(bench):
     assert dr.choose(mean, {**ms, "cnn-robust-vad": 10.5}) == "cnn-robust"
     with pytest.raises(SystemExit, match="no recipe serves"):
         dr.choose(mean, ms, limit_ms=1.0)
+    # clean speech: the first recipe is the baseline; a candidate more than 2 points under it is passed over
+    clean = {"cnn": 0.641, "cnn-robust": 0.641, "cnn-robust-vad": 0.587, "ensemble": 0.70}
+    assert dr.choose(mean, ms, clean) == "cnn-robust"
+    assert dr.choose(mean, ms, {**clean, "cnn-robust-vad": 0.621}) == "cnn-robust-vad"  # exactly 2 points: kept
+    assert dr.choose(mean, ms, clean, max_clean_loss=0.1) == "cnn-robust-vad"
 
 
 def test_the_mean_is_over_the_named_conditions_only(bench):
