@@ -139,10 +139,12 @@ def test_paired_ece_bootstrap_matches_the_point_figures_and_pairs_the_draws():
         assert r["diff"] < 0 and r["diff_ci"][1] < 0 and r["p_not_better"] == 0.0  # calibrated is clearly better
     same = paired_ece_bootstrap(over, over, y, speakers, n_boot=100)
     assert same["ece"]["diff"] == 0.0 and same["ece"]["diff_ci"] == [0.0, 0.0] and same["ece"]["p_not_better"] == 1.0
-    # one speaker per clip: the cluster bootstrap is the plain one; fewer speakers, a wider interval
-    wide = paired_ece_bootstrap(over, fair, y, np.repeat(np.arange(4), 600), n_boot=300)
+    # speakers who differ (half of them far over-confident): resampling speakers sees that, resampling clips does not
+    mixed = scale(z * np.where(speakers % 2, 5.0, 1.0)[:, None], 1.0)
     width = lambda r: r["ece"]["before_ci"][1] - r["ece"]["before_ci"][0]  # noqa: E731
-    assert width(wide) > width(b)
+    by_speaker = paired_ece_bootstrap(mixed, fair, y, speakers, n_boot=300)
+    by_clip = paired_ece_bootstrap(mixed, fair, y, np.arange(2400), n_boot=300)
+    assert by_clip["n_clusters"] == 2400 and width(by_speaker) > 1.5 * width(by_clip)
     with pytest.raises(EvaluationError):
         paired_ece_bootstrap(over, fair[:10], y, speakers)
 
