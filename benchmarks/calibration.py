@@ -330,10 +330,11 @@ def plot(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], curves: d
 
     from ser.evaluate import reliability_data
 
-    n = len(panels) + 1
-    fig = Figure(figsize=(4.2 * n, 4.6))
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, (title, before, after, y) in zip(axes, panels, strict=False):
+    n = max(len(panels), 2)
+    fig = Figure(figsize=(4.2 * n, 9.0))
+    grid = fig.add_gridspec(2, n)
+    for i, (title, before, after, y) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, i])
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         for proba, label, colour in ((before, "before", "tab:red"), (after, "after T", "tab:blue")):
             rel = reliability_data(proba, y)
@@ -341,9 +342,10 @@ def plot(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], curves: d
             conf, acc, cnt = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
             ax.plot(conf, acc, "o-", color=colour, label=f"{label}: ECE {100 * rel['ece']:.1f} %")
             ax.scatter(conf, acc, s=4 + 200 * cnt / cnt.sum(), color=colour, alpha=0.3)
-        ax.set(title=title, xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.set(title=title.replace(" (", "\n("), xlabel="confidence (top probability)", ylabel="accuracy")
+        ax.set(xlim=(0, 1), ylim=(0, 1))
         ax.legend(loc="upper left", fontsize=8)
-    ax = axes[-1]
+    ax = fig.add_subplot(grid[1, : max(n - 1, 1)])
     recipes = list(dict.fromkeys(label.split(", ")[0] for label in curves))
     conds = list(dict.fromkeys(label.split(", ", 1)[-1] for label in curves))
     for label, curve in curves.items():
@@ -353,7 +355,9 @@ def plot(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], curves: d
         ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=label, **style)
     ax.set(title="abstention: answered share vs accuracy", xlabel="coverage", ylabel="accuracy on answered clips")
     ax.set(xlim=(0, 1.02), ylim=(0, 1))
-    ax.legend(fontsize=7)
+    key = fig.add_subplot(grid[1, n - 1])  # the legend in a cell of its own: the curves keep the whole plot
+    key.axis("off")
+    key.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="center left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
