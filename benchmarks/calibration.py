@@ -263,16 +263,18 @@ def section(payload: dict[str, Any]) -> str:
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/calibration.py` "
         f"(`{payload['command']}`) from saved out-of-fold probabilities (nothing trained). "
         + (f"**Cut** ({payload['cut']}). " if payload["cut"] else "")
-        + "Per recipe one temperature T is fitted by NLL on clean out-of-fold predictions; the T applied to fold "
-        "k's clips (clean or degraded) is fitted on the *other* folds' clean predictions (cross-fitted, so the "
-        "after-figures are honest; 'in-sample' where only one clean fold exists, which is optimistic), and the "
-        "shipped T is the fit on every clean fold. ECE: 15 equal-width bins, in percent; NLL in nats; 95 % "
-        "speaker-cluster bootstrap CIs, and after - before with a paired CI (same speaker draw). Temperature "
-        "scaling changes no prediction, so UAR is the recipe's own. ECE's bootstrap is biased upwards (a sum of "
-        "absolute gaps), so an interval can sit at or above its estimate: read the paired ΔECE intervals. 'after: "
-        "condition - clean' is the degraded clips' after-ECE minus the same clips' clean after-ECE (paired): "
-        "whether the clean-fitted T still holds. 'T own' is the T a condition's own predictions would pick "
-        "(in-sample, a diagnostic). One fold is 4 speakers: its CIs are rough.",
+        + "Protocol: per recipe, the temperature T applied to fold k's clips (clean or degraded) is fitted by NLL on "
+        "the *other* folds' clean out-of-fold predictions (cross-fitted: honest after-figures; 'in-sample' where a "
+        "recipe has one clean fold, optimistic), and the shipped T is the fit on every clean fold. ECE (15 bins, "
+        "percent) and NLL (nats) before and after, with 95 % speaker-cluster bootstrap CIs and paired CIs for "
+        "after - before (the same speaker draw); UAR is unchanged by T. Degraded rows use the folds that have every "
+        "condition; the clean row on those folds is their like-for-like baseline.",
+        "",
+        "Reading: 'after: condition - clean' is a condition's after-ECE minus the same clips' clean after-ECE "
+        "(paired): does the clean-fitted T hold there? 'T own' is the T the condition's own predictions would pick "
+        "(in-sample, a diagnostic). ECE's bootstrap is biased upwards (a sum of absolute gaps), so an interval can "
+        "sit at or above its estimate: the paired intervals are the ones to read. A fold is 4 speakers, so few "
+        "folds give rough CIs.",
         "",
         "| recipe | condition | folds | n | UAR | ECE before → after [95 % CI] | ΔECE [95 % CI] | after: condition -"
         " clean [95 % CI] | NLL before → after | T (applied) | T own (in-sample) |",
