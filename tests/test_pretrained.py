@@ -121,6 +121,11 @@ def test_fallback_only_when_nothing_names_a_model(nowhere, tiny, stand_in):
     assert fallback_dir() == stand_in
     line = notice(stand_in)
     assert "\n" not in line and "ravdess-cnn" in line and "CC BY-NC-SA 4.0" in line
+    # the notice names the recipe the bundle records (the network's name when it records none)
+    meta = json.loads((stand_in / "metadata.json").read_text())
+    (stand_in / "metadata.json").write_text(json.dumps({**meta, "pretrained": {"recipe": "cnn-robust"}}))
+    assert "(cnn-robust trained on RAVDESS" in notice(stand_in)
+    (stand_in / "metadata.json").write_text(json.dumps(meta))
     assert fallback_dir("challenger") is None  # a reference is a request for a registered model
     assert fallback_dir(env={"SER_WORKDIR": str(nowhere)}) is None
     _champion(nowhere, tiny)

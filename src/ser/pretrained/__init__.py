@@ -87,7 +87,8 @@ def notice(model_dir: str | Path) -> str:
     held_out = f", held-out UAR {100 * uar:.0f} %" if isinstance(uar, int | float) else ""
     return (
         f"note: {why}: using the bundled pretrained model "
-        f"{info.get('bundled_as', model_dir.name)} ({meta.get('model', {}).get('name', 'model')} trained on "
+        f"{info.get('bundled_as', model_dir.name)} "
+        f"({info.get('recipe') or meta.get('model', {}).get('name', 'model')} trained on "
         f"RAVDESS{held_out}); licence {meta.get('license', LICENSE)}: non-commercial use only, not for decisions "
         f"about people (see {model_dir / LICENSE_FILE})"
     )
