@@ -5,6 +5,7 @@ statistics' own data changes nothing, and the CLI writes a folder that serves th
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -282,6 +283,30 @@ def test_cli_adapts_batchnorm_end_to_end(utterance_folder, tmp_path, run_cli):
 
 
 def test_batchnorm_on_a_folded_graph_is_a_clear_error(tmp_path, run_cli):
+    """A folder exported before the batch norms were kept (Conv + BN fused into one convolution, as constant folding
+    or onnxruntime's own optimiser leaves it): refused with the reason, nothing written."""
+    import onnxruntime as ort
+
+    from ser.adabn import has_batchnorm
+    from ser.export import write_model_folder
+    from ser.features import FeatureConfig
+    from ser.model_folder import MODEL_FILE
+
+    folder = write_model_folder(tmp_path / "m", _torch_model(seed=2), labels=LABELS, feature_config=FeatureConfig())
+    assert has_batchnorm(folder / MODEL_FILE)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # fuses Conv + BatchNormalization
+    opts.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(folder / MODEL_FILE), opts, providers=["CPUExecutionProvider"])
+    shutil.copyfile(tmp_path / "fused.onnx", folder / MODEL_FILE)
+    assert not has_batchnorm(folder / MODEL_FILE)
+    code, out, err = run_cli(
+        "model", "adapt", folder, "--audio", tmp_path, "--out", tmp_path / "o", "--method", "batchnorm"
+    )
+    assert code != 0 and "folded" in out + err and not (tmp_path / "o").exists()
+
+
+def test_the_bundled_model_keeps_its_batch_norms():
     from ser.adabn import has_batchnorm
     from ser.model_folder import MODEL_FILE
     from ser.pretrained import bundled_dir
@@ -289,8 +314,4 @@ def test_batchnorm_on_a_folded_graph_is_a_clear_error(tmp_path, run_cli):
     bundled = bundled_dir()
     if not (bundled / MODEL_FILE).is_file():
         pytest.skip("package installed without its bundled model")
-    assert not has_batchnorm(bundled / MODEL_FILE)  # exported with constant folding: Conv + BN fused
-    code, out, err = run_cli(
-        "model", "adapt", bundled, "--audio", tmp_path, "--out", tmp_path / "o", "--method", "batchnorm"
-    )
-    assert code != 0 and "folded" in out + err
+    assert has_batchnorm(bundled / MODEL_FILE)  # rebuilt with the batch norms kept: AdaBN can act on it
