@@ -39,22 +39,14 @@ from typing import Any
 import numpy as np
 
 from _common import HERE, RESULTS_DIR, machine, replace_section
+from robustness import CONDITIONS as ROBUSTNESS_CONDITIONS
 
 ROBUSTNESS_ROOT = HERE / "runs" / "robustness" / "full"
 CV_ROOTS = {"cnn": HERE / "runs" / "ray_cv" / "ray" / "cnn"}
 """Cross-validation runs whose clean folds are the same models as the robustness run's (adopted there)."""
 RECIPES = ("cnn", "cnn-robust", "cnn-robust-vad")
-CONDITIONS: tuple[str, ...] = (
-    "clean",
-    "telephone",
-    "noise-10db:factory1",
-    "noise-0db:factory1",
-    "noise-10db:icra5_speechlike",
-    "noise-0db:icra5_speechlike",
-    "reverb:0.7@7",
-    "codec:mp3",
-)
-"""The robustness benchmark's test conditions (its ``CONDITIONS``); "clean" first."""
+CONDITIONS = ROBUSTNESS_CONDITIONS
+"""The robustness benchmark's test conditions; "clean" first."""
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 ABSTAIN_CONDITIONS = ("clean", "telephone", "noise-10db:factory1", "noise-10db:icra5_speechlike")
 N_FOLDS = 6

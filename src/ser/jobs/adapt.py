@@ -58,23 +58,33 @@ def clip_row_stats(path: str | Path, pre: Any, rows: tuple[int, int]) -> tuple[n
     """``(mean, std, seconds)`` of ``rows`` of one file's model input (``pre``: the folder's
     :class:`~ser.model_folder.Preprocessing`, the serving path), or the reason it cannot be used."""
     from ser.adaptation import clip_stats
+
+    got = clip_model_input(path, pre)
+    if isinstance(got, str):
+        return got
+    x, seconds = got
+    if x.shape[0] < rows[1]:
+        return f"model input has {x.shape[0]} rows, fewer than {rows[1]}"
+    mean, std = clip_stats(x[rows[0] : rows[1]])
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        return "no frames after the silence trim"
+    return mean, std, seconds
+
+
+def clip_model_input(path: str | Path, pre: Any) -> tuple[np.ndarray, float] | str:
+    """``(model input (F, T), seconds)`` of one file through the folder's serving preprocessing ``pre``, or the
+    reason it cannot be used (too short, undecodable: a decoder's own error on a malformed file is a reason too)."""
     from ser.audio import load_audio
 
     try:
         audio = load_audio(path, pre.sample_rate)
         if audio.size < int(pre.feature_config.get("win_length", 400)):
             return f"too short ({audio.size} samples)"
-        x = pre.features(audio)
+        return pre.features(audio), audio.size / pre.sample_rate
     except SerError as exc:
         return str(exc) or type(exc).__name__
-    except (OSError, ValueError, RuntimeError) as exc:  # a decoder's own error on a malformed file
+    except (OSError, ValueError, RuntimeError) as exc:
         return f"{type(exc).__name__}: {exc}"
-    if x.shape[0] < rows[1]:
-        return f"model input has {x.shape[0]} rows, fewer than {rows[1]}"
-    mean, std = clip_stats(x[rows[0] : rows[1]])
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
-        return "no frames after the silence trim"
-    return mean, std, audio.size / pre.sample_rate
 
 
 @dataclass(frozen=True)
@@ -144,23 +154,17 @@ def choose_method(method: str, utterance_norm: bool, has_bn: bool) -> str:
 def clip_graph_input(path: str | Path, pre: Any) -> tuple[np.ndarray, float] | str:
     """``(graph input batch, seconds)`` of one file through the serving path (:func:`ser.inference.graph_batch`
     of its model input: ``(1, F, T)`` or its windows), or the reason it cannot be used."""
-    from ser.audio import load_audio
     from ser.inference import graph_batch
 
-    try:
-        audio = load_audio(path, pre.sample_rate)
-        if audio.size < int(pre.feature_config.get("win_length", 400)):
-            return f"too short ({audio.size} samples)"
-        x = pre.features(audio)
-    except SerError as exc:
-        return str(exc) or type(exc).__name__
-    except (OSError, ValueError, RuntimeError) as exc:  # a decoder's own error on a malformed file
-        return f"{type(exc).__name__}: {exc}"
+    got = clip_model_input(path, pre)
+    if isinstance(got, str):
+        return got
+    x, seconds = got
     if x.shape[1] == 0:
         return "no frames after the silence trim"
     if not np.all(np.isfinite(x)):
         return "non-finite model input"
-    return graph_batch(pre, x), audio.size / pre.sample_rate
+    return graph_batch(pre, x), seconds
 
 
 @dataclass(frozen=True)
