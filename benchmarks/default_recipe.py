@@ -12,9 +12,10 @@ Serving cost: each candidate's fold-0 model of that robustness run is exported i
 50 calls after 5 warm-up calls): the served network on a real 3 s clip's 300 log-mel frames, what the rule budgets,
 and beside it the whole serving path of :class:`ser.inference.Predictor` (features and trim included; decoding
 excluded). The 6-fold table's inference column (the issue's "8 ms for the cnn, 25 for the ensemble") times the same
-networks in PyTorch, which is slower than the onnxruntime graph that serves them.The
-mean UAR is over the conditions of the run (clean, telephone, held-out noises at 10 and 0 dB, an unseen room, MP3),
-each clip counted once per condition; the "clean trim" rows are diagnostics and do not count. The cross-corpus UAR
+networks in PyTorch, which is slower than the onnxruntime graph that serves them.
+
+The mean UAR is over the conditions of the run (clean, telephone, held-out noises at 10 and 0 dB, an unseen room,
+MP3), each clip counted once per condition; the "clean trim" rows are diagnostics and do not count. The cross-corpus UAR
 of the chosen recipe is reported beside it when ``cross_corpus.json`` has a full (not cut) neural row for it.
 
 Results: ``benchmarks/results/default_recipe.json`` and the "Default recipe" section of ``benchmarks/RESULTS.md``.
