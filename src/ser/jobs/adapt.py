@@ -277,20 +277,9 @@ class AdaptJob:
         adaptation = Adaptation(rows, source_stats, target_stats)
 
         target = self.target or Path(self.audio).resolve().name
-        info = {
-            "file": ADAPTATION_FILE,
-            "method": METHOD,
-            "target": target,
-            "target_audio": str(self.audio),
-            "files": len(tgt.files),
-            "skipped": len(tgt.skipped),
-            "seconds": round(tgt.seconds, 2),
-            "rows": list(rows),
-            "source": source_desc,
-            "base": {"name": meta.get("name"), "version": meta.get("version"), "path": str(src)},
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **self.extra,
-        }
+        info = self._info(
+            METHOD, src, meta, len(tgt.files), len(tgt.skipped), tgt.seconds, rows=list(rows), source=source_desc
+        )
         body = {
             **adaptation.to_dict(),
             "target_audio": str(self.audio),
@@ -329,20 +318,8 @@ class AdaptJob:
             onnx.load(str(src / MODEL_FILE)), [r[0] for _, r in ok], input_name=INPUT_NAME, threads=self.threads
         )
         target = self.target or Path(self.audio).resolve().name
-        info = {
-            "file": ADAPTATION_FILE,
-            "method": METHOD,
-            "target": target,
-            "target_audio": str(self.audio),
-            "files": len(ok),
-            "skipped": len(skipped),
-            "seconds": round(seconds, 2),
-            "layers": len(layers),
-            "mean_shift_sd": round(float(np.mean([la["mean_shift_sd"] for la in layers])), 4),
-            "base": {"name": meta.get("name"), "version": meta.get("version"), "path": str(src)},
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            **self.extra,
-        }
+        shift_sd = round(float(np.mean([la["mean_shift_sd"] for la in layers])), 4)
+        info = self._info(METHOD, src, meta, len(ok), len(skipped), seconds, layers=len(layers), mean_shift_sd=shift_sd)
         body = {
             "format": ADAPTATION_FORMAT,
             "method": METHOD,
@@ -357,6 +334,27 @@ class AdaptJob:
             out, target, len(ok), seconds, skipped, "the graph's batch-norm statistics", None, float("nan"),
             method=METHOD, layers=layers,
         )  # fmt: skip
+
+    def _info(
+        self, method: str, src: Path, meta: dict[str, Any], files: int, skipped: int, seconds: float, **fields: Any
+    ) -> dict[str, Any]:
+        """``metadata.json["adaptation"]`` of either method: what was adapted to, from which base, and the method's
+        own ``fields``."""
+        from ser.adaptation import ADAPTATION_FILE
+
+        return {
+            "file": ADAPTATION_FILE,
+            "method": method,
+            "target": self.target or Path(self.audio).resolve().name,
+            "target_audio": str(self.audio),
+            "files": files,
+            "skipped": skipped,
+            "seconds": round(seconds, 2),
+            **fields,
+            "base": {"name": meta.get("name"), "version": meta.get("version"), "path": str(src)},
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **self.extra,
+        }
 
     def _source(self, src: Path, pre: Any, rows: tuple[int, int]) -> tuple[Any, str]:
         """The training statistics: from ``source_audio`` when given, else from the folder's reference profile."""
