@@ -37,6 +37,7 @@ from typing import Any
 from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
 from ser.data.ingest import ingest
 from ser.data.validate import validate
+from ser.jobs.train import FeatureSource
 from ser.train.crosscorpus import ADAPT_MODES, cross_corpus, joint_corpus, neural_cross_corpus
 from ser.train.recipes import get_recipe
 
@@ -206,6 +207,10 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
     runs = HERE / "runs" / "cross_corpus" / key.replace("@", "-")
     corpora = load_corpora(args.workers, args.limit, args.seed)
     modes = tuple(args.adapt.split(","))
+    # a robust recipe's training variants: the training noises, cached beside the features (training rows only)
+    variants_of = FeatureSource(
+        cache_dir=args.cache_dir, workers=args.workers, progress=True, noise_dir=SHARED / "noise"
+    ).variants
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for train, test in PAIRS:
@@ -222,6 +227,7 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
             n_boot=args.n_boot,
             modes=modes,
             progress=True,
+            variants_for=variants_of,
         )
         for r in got:
             r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -242,6 +248,7 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
             seed=args.seed,
             n_boot=args.n_boot,
             progress=True,
+            variants_for=variants_of,
         )
         for r in joint:
             print(f"joint → {r['test_corpus']}: UAR {100 * r['uar']:.1f} %")

@@ -159,3 +159,28 @@ def test_joint_corpus_scores_each_corpus_on_its_held_out_speakers(two_corpora, o
     assert all(r["ci"]["uar"]["low"] <= r["uar"] <= r["ci"]["uar"]["high"] for r in rows)
     cut = joint_corpus({"a": a, "b": b}, _tiny(), k=2, folds=[0], out_dir=root / "joint", workers=1, n_boot=200)
     assert cut[0]["folds"] == [0] and cut[0]["n_test"] < rows[0]["n_test"]  # a cut run scores only its folds
+
+
+def test_a_robust_recipe_gets_its_variants_of_training_rows_only(two_corpora, quiet_b, one_torch_thread):
+    import numpy as np
+
+    from ser.errors import ConfigError
+    from ser.train.crosscorpus import neural_cross_corpus
+    from ser.train.recipes import get_recipe
+
+    root, a, _ = two_corpora
+    spec = get_recipe("cnn-small", {"train": {"epochs": 1, "crop_frames": 100}, "robust": {"copies": 1}})
+    with pytest.raises(ConfigError, match="no variant source"):  # never trained plain under the robust name
+        neural_cross_corpus(a, quiet_b, spec, out_dir=root / "r0", workers=1, n_boot=50, modes=("none",))
+    asked: list[str] = []
+
+    def source(rows):
+        asked.extend(rows["utt_id"])
+        return {u: [{"logmel": np.full((64, 60), -40.0, np.float32)}] for u in rows["utt_id"]}
+
+    rows = neural_cross_corpus(
+        a, quiet_b, spec, out_dir=root / "r1", workers=1, n_boot=50, modes=("none",), variants_for=lambda m: source
+    )
+    member = rows[0]["members"]["cnn-small"]
+    assert member["n_train_variants"] == member["n_train"] == len(asked)
+    assert not set(asked) & set(quiet_b["utt_id"])  # the test corpus never gets a variant

@@ -15,6 +15,7 @@ speaker-independent folds (:func:`joint_splits`) and scores each corpus's held-o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -286,6 +287,7 @@ def neural_cross_corpus(
     n_boot: int = 1000,
     modes: tuple[str, ...] = ADAPT_MODES,
     progress: bool = False,
+    variants_for: Callable[[Any], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train a torch recipe ``spec`` (a model or an ensemble of them) on ``train``, predict every utterance of
     ``test`` once per adaptation setting in ``modes`` (:data:`ADAPT_MODES`), each member trained once.
@@ -300,9 +302,11 @@ def neural_cross_corpus(
     difference to ``none`` (:func:`~ser.evaluate.metrics.paired_bootstrap_diff`). Members train with checkpoints in
     ``out_dir/<member>``, so a killed run resumes.
 
+    ``variants_for(member)``: the robustness variants of a member with a ``robust`` field (of its training rows
+    only, :func:`ser.train.cv.add_variants`); such a member without a source is refused, never trained plain.
+
     Returns one row per mode.
     """
-    from ser.data.split import carve_validation
     from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.evaluate.metrics import paired_bootstrap_diff
     from ser.model_folder import frame_input
@@ -339,10 +343,9 @@ def neural_cross_corpus(
     infos = {}
     for m in member_specs:
         m_seed = seed + m.seed
-        fit_rows, val_rows = carve_validation(tr, m.val_speakers, m_seed)
-        x = {"train": utterance_arrays(m, feats, fit_rows["utt_id"].tolist())}
-        x["val"] = utterance_arrays(m, feats, val_rows["utt_id"].tolist())
-        y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in (("train", fit_rows), ("val", val_rows))}
+        x, y, fit_rows, val_rows = _member_inputs(
+            m, tr, te, feats, index, m_seed, None if variants_for is None else variants_for(m)
+        )
         result, cfg = fit_spec(m, x, y, len(classes), m_seed, out_dir / m.name, progress=progress)
         x_test = utterance_arrays(m, feats, test_ids)
         tc = train_config(m, m_seed)
@@ -355,6 +358,7 @@ def neural_cross_corpus(
             "epochs_run": int(result.epochs_run),
             "best_epoch": int(result.best_epoch),
             "n_train": len(fit_rows),
+            "n_train_variants": len(x["train"]) - len(fit_rows),
             "n_val": len(val_rows),
             "val_speakers": sorted(val_rows["speaker"].astype(str).unique().tolist()),
         }
@@ -408,6 +412,22 @@ def joint_splits(corpora: dict[str, pd.DataFrame], k: int, seed: int = 0) -> pd.
     return splits
 
 
+def _member_inputs(m, tr, te, feats, index, seed, variants) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame]:
+    """``(x, y, training rows, validation rows)`` of member ``m`` on the training corpus ``tr``: validation
+    speakers carved out of it, and a robust member's variants of its training rows beside them
+    (:func:`ser.train.cv.add_variants`, which refuses a robust member without a ``variants`` source); ``te`` (the
+    test corpus) takes part in the leakage check only."""
+    from ser.data.split import carve_validation
+    from ser.train.cv import add_variants, utterance_arrays
+
+    fit_rows, val_rows = carve_validation(tr, m.val_speakers, seed)
+    x = {r: utterance_arrays(m, feats, df["utt_id"].tolist()) for r, df in (("train", fit_rows), ("val", val_rows))}
+    y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in (("train", fit_rows), ("val", val_rows))}
+    roles = {"train": fit_rows, "val": val_rows, "test": te}
+    add_variants(m, variants, roles, fit_rows["utt_id"].tolist(), x, y)
+    return x, y, fit_rows, val_rows
+
+
 def joint_corpus(
     corpora: dict[str, pd.DataFrame],
     spec: Any,
@@ -421,6 +441,7 @@ def joint_corpus(
     seed: int = 0,
     n_boot: int = 1000,
     progress: bool = False,
+    variants_for: Callable[[Any], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``spec`` on the pooled ``corpora`` (``{name: manifest}``, each mapped through ``profile``, the
     classes all share kept) with :func:`joint_splits` folds (``folds``: which to run, default all ``k``), and score
@@ -447,7 +468,7 @@ def joint_corpus(
     splits = joint_splits(mapped, k, seed)
     run = list(range(k)) if folds is None else folds
     outs = cross_validate_members(pooled, splits, member_specs, feats, classes, out_dir, folds=run, seed=seed,
-                                  progress=progress)  # fmt: skip
+                                  progress=progress, variants_for=variants_for)  # fmt: skip
     fused = outs[spec.name] if len(member_specs) == 1 else ensemble_folds(
         [outs[m.name] for m in member_specs], getattr(spec, "weights", None)
     )  # fmt: skip
