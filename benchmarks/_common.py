@@ -9,6 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("SER_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
+NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
+"""The noise recordings (training draws and held-out test noises): ``$SER_NOISE_DIR``, else the shared copy."""
 RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_DIR = HERE / "results"
 

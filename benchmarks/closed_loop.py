@@ -48,10 +48,9 @@ from typing import Any
 
 import pandas as pd
 
-from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
-NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 RUNS = HERE / "runs" / "closed_loop"
 RESULTS_JSON = RESULTS_DIR / "closed_loop.json"
 

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
 from ser.data.ingest import ingest
 from ser.data.validate import validate
 from ser.jobs.train import FeatureSource
@@ -209,7 +209,7 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
     modes = tuple(args.adapt.split(","))
     # a robust recipe's training variants: the training noises, cached beside the features (training rows only)
     variants_of = FeatureSource(
-        cache_dir=args.cache_dir, workers=args.workers, progress=True, noise_dir=SHARED / "noise"
+        cache_dir=args.cache_dir, workers=args.workers, progress=True, noise_dir=NOISE_DIR
     ).variants
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
 from ser.data.ingest import ingest
 from ser.data.labels import get_profile
 from ser.data.split import make_splits
@@ -41,7 +41,6 @@ from ser.train.recipes import RECIPES, feature_kinds, members
 from ser.train.spec import EnsembleSpec, ModelSpec
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
-NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 RUNS = HERE / "runs" / "ravdess_cv"
 CACHE = HERE / "runs" / "feature_cache"
 RESULTS_JSON = RESULTS_DIR / "ravdess_cv.json"

@@ -40,10 +40,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
-NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 RUNS = HERE / "runs" / "robustness"
 CACHE = HERE / "runs" / "feature_cache"
 RESULTS_JSON = RESULTS_DIR / "robustness.json"
@@ -241,19 +240,24 @@ def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: 
 
 
 def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> None:
-    """Train (or read back) fold ``k`` of ``spec`` and save the test probabilities of every missing condition."""
-    from ser.features import FeatureConfig
-    from ser.train.recipes import feature_kinds
-
+    """Train (or read back) fold ``k`` of ``spec`` and save the test probabilities of every missing condition; a
+    full-protocol fold is then handed to ``ravdess_cv.py`` (:func:`save_cv_fold`)."""
     fold_dir = RUNS / tag / spec.name / f"fold_{k}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     wanted = [(c, False) for c in args.conditions] + [(c, True) for c in args.conditions if c.startswith("noise")]
     todo = [(c, t) for c, t in wanted if not (fold_dir / f"{c}{CLEAN_TRIM if t else ''}.npz").is_file()]
-    if not todo:
-        if tag == "full":
-            save_cv_fold(spec, k, fold_dir, roles)
-        return
+    if todo:
+        _score_conditions(spec, k, roles, feats, classes, args, fold_dir, todo)
+    if tag == "full":
+        save_cv_fold(spec, k, fold_dir, roles)
+
+
+def _score_conditions(spec, k, roles, feats, classes, args, fold_dir: Path, todo: list[tuple[str, bool]]) -> None:
+    """Train (or read back) fold ``k``'s model and save its test probabilities under each ``(condition, clean
+    trim)`` of ``todo``."""
+    from ser.features import FeatureConfig
     from ser.jobs.train import FeatureSource
+    from ser.train.recipes import feature_kinds
 
     variants = FeatureSource(cache_dir=CACHE, workers=args.workers, progress=True, noise_dir=NOISE_DIR).variants(spec)
     model, info = _train_fold(spec, roles, feats, classes, variants, fold_dir, seed=k)
@@ -263,17 +267,15 @@ def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> 
     y = np.array([classes.index(e) for e in test["emotion"]])
     rows = list(zip(ids, test["path"].astype(str), test["sha256"].astype(str), strict=True))
     cfg = FeatureConfig()
+    kinds = tuple(sorted({"logmel"} | feature_kinds([spec])))
     for condition, clean_trim in todo:
         t0 = time.perf_counter()
-        kinds = tuple(sorted({"logmel"} | feature_kinds([spec])))
         test_feats = feats if condition == "clean" else _test_features(rows, condition, cfg, RUNS / "test_cache", kinds)
         proba = _predict(model, spec, test_feats, feats, ids, y, classes, clean_trim)
         name = f"{condition}{CLEAN_TRIM if clean_trim else ''}"
         np.savez(fold_dir / f"{name}.npz", proba=proba, y=y, utt_ids=np.array(ids))
         uar = float(np.mean([np.mean(proba[y == c].argmax(1) == c) for c in np.unique(y)]))
         print(f"  {name}: UAR {uar:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    if tag == "full":
-        save_cv_fold(spec, k, fold_dir, roles)
 
 
 def save_cv_fold(spec, k: int, fold_dir: Path, roles) -> None:

@@ -312,7 +312,6 @@ def neural_cross_corpus(
     from ser.model_folder import frame_input
     from ser.train.cv import FoldOutput, fit_spec, fuse, load_frame_features, utterance_arrays
     from ser.train.recipes import feature_kinds
-    from ser.train.spec import train_config
 
     bad = [m for m in modes if m not in ADAPT_MODES]
     if bad or not modes:
@@ -348,9 +347,8 @@ def neural_cross_corpus(
         )
         result, cfg = fit_spec(m, x, y, len(classes), m_seed, out_dir / m.name, progress=progress)
         x_test = utterance_arrays(m, feats, test_ids)
-        tc = train_config(m, m_seed)
         for mode in modes:
-            proba, n_bn = _member_proba(mode, result.model, m, x_test, y_test, len(classes), tc, adaptation, out_dir)
+            proba, n_bn = _member_proba(mode, result.model, m, x_test, y_test, len(classes), cfg, adaptation, out_dir)
             probas[mode].append(proba)
             bn_layers |= {} if n_bn is None else {m.name: n_bn}
         infos[m.name] = {
