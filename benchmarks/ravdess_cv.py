@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/ravdess_cv.py [--models classical,cnn,...] [--threads 2]   # the full protocol
     .venv/bin/python benchmarks/ravdess_cv.py --models cnn-distil                           # one recipe's row
+    .venv/bin/python benchmarks/ravdess_cv.py --models cnn-distil --executor ray --threads 1  # its folds side by side
     nice -n 19 .venv/bin/python benchmarks/ravdess_cv.py --models cnn-distil --folds 0 --epochs 1   # a cut run
 
 Per-fold predictions are kept under ``benchmarks/runs/ravdess_cv/`` (not committed), so a killed run resumes at
@@ -30,10 +31,12 @@ import numpy as np
 import torch
 
 from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
+from ser.cli._executor_opts import EXECUTOR_HELP, RAY_ADDRESS_HELP, make_executor
 from ser.data.ingest import ingest
 from ser.data.labels import get_profile
 from ser.data.split import make_splits
 from ser.evaluate import aggregate_folds, evaluate_predictions, uar_score
+from ser.executor import RAY_LOCAL
 from ser.jobs.train import FeatureSource
 from ser.models.factory import benchmark_forward, build_model
 from ser.train.cv import cross_validate, ensemble_folds, load_frame_features
@@ -143,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="cut run: train every recipe this many epochs")
+    ap.add_argument("--executor", default="local", help=EXECUTOR_HELP)
+    ap.add_argument("--ray-address", default=RAY_LOCAL, help=RAY_ADDRESS_HELP)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # ray: the folds side by side, each task on --threads threads (2 cores, --threads 1: two folds at once)
+    executor = make_executor(args.executor, args.ray_address, args.threads)
     wanted = args.models.split(",")
     unknown = sorted(set(wanted) - {s.name for s in SPECS})
     if unknown:
@@ -195,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=False,
                 log=log,
                 variants=variants_of(spec),
+                executor=executor,
             )
             outputs[spec.name] = outs
             n_params, infer = outs[0].info.get("n_params"), None

@@ -181,23 +181,22 @@ def _test_features(
     return out
 
 
-def adopt_cv_fold(spec, roles, n_train: int, ckpt: Path, seed: int) -> Path | None:
-    """Copy the finished checkpoint of the same fold of ``spec`` from a cross-validation run of the benchmarks
+def adopt_cv_fold(spec, k: int, roles, n_train: int, ckpt: Path, seed: int) -> Path | None:
+    """Copy the finished checkpoint of fold ``k`` of ``spec`` from a cross-validation run of the benchmarks
     (:data:`ADOPT_FROM`: ``ravdess_cv.py``, ``ray_cv.py``) into ``ckpt`` when it trained this recipe (fingerprint),
     seed, validation speakers and training rows (:func:`ser.train.distil.adopt_member` checks each); the fold then
     resumes finished instead of training again. None when there is none to adopt."""
     from ser.train.distil import adopt_member
 
     speakers = {r: sorted(roles[r]["speaker"].unique().tolist()) for r in ("train", "val")}
-    k = int(ckpt.parent.name.removeprefix("fold_"))
     for run in ADOPT_FROM:
         if adopt_member(spec, run / spec.name / f"fold_{k}", ckpt, speakers, n_train, seed) is not None:
             return run / spec.name / f"fold_{k}"
     return None
 
 
-def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int):
-    """The fold's model: read back when saved, else trained (resumable from its checkpoints) and saved."""
+def _train_fold(spec, k: int, roles, feats, classes, variants, fold_dir: Path, seed: int):
+    """Fold ``k``'s model: read back when saved, else trained (resumable from its checkpoints) and saved."""
     from ser.models.factory import load_model, save_model
     from ser.train.cv import fit_spec, fold_inputs
 
@@ -206,7 +205,7 @@ def _train_fold(spec, roles, feats, classes, variants, fold_dir: Path, seed: int
         return load_model(path)[0], json.loads((fold_dir / "train.json").read_text())
     start = time.perf_counter()
     ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
-    adopted = adopt_cv_fold(spec, roles, len(ids["train"]), fold_dir / "ckpt", seed) if not n_variants else None
+    adopted = adopt_cv_fold(spec, k, roles, len(ids["train"]), fold_dir / "ckpt", seed) if not n_variants else None
     if adopted is not None:
         print(f"{spec.name} fold {fold_dir.name}: adopted the cross-validation fold {adopted}", flush=True)
     result, _ = fit_spec(spec, x, y, len(classes), seed, fold_dir / "ckpt", progress=True)
@@ -260,7 +259,7 @@ def _score_conditions(spec, k, roles, feats, classes, args, fold_dir: Path, todo
     from ser.train.recipes import feature_kinds
 
     variants = FeatureSource(cache_dir=CACHE, workers=args.workers, progress=True, noise_dir=NOISE_DIR).variants(spec)
-    model, info = _train_fold(spec, roles, feats, classes, variants, fold_dir, seed=k)
+    model, info = _train_fold(spec, k, roles, feats, classes, variants, fold_dir, seed=k)
     print(f"{spec.name} fold {k}: trained ({info})", flush=True)
     test = roles["test"][roles["test"]["utt_id"].isin(feats)]
     ids = test["utt_id"].tolist()

@@ -118,5 +118,5 @@ def test_no_cv_fold_to_adopt_means_training(bench, tmp_path, monkeypatch):
     rob = bench["robustness"]
     monkeypatch.setattr(rob, "ADOPT_FROM", (tmp_path / "nothing",))
     roles = {r: pd.DataFrame({"speaker": ["a"]}) for r in ("train", "val")}
-    assert rob.adopt_cv_fold(get_recipe("cnn"), roles, 10, tmp_path / "fold_0" / "ckpt", 0) is None
+    assert rob.adopt_cv_fold(get_recipe("cnn"), 0, roles, 10, tmp_path / "fold_0" / "ckpt", 0) is None
     assert not (tmp_path / "fold_0" / "ckpt").exists()

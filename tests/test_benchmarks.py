@@ -268,6 +268,16 @@ def test_ravdess_cv_cut_runs_shorten_a_distilled_recipe_and_its_teacher(ravdess_
     assert ravdess_cv.teacher(facts) == " (distilled from cnn+crnn+rnn)" and ravdess_cv.teacher({}) == ""
 
 
+def test_ravdess_cv_refuses_an_unknown_executor_before_any_work(ravdess_cv, monkeypatch):
+    from ser.errors import ConfigError
+
+    monkeypatch.setattr(ravdess_cv, "ingest", lambda *a, **k: pytest.fail("ingested before checking --executor"))
+    with pytest.raises(ConfigError, match="--executor must be one of local, ray"):
+        ravdess_cv.main(["--models", "cnn", "--executor", "dask"])
+    with pytest.raises(ConfigError, match="--ray-address"):
+        ravdess_cv.main(["--models", "cnn", "--executor", "ray", "--ray-address", " "])
+
+
 def test_robustness_section_compares_every_recipe_with_the_baseline(robustness, tmp_path, monkeypatch):
     s = {"uar": 0.5, "uar_ci": [0.4, 0.6], "gender_gap_uar": 0.01}
     d = {"uar_diff": 0.1, "ci": [0.02, 0.2]}
