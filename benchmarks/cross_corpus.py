@@ -20,6 +20,7 @@ Usage::
     .venv/bin/python benchmarks/cross_corpus.py [--model classical] [--workers 2]
     .venv/bin/python benchmarks/cross_corpus.py --model cnn                      # full: both directions + joint
     .venv/bin/python benchmarks/cross_corpus.py --model cnn --epochs 1 --limit 150 --folds 1   # a cut check
+    .venv/bin/python benchmarks/cross_corpus.py --model cnn-robust --executor ray --threads 1  # joint folds 2 at once
 
 Writes ``benchmarks/results/cross_corpus.json`` (``runs``: the classical rows; ``neural``: one entry per recipe) and
 the matching section of ``benchmarks/RESULTS.md``.
@@ -35,8 +36,10 @@ import time
 from typing import Any
 
 from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
+from ser.cli._executor_opts import EXECUTOR_HELP, RAY_ADDRESS_HELP, make_executor
 from ser.data.ingest import ingest
 from ser.data.validate import validate
+from ser.executor import RAY_LOCAL
 from ser.jobs.train import FeatureSource
 from ser.train.crosscorpus import ADAPT_MODES, cross_corpus, joint_corpus, neural_cross_corpus
 from ser.train.recipes import get_recipe
@@ -198,6 +201,9 @@ def run_classical(args: argparse.Namespace, data: dict[str, Any]) -> None:
 
 
 def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
     cut = {k: getattr(args, k) for k in ("epochs", "limit") if getattr(args, k) is not None}
     if args.folds is not None and args.folds < args.k:
         cut["folds"] = args.folds
@@ -249,6 +255,7 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
             n_boot=args.n_boot,
             progress=True,
             variants_for=variants_of,
+            executor=make_executor(args.executor, args.ray_address, args.threads),
         )
         for r in joint:
             print(f"joint → {r['test_corpus']}: UAR {100 * r['uar']:.1f} %")
@@ -281,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="cut: run only the first N joint folds")
     ap.add_argument("--epochs", type=int, default=None, help="cut: train N epochs instead of the recipe's")
     ap.add_argument("--limit", type=int, default=None, help="cut: a seeded sample of N clips per corpus")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (--executor ray: per joint fold)")
+    ap.add_argument("--executor", default="local", help=f"neural: {EXECUTOR_HELP} (the joint folds)")
+    ap.add_argument("--ray-address", default=RAY_LOCAL, help=RAY_ADDRESS_HELP)
     args = ap.parse_args(argv)
+    make_executor(args.executor, args.ray_address, args.threads)  # a bad option fails here, before any work
     data = _load()
     if args.model == "classical":
         run_classical(args, data)

@@ -268,6 +268,17 @@ def test_ravdess_cv_cut_runs_shorten_a_distilled_recipe_and_its_teacher(ravdess_
     assert ravdess_cv.teacher(facts) == " (distilled from cnn+crnn+rnn)" and ravdess_cv.teacher({}) == ""
 
 
+def test_cross_corpus_refuses_an_unknown_executor_before_any_work(monkeypatch):
+    from ser.errors import ConfigError
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    cc = importlib.import_module("cross_corpus")
+    sys.modules.pop("cross_corpus", None)
+    monkeypatch.setattr(cc, "_load", lambda: pytest.fail("read the results before checking --executor"))
+    with pytest.raises(ConfigError, match="--executor must be one of local, ray"):
+        cc.main(["--model", "cnn-robust", "--executor", "dask"])
+
+
 def test_ravdess_cv_refuses_an_unknown_executor_before_any_work(ravdess_cv, monkeypatch):
     from ser.errors import ConfigError
 

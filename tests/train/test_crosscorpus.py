@@ -143,6 +143,7 @@ def test_neural_cross_corpus_rows_with_and_without_adaptation(two_corpora, quiet
 
 
 def test_joint_corpus_scores_each_corpus_on_its_held_out_speakers(two_corpora, one_torch_thread):
+    from ser.executor import Executor
     from ser.train.crosscorpus import joint_corpus, joint_splits
 
     root, a, b = two_corpora
@@ -159,6 +160,17 @@ def test_joint_corpus_scores_each_corpus_on_its_held_out_speakers(two_corpora, o
     assert all(r["ci"]["uar"]["low"] <= r["uar"] <= r["ci"]["uar"]["high"] for r in rows)
     cut = joint_corpus({"a": a, "b": b}, _tiny(), k=2, folds=[0], out_dir=root / "joint", workers=1, n_boot=200)
     assert cut[0]["folds"] == [0] and cut[0]["n_test"] < rows[0]["n_test"]  # a cut run scores only its folds
+
+    class Counting(Executor):  # the local executor, counting the fold tasks handed to it
+        def map_tasks(self, fn, items, **kw):
+            handed.extend(items)
+            return super().map_tasks(fn, items, **kw)
+
+    handed: list = []
+    again = joint_corpus({"a": a, "b": b}, _tiny(), k=2, out_dir=root / "joint-x", workers=1, n_boot=200,
+                         executor=Counting())  # fmt: skip
+    assert sorted(t.fold for t in handed) == [0, 1]  # every fold went through the executor it was given
+    assert [r["uar"] for r in again] == [r["uar"] for r in rows]  # same seeds, same folds: the same scores
 
 
 def test_a_robust_recipe_gets_its_variants_of_training_rows_only(two_corpora, quiet_b, one_torch_thread):

@@ -26,6 +26,7 @@ from ser.errors import ConfigError, SerError
 
 if TYPE_CHECKING:
     from ser.adaptation import Adaptation
+    from ser.executor import Executor
 
 
 def align(train: pd.DataFrame, test: pd.DataFrame, profile: str) -> tuple[pd.DataFrame, pd.DataFrame, list, dict]:
@@ -440,12 +441,14 @@ def joint_corpus(
     n_boot: int = 1000,
     progress: bool = False,
     variants_for: Callable[[Any], Any] | None = None,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``spec`` on the pooled ``corpora`` (``{name: manifest}``, each mapped through ``profile``, the
     classes all share kept) with :func:`joint_splits` folds (``folds``: which to run, default all ``k``), and score
     the held-out speakers of each corpus separately (UAR and accuracy with 95 % speaker-bootstrap CIs over the
-    folds run). Validation speakers are carved out of each fold's pooled training speakers. Returns one row per
-    corpus."""
+    folds run). Validation speakers are carved out of each fold's pooled training speakers. ``executor``: where the
+    folds train (:func:`~ser.train.cv.cross_validate_members`; a ``ray`` one trains them side by side). Returns one
+    row per corpus."""
     from ser.data.labels import apply_profile, get_profile
     from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.train.cv import FoldOutput, cross_validate_members, ensemble_folds, load_frame_features
@@ -466,7 +469,7 @@ def joint_corpus(
     splits = joint_splits(mapped, k, seed)
     run = list(range(k)) if folds is None else folds
     outs = cross_validate_members(pooled, splits, member_specs, feats, classes, out_dir, folds=run, seed=seed,
-                                  progress=progress, variants_for=variants_for)  # fmt: skip
+                                  progress=progress, variants_for=variants_for, executor=executor)  # fmt: skip
     fused = outs[spec.name] if len(member_specs) == 1 else ensemble_folds(
         [outs[m.name] for m in member_specs], getattr(spec, "weights", None)
     )  # fmt: skip
