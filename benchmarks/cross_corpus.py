@@ -122,6 +122,8 @@ def neural_lines(key: str, entry: dict[str, Any]) -> list[str]:
                 f"| {r['test_corpus']} | {r['n_test']} ({r['test_speakers']}) | {_ci(r, 'uar')} | "
                 f"{_ci(r, 'accuracy')} | {_recalls(r)} |"
             )
+    else:
+        lines += ["", "Joint training: not run for this record (`--no-joint`)."]
     return [*lines, ""]
 
 

@@ -188,6 +188,9 @@ def test_cross_corpus_section_keeps_the_classical_rows_and_flags_cut_runs(monkey
     assert "+5.0 (-1.0 to +10.0)" in text and "test corpus's own unlabelled" in text
     assert "| emodb | 5 (2) | 70.0 % (60.0–80.0)" in text and "folds 0 of 5" in text
     assert "| ravdess → emodb | AdaBN | 10 (3) |" in text and "Adaptation: AdaBN" in text
+    assert "not run for this record" not in text
+    alone = cc.render({"neural": {"cnn": {**entry, "cut": None, "joint": []}}})  # --no-joint: said, not hidden
+    assert "Joint training: not run for this record (`--no-joint`)." in alone and "pooled" not in alone
 
 
 def test_adabn_benchmark_labels_and_four_class_argmax(monkeypatch, tmp_path):
