@@ -120,21 +120,24 @@ def serve_ms(model_pt: Path, spec: Any, classes: list[str], clip: np.ndarray, re
 
 def cross_corpus_rows(recipe: str, path: Path = CROSS_CORPUS_JSON) -> list[dict[str, Any]]:
     """``{train, test, adaptation, uar, uar_ci}`` of each cross-corpus row of ``recipe``'s full (not cut) neural
-    run in ``cross_corpus.json`` (key ``neural[recipe]``); [] when there is none."""
+    run in ``cross_corpus.json`` (key ``neural[recipe]``), then its joint-training rows (``train``: the corpora
+    pooled, ``adaptation``: ``joint``); [] when there is none."""
     if not path.is_file():
         return []
     run = json.loads(path.read_text()).get("neural", {}).get(recipe)
     if not isinstance(run, dict) or run.get("cut"):
         return []
+
+    def row(r: dict[str, Any], train: str, test: str, adaptation: str) -> dict[str, Any]:
+        ci = [r["ci"]["uar"]["low"], r["ci"]["uar"]["high"]]
+        return {"train": train, "test": test, "adaptation": adaptation, "uar": r["uar"], "uar_ci": ci}
+
     return [
-        {
-            "train": "+".join(r["train_corpora"]),
-            "test": "+".join(r["test_corpora"]),
-            "adaptation": r.get("adaptation", "none"),
-            "uar": r["uar"],
-            "uar_ci": [r["ci"]["uar"]["low"], r["ci"]["uar"]["high"]],
-        }
-        for r in run.get("cross_corpus", [])
+        *(
+            row(r, "+".join(r["train_corpora"]), "+".join(r["test_corpora"]), r.get("adaptation", "none"))
+            for r in run.get("cross_corpus", [])
+        ),
+        *(row(r, "+".join(r["train_corpora"]), r["test_corpus"], "joint") for r in run.get("joint", [])),
     ]
 
 

@@ -62,9 +62,12 @@ def test_cross_corpus_rows_skip_cut_runs(bench, tmp_path):
     path = tmp_path / "cc.json"
     path.write_text(json.dumps({"neural": {"cnn-robust": {"cut": {"epochs": 1}, "cross_corpus": [row]}}}))
     assert dr.cross_corpus_rows("cnn-robust", path) == []
-    path.write_text(json.dumps({"neural": {"cnn-robust": {"cut": None, "cross_corpus": [row]}}}))
+    joint = {"train_corpora": ["ravdess", "emodb"], "test_corpus": "emodb", "uar": 0.6,
+             "ci": {"uar": {"low": 0.5, "high": 0.7}}}  # fmt: skip
+    path.write_text(json.dumps({"neural": {"cnn-robust": {"cut": None, "cross_corpus": [row], "joint": [joint]}}}))
     assert dr.cross_corpus_rows("cnn-robust", path) == [
-        {"train": "ravdess", "test": "emodb", "adaptation": "none", "uar": 0.41, "uar_ci": [0.35, 0.47]}
+        {"train": "ravdess", "test": "emodb", "adaptation": "none", "uar": 0.41, "uar_ci": [0.35, 0.47]},
+        {"train": "ravdess+emodb", "test": "emodb", "adaptation": "joint", "uar": 0.6, "uar_ci": [0.5, 0.7]},
     ]
     assert dr.cross_corpus_rows("cnn", path) == [] and dr.cross_corpus_rows("cnn", tmp_path / "none.json") == []
 
