@@ -276,7 +276,7 @@ class AdaptJob:
         source_stats, source_desc = self._source(src, pre, rows)
         adaptation = Adaptation(rows, source_stats, target_stats)
 
-        target = self.target or Path(self.audio).resolve().name
+        target = self.target_name
         info = self._info(
             METHOD, src, meta, len(tgt.files), len(tgt.skipped), tgt.seconds, rows=list(rows), source=source_desc
         )
@@ -317,7 +317,7 @@ class AdaptJob:
         adapted, layers = adapt_batchnorm(
             onnx.load(str(src / MODEL_FILE)), [r[0] for _, r in ok], input_name=INPUT_NAME, threads=self.threads
         )
-        target = self.target or Path(self.audio).resolve().name
+        target = self.target_name
         shift_sd = round(float(np.mean([la["mean_shift_sd"] for la in layers])), 4)
         info = self._info(METHOD, src, meta, len(ok), len(skipped), seconds, layers=len(layers), mean_shift_sd=shift_sd)
         body = {
@@ -335,6 +335,11 @@ class AdaptJob:
             method=METHOD, layers=layers,
         )  # fmt: skip
 
+    @property
+    def target_name(self) -> str:
+        """The deployment's name in the metadata and card: ``target``, else the audio folder's name."""
+        return self.target or Path(self.audio).resolve().name
+
     def _info(
         self, method: str, src: Path, meta: dict[str, Any], files: int, skipped: int, seconds: float, **fields: Any
     ) -> dict[str, Any]:
@@ -345,7 +350,7 @@ class AdaptJob:
         return {
             "file": ADAPTATION_FILE,
             "method": method,
-            "target": self.target or Path(self.audio).resolve().name,
+            "target": self.target_name,
             "target_audio": str(self.audio),
             "files": files,
             "skipped": skipped,
