@@ -329,10 +329,17 @@ def _distilled(meta: dict[str, Any]) -> list[str]:
     distil = (meta.get("recipe") or {}).get("distil")
     if not distil:
         return []
+    k = distil.get("cross_fit") or 0
+    targets = (
+        f"its targets out-of-fold (the training speakers in {k} groups, each labelled by a teacher trained on the "
+        "others)"
+        if k
+        else "the teacher trained on the same training speakers"
+    )
     return [
         f"- Distilled (Hinton et al., 2015) from the `{distil.get('teacher')}` recipe (alpha {distil.get('alpha')}, "
-        f"temperature {distil.get('temperature')}): the teacher was trained on the same training speakers and this "
-        "model towards its outputs as well as the labels. Only this model ships; it runs at its own cost."
+        f"temperature {distil.get('temperature')}): {targets}, and this model trained towards its outputs as well as "
+        "the labels. Only this model ships; it runs at its own cost."
     ]
 
 

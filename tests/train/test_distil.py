@@ -204,6 +204,71 @@ def test_each_folds_teacher_trains_on_that_folds_training_speakers_only_and_is_k
     assert {m["epochs_run"] for m in retrained.info["teacher"]["members"].values()} == {4}
 
 
+def test_a_cross_fitted_teacher_labels_each_speaker_with_a_teacher_that_never_heard_it(data, teacher_pair, tmp_path):
+    from ser.train.distil import speaker_groups
+
+    manifest, splits, feats = data
+    student = _student(teacher_pair, cross_fit=2)
+    assert student.fingerprint() != _student(teacher_pair).fingerprint()
+    (out,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[1], seed=2)
+    rec = out.info["teacher"]
+    roles = fold_roles(manifest, splits, 1, student.val_speakers, 2 + student.seed)
+    train = roles["train"]
+    assert rec["cross_fit"] == 2 and len(rec["parts"]) == 2 and rec["seed"] == 3  # the fold's seed, 2 + fold 1
+    groups = [set(p["speakers"]) for p in rec["parts"]]
+    assert groups[0] and groups[1] and not groups[0] & groups[1]
+    assert groups[0] | groups[1] == set(train["speaker"]) == set(rec["train_speakers"])
+    for g, part in zip(groups, rec["parts"], strict=True):  # each part trained on the others, scored its own
+        assert part["n_scored"] == int(train["speaker"].isin(g).sum())
+        assert part["n_train"] == len(train) - part["n_scored"]
+        assert set(part["members"]) == {"tiny-t0", "tiny-t1"}
+    folder = tmp_path / "student" / "fold_1_teacher"
+    kept = load_teacher(folder)
+    assert kept is not None and kept.utt_ids == list(train["utt_id"])
+    assert kept.logits.shape == (len(train), len(CLASSES))
+    np.testing.assert_allclose(np.exp(kept.logits).sum(1), 1.0, rtol=1e-5)
+    for g in range(2):
+        assert (folder / f"part_{g}" / "tiny-t1" / "last.pt").is_file()
+
+    # the targets of group 0 are what a teacher trained on group 1's rows alone says of them (worked out again)
+    from ser.train.cv import fit_spec, utterance_arrays
+    from ser.train.recipes import members
+
+    held = train["speaker"].isin(groups[0]).to_numpy()
+    y_all = np.array([CLASSES.index(e) for e in train["emotion"]])
+    val_ids = list(roles["val"]["utt_id"])
+    y_val = np.array([CLASSES.index(e) for e in roles["val"]["emotion"]])
+    probas = []
+    for m in members([get_recipe(teacher_pair)]):
+        rows = [u for u, h in zip(train["utt_id"], held, strict=True) if not h]
+        x = {"train": utterance_arrays(m, feats, rows), "val": utterance_arrays(m, feats, val_ids)}
+        result, c = fit_spec(m, x, {"train": y_all[~held], "val": y_val}, len(CLASSES), rec["seed"] + m.seed, None)
+        scored = [u for u, h in zip(train["utt_id"], held, strict=True) if h]
+        ds = ArrayDataset(utterance_arrays(m, feats, scored), y_all[held], n_classes=len(CLASSES))
+        probas.append(predict_proba(result.model, ds, eval_mode=c.eval_mode, window=c.window_frames(), hop=c.eval_hop))
+    np.testing.assert_allclose(np.exp(kept.logits[held]), np.mean(probas, axis=0), atol=1e-4)
+
+    # a killed run reads the finished teacher back; an in-sample teacher in the same folder is another teacher
+    stamp = (folder / TEACHER_TARGETS).stat().st_mtime_ns
+    (tmp_path / "student" / "fold_1.npz").unlink()
+    (again,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[1], seed=2)
+    assert (folder / TEACHER_TARGETS).stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.proba, out.proba)
+    (plain,) = cross_validate(manifest, splits, _student(teacher_pair), feats, CLASSES, tmp_path, folds=[1], seed=2)
+    assert "parts" not in plain.info["teacher"] and not (folder / "part_0").exists()
+
+    # the groups: seeded, every speaker once, as even as can be; too few speakers or one group is refused
+    spk = [f"s{i:02d}" for i in range(20) for _ in range(3)]
+    dealt = speaker_groups(spk, 3, seed=0)
+    assert sorted(s for g in dealt for s in g) == sorted(set(spk)) and sorted(len(g) for g in dealt) == [6, 7, 7]
+    assert dealt == speaker_groups(spk, 3, seed=0) and dealt != speaker_groups(spk, 3, seed=1)
+    assert all(len({int(s[1:]) % 2 for s in g}) == 2 for g in dealt)  # odd and even names mixed, not dealt by name
+    with pytest.raises(ConfigError, match="at least 3 training speakers"):
+        speaker_groups(["a", "b"], 3, seed=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        DistilConfig(teacher="cnn", cross_fit=1)
+
+
 def test_a_teacher_adopts_its_members_folds_finished_on_the_same_rows(data, monkeypatch, tmp_path):
     from ser.train.cv import cross_validate_members
 
@@ -268,6 +333,9 @@ def test_the_shipped_model_is_the_student_alone(data, teacher_pair, tmp_path):
 
     card = _distilled({"recipe": student.model_dump(mode="json")})
     assert len(card) == 1 and "`tiny-pair`" in card[0] and "alpha 0.7" in card[0]
+    assert "same training speakers" in card[0] and "out-of-fold" not in card[0]
+    oof = _distilled({"recipe": RECIPES["cnn-distil-oof"].model_dump(mode="json")})
+    assert "out-of-fold (the training speakers in 2 groups" in oof[0]
     assert _distilled({"recipe": RECIPES["cnn"].model_dump(mode="json")}) == []
 
 
@@ -285,6 +353,10 @@ def test_the_cnn_distil_recipe(monkeypatch):
     assert same == {k: v for k, v in cnn.model_dump().items() if k not in ("name", "distil")}  # the cnn, as student
     assert feature_kinds([spec]) == {"logmel", "mfcc"}  # the teacher's rnn reads MFCC
     assert "distil" not in cnn.model_dump(exclude_none=True)
+    oof = RECIPES["cnn-distil-oof"]
+    assert isinstance(oof, ModelSpec) and oof.distil is not None and oof.distil.cross_fit == 2
+    assert oof.distil.model_dump(exclude={"cross_fit"}) == spec.distil.model_dump(exclude={"cross_fit"})
+    assert spec.distil.cross_fit == 0 and oof.fingerprint() != spec.fingerprint()
     before = spec.fingerprint()
     assert before != cnn.fingerprint()
     crnn = RECIPES["crnn"]

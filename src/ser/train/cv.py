@@ -241,7 +241,9 @@ def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, prog
     from ser.train.distil import fit_teacher
 
     assert spec.distil is not None
-    speakers = {r: sorted(set(roles[r].set_index("utt_id").loc[ids[r], "speaker"])) for r in ("train", "val")}
+    by_id = {r: roles[r].set_index("utt_id")["speaker"].astype(str) for r in ("train", "val")}
+    row_speakers = {r: by_id[r].loc[ids[r]].tolist() for r in ("train", "val")}
+    speakers = {r: sorted(set(row_speakers[r])) for r in ("train", "val")}
     teacher = fit_teacher(
         spec.distil,
         {r: ids[r] for r in ("train", "val")},
@@ -253,6 +255,7 @@ def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, prog
         out_dir=teacher_dir,
         progress=progress,
         adopt=adopt,
+        row_speakers=row_speakers["train"],
     )
     if teacher.utt_ids != ids["train"]:  # pragma: no cover - fit_teacher keys its stored targets on the rows
         raise SerError("the teacher's targets are not those of the fold's training rows")

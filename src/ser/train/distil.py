@@ -136,6 +136,7 @@ def fit_teacher(
     out_dir: Path | None = None,
     progress: bool = False,
     adopt: dict[str, Path] | None = None,
+    row_speakers: list[str] | None = None,
 ) -> TeacherTargets:
     """Train the teacher of ``distil`` on the rows ``ids["train"]`` (labels ``y["train"]``; early stopping on
     ``ids["val"]`` as its members' recipes do, none when it is empty) and return its soft targets on the training rows.
@@ -146,23 +147,28 @@ def fit_teacher(
     seed and the rows are the same, a half-trained teacher resumes from its members' checkpoints, and a folder left
     by another teacher or other rows is cleared first. None: nothing is stored.
 
+    ``distil.cross_fit = k >= 2`` (out-of-fold targets): the training speakers are split into ``k`` seeded groups
+    (:func:`speaker_groups`; ``row_speakers``, the speaker of each training row, is then required) and each group's
+    rows are soft-labelled by a teacher trained on the other groups' rows (early stopping on the same validation
+    rows), in ``out_dir/part_<g>/<member>``: ``k`` teachers, each on ``(k - 1) / k`` of the rows, so the targets are
+    what the teacher says of speakers it has not heard, not of clips it has learnt by heart. ``info["parts"]`` names
+    each group's speakers; ``train_accuracy`` is then an out-of-fold figure.
+
     ``adopt``: ``{member name: fold base path}`` of the same members' cross-validation folds in this run folder
     (``<run>/<member>/fold_<k>``, :func:`adopt_member`): a member whose fold there finished with the same recipe, the
     same validation speakers, the same number of training clips, no test speaker among the teacher's training
     speakers and the same seed is not trained again; its checkpoint is copied and read (``info["members"][m]
-    ["adopted_from"]`` says from where).
+    ["adopted_from"]`` says from where). A cross-fitted teacher trains on parts of the rows, so it adopts nothing.
     """
-    from ser.train.cv import device_name, fit_spec, fuse, utterance_arrays
-    from ser.train.data import ArrayDataset
-    from ser.train.predict import predict_proba
-
     spec, specs = teacher_members(distil)
-    key = {
+    key: dict[str, Any] = {
         "teacher": distil.teacher,
         "fingerprint": teacher_fingerprint(distil),
         "seed": seed,
         "rows": _rows_hash(ids),
     }
+    if distil.cross_fit:  # in-sample teachers kept before the option existed keep their key
+        key["cross_fit"] = distil.cross_fit
     if out_dir is not None:
         done = load_teacher(out_dir, key)
         if done is not None:
@@ -173,18 +179,90 @@ def fit_teacher(
         if m.features not in first:
             raise ConfigError(f"distil: teacher member {m.name} reads {m.features} features, which were not loaded")
     start = time.perf_counter()
+    info: dict[str, Any] = {"teacher": distil.teacher, "fingerprint": key["fingerprint"], "seed": seed}
+    if distil.cross_fit:
+        if row_speakers is None or len(row_speakers) != len(ids["train"]):
+            raise SerError("a cross-fitted teacher needs the speaker of every training row")
+        groups = speaker_groups(row_speakers, distil.cross_fit, seed)
+        fused = np.zeros((len(ids["train"]), n_classes))
+        parts = []
+        for g, group in enumerate(groups):
+            held = np.isin(row_speakers, group)
+            fit_rows = {"train": [u for u, h in zip(ids["train"], held, strict=True) if not h], "val": ids["val"]}
+            fit_y = {"train": y["train"][~held], "val": y["val"]}
+            part_dir = None if out_dir is None else Path(out_dir) / f"part_{g}"
+            score = [u for u, h in zip(ids["train"], held, strict=True) if h]
+            fused[held], members = _fit_members(spec, specs, fit_rows, fit_y, score, feats, n_classes, seed,
+                                                part_dir, progress)  # fmt: skip
+            parts.append({"speakers": list(group), "n_train": len(fit_rows["train"]), "n_scored": len(score),
+                          "members": members})  # fmt: skip
+        info.update(cross_fit=distil.cross_fit, parts=parts)
+    else:
+        fused, members = _fit_members(
+            spec, specs, ids, y, ids["train"], feats, n_classes, seed, out_dir, progress, adopt, speakers
+        )
+        info["members"] = members
+    logits = np.log(np.clip(fused, 1e-12, None)).astype(np.float32)
+    info.update(
+        train_speakers=list(speakers["train"]),
+        val_speakers=list(speakers["val"]),
+        n_train=len(ids["train"]),
+        n_val=len(ids["val"]),
+        seconds=round(time.perf_counter() - start, 2),
+        train_accuracy=float((fused.argmax(1) == y["train"]).mean()),
+        train_mean_max_proba=float(fused.max(1).mean()),
+    )
+    out = TeacherTargets(logits, list(ids["train"]), list(ids["val"]), info)
+    if out_dir is not None:
+        save_teacher(out_dir, key, out)
+    return out
+
+
+def speaker_groups(row_speakers: list[str], k: int, seed: int) -> list[list[str]]:
+    """The training speakers dealt into ``k`` groups for a cross-fitted teacher: sorted, shuffled with ``seed``, then
+    cut into ``k`` runs of as equal length as can be (``numpy.array_split``). Shuffled, not dealt in name order, which
+    in RAVDESS alternates male (odd) and female (even) actors. Fewer than ``k`` speakers is a ConfigError."""
+    names = sorted(set(row_speakers))
+    if len(names) < k:
+        raise ConfigError(f"distil cross_fit {k} needs at least {k} training speakers, got {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    return [sorted(names[i] for i in part) for part in np.array_split(order, k)]
+
+
+def _fit_members(
+    spec: ModelSpec | EnsembleSpec,
+    specs: list[ModelSpec],
+    ids: dict[str, list[str]],
+    y: dict[str, np.ndarray],
+    score: list[str],
+    feats: dict[str, dict[str, np.ndarray]],
+    n_classes: int,
+    seed: int,
+    out_dir: Path | None,
+    progress: bool,
+    adopt: dict[str, Path] | None = None,
+    speakers: dict[str, list[str]] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train the teacher's members on ``ids["train"]`` (early stopping on ``ids["val"]``), each in
+    ``out_dir/<member>``, and return their fused probabilities ``(len(score), n_classes)`` of the rows ``score`` and
+    each member's facts. ``adopt`` / ``speakers``: as :func:`fit_teacher` (adoption needs both)."""
+    from ser.train.cv import device_name, fit_spec, fuse, utterance_arrays
+    from ser.train.data import ArrayDataset
+    from ser.train.predict import predict_proba
+
     probas, members = [], {}
     for m in specs:
         x = {r: utterance_arrays(m, feats, ids[r]) for r in ("train", "val")}
         ckpt = None if out_dir is None else Path(out_dir) / m.name
         adopted = None
-        if ckpt is not None and adopt and m.name in adopt:
+        if ckpt is not None and adopt and speakers is not None and m.name in adopt:
             adopted = adopt_member(m, adopt[m.name], ckpt, speakers, len(ids["train"]), seed + m.seed)
         result, cfg = fit_spec(m, x, {r: y[r] for r in ("train", "val")}, n_classes, seed + m.seed, ckpt,
                                progress=progress)  # fmt: skip
-        train_ds = ArrayDataset(x["train"], y["train"], n_classes=n_classes)
+        scored = ArrayDataset(utterance_arrays(m, feats, score), np.zeros(len(score), dtype=np.int64),
+                              n_classes=n_classes)  # fmt: skip
         probas.append(
-            predict_proba(result.model, train_ds, eval_mode=cfg.eval_mode, window=cfg.window_frames(), hop=cfg.eval_hop)
+            predict_proba(result.model, scored, eval_mode=cfg.eval_mode, window=cfg.window_frames(), hop=cfg.eval_hop)
         )
         members[m.name] = {
             "n_params": int(result.model.n_params()),
@@ -196,24 +274,7 @@ def fit_teacher(
         if adopted is not None:
             members[m.name]["adopted_from"] = str(adopted)
     fused = fuse(probas, getattr(spec, "weights", None)) if len(probas) > 1 else probas[0]
-    logits = np.log(np.clip(fused, 1e-12, None)).astype(np.float32)
-    info = {
-        "teacher": distil.teacher,
-        "fingerprint": key["fingerprint"],
-        "seed": seed,
-        "train_speakers": list(speakers["train"]),
-        "val_speakers": list(speakers["val"]),
-        "n_train": len(ids["train"]),
-        "n_val": len(ids["val"]),
-        "members": members,
-        "seconds": round(time.perf_counter() - start, 2),
-        "train_accuracy": float((fused.argmax(1) == y["train"]).mean()),
-        "train_mean_max_proba": float(fused.max(1).mean()),
-    }
-    out = TeacherTargets(logits, list(ids["train"]), list(ids["val"]), info)
-    if out_dir is not None:
-        save_teacher(out_dir, key, out)
-    return out
+    return fused, members
 
 
 def adopt_member(

@@ -50,6 +50,20 @@ class DistilConfig(BaseModel):
     teacher_overrides: dict[str, Any] = Field(
         default_factory=dict, description="recipe overrides for the teacher (an ensemble passes them to members)"
     )
+    cross_fit: int = Field(
+        0,
+        ge=0,
+        description="0: the teacher soft-labels the training rows it trained on; k >= 2: out-of-fold targets, the "
+        "training speakers dealt into k groups and each group's rows labelled by a teacher trained on the others "
+        "(k teachers, each on (k - 1) / k of the rows; ser.train.distil.fit_teacher)",
+    )
+
+    @field_validator("cross_fit")
+    @classmethod
+    def _cross_fit_groups(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("distil cross_fit is 0 (in-sample targets) or the number of speaker groups, at least 2")
+        return v
 
 
 class ModelSpec(BaseModel):
@@ -126,6 +140,8 @@ class ModelSpec(BaseModel):
 
             assert self.distil is not None
             data["distil"]["teacher_fingerprint"] = teacher_fingerprint(self.distil)
+            if data["distil"]["cross_fit"] == 0:  # added later: in-sample students keep their fingerprints
+                del data["distil"]["cross_fit"]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
