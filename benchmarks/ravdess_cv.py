@@ -12,10 +12,11 @@ the first missing fold (a distilled recipe's per-fold teacher too, in ``<recipe>
 ``benchmarks/results/ravdess_cv.json`` (a list of objects, one per model, UAR as a fraction) and the RAVDESS section
 of ``benchmarks/RESULTS.md``, written only by a run of the full protocol (all 6 folds, the recipes' epochs). A cut
 run (``--folds`` fewer than all, or ``--epochs``: every recipe's epochs, a distilled recipe's teacher's included)
-keeps its folds apart in ``benchmarks/runs/ravdess_cv/cut/`` and only prints its rows: it checks that a recipe goes
-through end to end. Validation speakers for early stopping are carved out of each training fold; the test actors
-are never seen before the final prediction (nor by a distilled recipe's teacher, trained on the fold's training
-actors only).
+only prints its rows. A screen (``--folds`` at the recipes' epochs) keeps its folds with the full protocol's, which
+resumes from them; a run with ``--epochs`` keeps them apart in ``benchmarks/runs/ravdess_cv/cut/``: it checks that a
+recipe goes through end to end. Validation speakers for early stopping are carved out of each training fold; the
+test actors are never seen before the final prediction (nor by a distilled recipe's teacher, trained on the fold's
+training actors only).
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ def write_results(rows: list[dict]) -> None:
     replace_section("## RAVDESS-8, 6-fold", section)
 
 
+def runs_dir(epochs: int | None) -> Path:
+    """Where a run keeps its folds: a screen (some folds, the recipes' epochs) trains exactly the folds the full
+    protocol would (same recipe, seed and actors), so it keeps them with the full run's, which resumes from them; a
+    run with ``--epochs`` trains other models and keeps them apart, in ``cut/``."""
+    return RUNS / "cut" if epochs is not None else RUNS
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(s.name for s in SPECS))
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(s.name for s in SPECS)}")
     folds = None if args.folds is None else [int(f) for f in args.folds.split(",")]
     cut = args.epochs is not None or (folds is not None and sorted(set(folds)) != list(range(FULL_FOLDS)))
-    runs = RUNS / "cut" if cut else RUNS
+    runs = runs_dir(args.epochs)
 
     result = ingest("ravdess", RAVDESS, profile="ravdess8", workers=args.workers, progress=True)
     manifest = result.manifest

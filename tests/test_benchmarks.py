@@ -321,3 +321,8 @@ def test_a_robustness_screen_keeps_the_record_and_its_section(robustness, tmp_pa
     assert (tmp_path / "r.json").is_file()
     # neither heading is a prefix of the other (replace_section matches by prefix)
     assert len(set(sections)) == 2 and not any(a != b and b.startswith(a) for a in sections for b in sections)
+
+
+def test_ravdess_cv_screens_keep_their_folds_for_the_full_run_and_cut_runs_apart(ravdess_cv):
+    assert ravdess_cv.runs_dir(None) == ravdess_cv.RUNS  # --folds 2,3 at the recipes' epochs: resumed by the full run
+    assert ravdess_cv.runs_dir(1) == ravdess_cv.RUNS / "cut"  # --epochs 1: other models, never mixed in
