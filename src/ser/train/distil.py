@@ -13,8 +13,9 @@ The targets are offline: the teacher scores each whole training clip once (eval 
 student, trained on random crops with SpecAugment, is pulled towards its clip's target on every crop. Online
 distillation (the teacher scoring each augmented crop) would match crop and target exactly, but put the teacher's
 forward passes (three models) into every step of every epoch; offline targets cost one pass and resume trivially.
-They are the teacher's outputs on clips it was trained on, so they are more confident than on unseen speakers; the
-temperature is what exposes how it ranks the other classes (:data:`~ser.train.spec.DISTIL_TEMPERATURE`).
+By default they are the teacher's outputs on clips it was trained on, so they are more confident than on unseen
+speakers; the temperature is what exposes how it ranks the other classes (:data:`~ser.train.spec.DISTIL_TEMPERATURE`).
+With ``cross_fit`` they are out-of-fold instead: each speaker group labelled by a teacher trained on the others.
 """
 
 from __future__ import annotations
