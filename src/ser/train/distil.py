@@ -186,13 +186,13 @@ def fit_teacher(
             raise SerError("a cross-fitted teacher needs the speaker of every training row")
         groups = speaker_groups(row_speakers, distil.cross_fit, seed)
         fused = np.zeros((len(ids["train"]), n_classes))
-        parts = []
+        train_ids, parts = np.asarray(ids["train"]), []
         for g, group in enumerate(groups):
             held = np.isin(row_speakers, group)
-            fit_rows = {"train": [u for u, h in zip(ids["train"], held, strict=True) if not h], "val": ids["val"]}
+            fit_rows = {"train": train_ids[~held].tolist(), "val": ids["val"]}
             fit_y = {"train": y["train"][~held], "val": y["val"]}
             part_dir = None if out_dir is None else Path(out_dir) / f"part_{g}"
-            score = [u for u, h in zip(ids["train"], held, strict=True) if h]
+            score = train_ids[held].tolist()
             fused[held], members = _fit_members(spec, specs, fit_rows, fit_y, score, feats, n_classes, seed,
                                                 part_dir, progress)  # fmt: skip
             parts.append({"speakers": list(group), "n_train": len(fit_rows["train"]), "n_scored": len(score),
@@ -260,8 +260,8 @@ def _fit_members(
             adopted = adopt_member(m, adopt[m.name], ckpt, speakers, len(ids["train"]), seed + m.seed)
         result, cfg = fit_spec(m, x, {r: y[r] for r in ("train", "val")}, n_classes, seed + m.seed, ckpt,
                                progress=progress)  # fmt: skip
-        scored = ArrayDataset(utterance_arrays(m, feats, score), np.zeros(len(score), dtype=np.int64),
-                              n_classes=n_classes)  # fmt: skip
+        x_score = x["train"] if score == ids["train"] else utterance_arrays(m, feats, score)  # in-sample: trimmed once
+        scored = ArrayDataset(x_score, np.zeros(len(score), dtype=np.int64), n_classes=n_classes)
         probas.append(
             predict_proba(result.model, scored, eval_mode=cfg.eval_mode, window=cfg.window_frames(), hop=cfg.eval_hop)
         )
