@@ -294,3 +294,24 @@ def test_ser_train_with_vad_trim_and_formant_shifted_variants(tmp_path, run_cli)
     assert fold["n_train_variants"] == fold["n_train"] > 0
     for sub in ("vad", "variants/vad", "variants/logmel"):  # the clean clips' and the variants' voice flags
         assert list((out / "cache" / sub).rglob("*.npz")), sub
+
+
+def test_noisy_recipe_puts_a_training_noise_in_more_variants_and_keeps_the_other_draws():
+    base = make_robust_config(get_recipe("cnn-robust").robust)
+    noisy = make_robust_config(get_recipe("cnn-robust-noisy").robust)
+    assert noisy.degrade["p_noise"] == 0.8 > d.TrainingDegradationConfig().p_noise
+    assert {k: v for k, v in noisy.model_dump().items() if k != "degrade"} == {
+        k: v for k, v in base.model_dump().items() if k != "degrade"
+    }
+    counts = {"base": np.zeros(2), "noisy": np.zeros(2)}  # [variants with noise, with reverb]
+    for name, cfg in (("base", base), ("noisy", noisy)):
+        for i in range(300):
+            for j in range(2):
+                chain = draw_variant(_sha(i), j, cfg).chain
+                noises = [s.noise for s in chain if isinstance(s, d.Noise)]
+                assert not set(noises) & set(d.HELD_OUT_NOISES)
+                counts[name] += [bool(noises), any(isinstance(s, d.Reverb) for s in chain)]
+    share = {k: v / 600 for k, v in counts.items()}
+    # p_noise 0.5 vs 0.8, among non-empty chains (an empty one is drawn again): 0.60 vs 0.86
+    assert 0.53 < share["base"][0] < 0.67 and 0.80 < share["noisy"][0] < 0.92
+    assert abs(share["noisy"][1] - share["base"][1]) < 0.08  # reverb still p 0.3

@@ -76,10 +76,10 @@ ROBUST_SPEAKER: dict[str, Any] = {
 """``cnn-robust-speaker``: each variant also draws a pitch shift (p 0.3, ±2 semitones), a tempo change (p 0.3,
 0.9-1.1x) and a formant shift (VTLP, p 0.5, warp 0.9-1.1: Jaitly & Hinton's range), before its channel."""
 ROBUST_NOISY: dict[str, Any] = {**ROBUST, "degrade": {"p_noise": 0.8}}
-"""``cnn-robust-noisy``: ``cnn-robust``'s draws with additive noise in 80 % of the variants instead of 50 % (a real
-call always has a background). The other steps draw exactly as before (the draws consume the same random numbers
-whatever the probabilities), so the only change is which variants carry a training noise; the clean share of
-training (one view in three) is unchanged."""
+"""``cnn-robust-noisy``: ``cnn-robust`` with a noise probability of 0.8 instead of 0.5 (a real call always has a
+background): since a draw with no step at all is drawn again, about 86 % of its variants carry a training noise
+against 60 %, and the other steps keep their probabilities. The clean share of training (one view in three) is
+unchanged."""
 
 
 def cnn_recipe(name: str, **fields: Any) -> ModelSpec:
