@@ -315,3 +315,13 @@ def test_noisy_recipe_puts_a_training_noise_in_more_variants_and_keeps_the_other
     # p_noise 0.5 vs 0.8, among non-empty chains (an empty one is drawn again): 0.60 vs 0.86
     assert 0.53 < share["base"][0] < 0.67 and 0.80 < share["noisy"][0] < 0.92
     assert abs(share["noisy"][1] - share["base"][1]) < 0.08  # reverb still p 0.3
+
+
+def test_long_recipe_is_the_noisy_recipe_trained_longer_on_the_same_variants():
+    noisy, long = get_recipe("cnn-robust-noisy"), get_recipe("cnn-robust-noisy-long")
+    assert long.train["epochs"] == 25 > noisy.train["epochs"]
+    assert long.model_dump(exclude={"name", "train"}) == noisy.model_dump(exclude={"name", "train"})
+    assert {**long.train, "epochs": 0} == {**noisy.train, "epochs": 0}
+    cfg_long, cfg_noisy = make_robust_config(long.robust), make_robust_config(noisy.robust)
+    for i in range(20):  # the same draws, so the same cached variants: only training time grows
+        assert draw_variant(_sha(i), 1, cfg_long).key == draw_variant(_sha(i), 1, cfg_noisy).key
