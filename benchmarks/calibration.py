@@ -44,7 +44,7 @@ from robustness import CONDITIONS as ROBUSTNESS_CONDITIONS
 ROBUSTNESS_ROOT = HERE / "runs" / "robustness" / "full"
 CV_ROOTS = {"cnn": HERE / "runs" / "ray_cv" / "ray" / "cnn"}
 """Cross-validation runs whose clean folds are the same models as the robustness run's (adopted there)."""
-RECIPES = ("cnn", "cnn-robust", "cnn-robust-vad")
+RECIPES = ("cnn", "cnn-robust", "cnn-robust-vad", "cnn-robust-noisy-long")
 CONDITIONS = ROBUSTNESS_CONDITIONS
 """The robustness benchmark's test conditions; "clean" first."""
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
