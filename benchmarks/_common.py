@@ -33,8 +33,14 @@ def machine() -> str:
 
 
 def replace_section(heading: str, section: str, path: Path = RESULTS_MD) -> None:
-    """Replace the Markdown section starting with ``heading`` (``## ...``) in ``path``, or append it."""
+    """Replace the Markdown section starting with ``heading`` (``## ...``) in ``path`` where it stands (so a rerun
+    leaves the file's order, and its diff, alone), or append it."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by its script.\n"
     parts = text.split("\n## ")
-    kept = [p for i, p in enumerate(parts) if i == 0 or not ("## " + p).startswith(heading)]
-    path.write_text("\n## ".join(kept).rstrip() + "\n\n" + section)
+    at = [i for i, p in enumerate(parts) if i > 0 and ("## " + p).startswith(heading)]
+    if not at:
+        path.write_text(text.rstrip() + "\n\n" + section)
+        return
+    parts[at[0]] = section.strip().removeprefix("## ") + "\n"
+    kept = [p for i, p in enumerate(parts) if i not in at[1:]]
+    path.write_text("\n## ".join(kept).rstrip() + "\n")

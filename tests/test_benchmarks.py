@@ -326,3 +326,18 @@ def test_a_robustness_screen_keeps_the_record_and_its_section(robustness, tmp_pa
 def test_ravdess_cv_screens_keep_their_folds_for_the_full_run_and_cut_runs_apart(ravdess_cv):
     assert ravdess_cv.runs_dir(None) == ravdess_cv.RUNS  # --folds 2,3 at the recipes' epochs: resumed by the full run
     assert ravdess_cv.runs_dir(1) == ravdess_cv.RUNS / "cut"  # --epochs 1: other models, never mixed in
+
+
+def test_replace_section_rewrites_a_section_where_it_stands_and_appends_a_new_one(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    common = importlib.import_module("_common")
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\n## A\n\nold a\n\n## B\n\nold b\n\n## A again\n\nstale\n\n## C\n\nc\n")
+    common.replace_section("## B", "## B\n\nnew b\n", md)
+    common.replace_section("## A", "## A\n\nnew a\n", md)  # also drops the later section "A again" it matches
+    assert md.read_text() == "# Results\n\n## A\n\nnew a\n\n## B\n\nnew b\n\n## C\n\nc\n"
+    common.replace_section("## D", "## D\n\nd\n", md)
+    assert md.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
+    before = md.read_text()
+    common.replace_section("## B", "## B\n\nnew b\n", md)
+    assert md.read_text() == before
