@@ -70,6 +70,12 @@ def test_cross_corpus_rows_skip_cut_runs(bench, tmp_path):
         {"train": "ravdess+emodb", "test": "emodb", "adaptation": "joint", "uar": 0.6, "uar_ci": [0.5, 0.7]},
     ]
     assert dr.cross_corpus_rows("cnn", path) == [] and dr.cross_corpus_rows("cnn", tmp_path / "none.json") == []
+    recorded = {"chosen": "cnn-robust", "candidates": [{"recipe": "cnn-robust"}], "cross_corpus": []}
+    refreshed = dr.refresh_cross_corpus(recorded, path)
+    assert refreshed["cross_corpus"] == dr.cross_corpus_rows("cnn-robust", path) and len(refreshed["cross_corpus"]) == 2
+    assert {k: v for k, v in refreshed.items() if k != "cross_corpus"} == {
+        k: v for k, v in recorded.items() if k != "cross_corpus"
+    }
 
 
 def test_the_pipeline_config_uses_the_recorded_default():
