@@ -89,6 +89,17 @@ def test_bundled_folder_is_complete_and_licensed():
     assert "license: cc-by-nc-sa-4.0" in card and "non-commercial" in card and "Calibration" in card
 
 
+def test_the_bundle_is_the_default_recipe():
+    """The bundled model is the default recipe (what benchmarks/default_recipe.py chose, configs/ravdess.yaml), and
+    the config that rebuilds it asks for the same one: changing the default without rebuilding the bundle fails here."""
+    import yaml
+
+    default = yaml.safe_load((ROOT / "configs" / "ravdess.yaml").read_text())["train"]["model"]
+    rebuild = yaml.safe_load((ROOT / "configs" / "ravdess-all.yaml").read_text())["train"]["model"]
+    bundled = json.loads((bundled_dir() / "metadata.json").read_text())["pretrained"]["recipe"]
+    assert default == rebuild == bundled
+
+
 def test_bundled_files_are_package_data():
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["ser"]
     package = ROOT / "src" / "ser"
