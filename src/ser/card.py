@@ -251,10 +251,16 @@ def _evaluation(evaluation: dict[str, Any], result: dict[str, Any]) -> list[str]
 def _calibration(cal: dict[str, Any] | None) -> list[str]:
     if not cal:
         return []
+    # The log-loss is what the temperature minimises; the binned ECE can rise while it falls (few clips per bin).
+    nll = (
+        f"; log-loss {cal['nll_before']:.4f} → {cal['nll_after']:.4f}"
+        if cal.get("nll_before") is not None and cal.get("nll_after") is not None
+        else ""
+    )
     return [
         f"- Calibration: the served probabilities are temperature-scaled, T = {cal['temperature']:.3f} (fitted on "
         f"{cal['n']} out-of-fold predictions by minimising the NLL); expected calibration error "
-        f"{cal['ece_before']:.4f} → {cal['ece_after']:.4f} ({cal['n_bins']} bins, {cal['after']})."
+        f"{cal['ece_before']:.4f} → {cal['ece_after']:.4f} ({cal['n_bins']} bins, {cal['after']}){nll}."
     ]
 
 

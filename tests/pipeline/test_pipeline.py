@@ -216,6 +216,7 @@ def test_pipeline_registers_a_champion_with_card_and_working_onnx(first_run, rav
     assert cal["method"] == "temperature" and cal["temperature"] > 0 and cal["n_folds"] == 2
     assert cal["after"] == "cross-fitted by fold" and 0 <= cal["ece_after"] <= 1
     assert Predictor(folder, warmup=False).temperature == cal["temperature"] and "Calibration: " in card
+    assert f"log-loss {cal['nll_before']:.4f} → {cal['nll_after']:.4f}" in card  # what the temperature minimises
     import fsspec  # register.publish copied the version to a URI (fsspec's memory filesystem here)
 
     mem = fsspec.filesystem("memory")
