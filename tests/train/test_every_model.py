@@ -62,3 +62,17 @@ def test_model_learns_unseen_speakers(synth, name):
     pred = out.proba.argmax(1)
     recall = [np.mean(pred[out.y == k] == k) for k in np.unique(out.y)]
     assert np.mean(recall) > 0.3, f"{name}: UAR {np.mean(recall):.3f} on unseen speakers"
+
+
+def test_a_resumed_fold_counts_the_training_time_of_the_killed_run(synth, tmp_path):
+    """A fold resumed from its checkpoint reports the restored epochs' training time too, not only its own wall
+    clock (the 6-fold table's train s/fold of a run that was killed and resumed)."""
+    manifest, splits, feats, classes = synth
+    spec = get_recipe("cnn", {**CASES["cnn"], "train": {**SMALL_TRAIN, "epochs": 2}, "val_speakers": 1})
+    roles = fold_roles(manifest, splits, 0, spec.val_speakers, seed=0)
+    first = run_fold(spec, roles, feats, classes, seed=0, out_dir=tmp_path / "ckpt")
+    assert first.info["resumed_epochs"] == 0 and first.info["seconds_before_resume"] == 0
+    again = run_fold(spec, roles, feats, classes, seed=0, out_dir=tmp_path / "ckpt")  # every epoch restored
+    assert again.info["resumed_epochs"] == 2 and again.info["seconds_before_resume"] > 0
+    assert again.info["seconds"] >= again.info["seconds_before_resume"]
+    np.testing.assert_allclose(again.proba, first.proba, atol=1e-6)

@@ -204,6 +204,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     assert records(resumed) == records(full)
     assert resumed.best_epoch == full.best_epoch and resumed.epochs_run == 5
+    assert full.resumed_epochs == 0 and full.seconds_before_resume == 0.0
+    assert resumed.resumed_epochs == 2 and resumed.seconds_before_resume == sum(resumed.epoch_seconds[:2]) > 0
     last_full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     last_cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(last_full[k], last_cut[k]) for k in last_full)

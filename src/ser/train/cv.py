@@ -223,7 +223,8 @@ def run_fold(
         info["teacher"] = teacher.info
         info["train_speakers"] = teacher.info["train_speakers"]
     info.update(
-        seconds=round(time.perf_counter() - start, 2),
+        # a resumed fold: this call's wall time plus the restored epochs' training time (a killed run's)
+        seconds=round(time.perf_counter() - start + info.get("seconds_before_resume", 0.0), 2),
         n_train=len(ids["train"]),
         n_train_variants=n_variants,
         n_val=len(ids["val"]),
@@ -318,6 +319,8 @@ def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress, teacher_logits=No
         "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),
         "device": device_name(result.device),
+        "resumed_epochs": result.resumed_epochs,
+        "seconds_before_resume": round(result.seconds_before_resume, 2),
     }
 
 
@@ -585,7 +588,8 @@ def fit_final(
     logits = None if teacher is None else teacher.logits
     result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress, teacher_logits=logits)
     info = {
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(time.perf_counter() - start + result.seconds_before_resume, 2),
+        "resumed_epochs": result.resumed_epochs,
         "best_epoch": int(result.best_epoch),
         "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),

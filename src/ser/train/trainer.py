@@ -140,6 +140,13 @@ class TrainResult:
     class_weights: list[float] | None = None
     out_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    resumed_epochs: int = 0
+    """Epochs restored from a checkpoint (``resume=True``): trained by an earlier, killed run."""
+
+    @property
+    def seconds_before_resume(self) -> float:
+        """Training time of the restored epochs, which a wall clock around this call does not see."""
+        return float(sum(self.epoch_seconds[: self.resumed_epochs]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no tensors)."""
@@ -306,6 +313,7 @@ def _fit(
     st = _new_state()
     if resume and run.ckpt_path is not None and run.ckpt_path.is_file():
         _resume(run, run.ckpt_path, st)
+    resumed = st["epoch"]
     console = _console() if progress else None
     epoch = st["epoch"]
     while not st["done"] and epoch < cfg.epochs:
@@ -320,7 +328,7 @@ def _fit(
             _print_epoch(console, cfg, record, st)
         if on_epoch is not None:
             on_epoch(dict(record))
-    return _result(run, st)
+    return _result(run, st, resumed)
 
 
 @dataclass
@@ -524,7 +532,7 @@ def _save_epoch(run: _Run, out: Path, st: dict[str, Any], improved: bool) -> Non
     write_json(out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
 
 
-def _result(run: _Run, st: dict[str, Any]) -> TrainResult:
+def _result(run: _Run, st: dict[str, Any], resumed: int = 0) -> TrainResult:
     """The model with its best weights, in eval mode, and the run's facts."""
     if st["best_state"] is None:  # pragma: no cover - epochs >= 1 always records a best state
         raise SerError("training produced no model")
@@ -543,6 +551,7 @@ def _result(run: _Run, st: dict[str, Any]) -> TrainResult:
         device=str(run.device),
         config=run.cfg,
         class_weights=None if run.weights is None else [float(w) for w in run.weights],
+        resumed_epochs=resumed,
         out_dir=run.out,
     )
 
