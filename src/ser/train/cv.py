@@ -313,7 +313,13 @@ def _fit_torch(spec, x, y, n_classes, seed, out_dir, progress, teacher_logits=No
     result, cfg = fit_spec(spec, x, y, n_classes, seed, out_dir, progress=progress, teacher_logits=teacher_logits)
     test_ds = ArrayDataset(x["test"], y["test"], n_classes=n_classes)
     proba = predict_proba(result.model, test_ds, eval_mode=cfg.eval_mode)
-    return proba, {
+    return proba, fit_facts(result)
+
+
+def fit_facts(result) -> dict[str, Any]:
+    """The facts of one training (:class:`~ser.train.trainer.TrainResult`) a fold or a teacher member records:
+    size, best and last epoch, device, and what a resume restored (epochs, and their training time)."""
+    return {
         "n_params": int(result.model.n_params()),
         "best_epoch": int(result.best_epoch),
         "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),

@@ -247,7 +247,7 @@ def _fit_members(
     """Train the teacher's members on ``ids["train"]`` (early stopping on ``ids["val"]``), each in
     ``out_dir/<member>``, and return their fused probabilities ``(len(score), n_classes)`` of the rows ``score`` and
     each member's facts. ``adopt`` / ``speakers``: as :func:`fit_teacher` (adoption needs both)."""
-    from ser.train.cv import device_name, fit_spec, fuse, utterance_arrays
+    from ser.train.cv import fit_facts, fit_spec, fuse, utterance_arrays
     from ser.train.data import ArrayDataset
     from ser.train.predict import predict_proba
 
@@ -265,13 +265,7 @@ def _fit_members(
         probas.append(
             predict_proba(result.model, scored, eval_mode=cfg.eval_mode, window=cfg.window_frames(), hop=cfg.eval_hop)
         )
-        members[m.name] = {
-            "n_params": int(result.model.n_params()),
-            "best_epoch": int(result.best_epoch),
-            "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
-            "epochs_run": int(result.epochs_run),
-            "device": device_name(result.device),
-        }
+        members[m.name] = fit_facts(result)
         if adopted is not None:
             members[m.name]["adopted_from"] = str(adopted)
     fused = fuse(probas, getattr(spec, "weights", None)) if len(probas) > 1 else probas[0]

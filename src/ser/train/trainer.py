@@ -532,7 +532,7 @@ def _save_epoch(run: _Run, out: Path, st: dict[str, Any], improved: bool) -> Non
     write_json(out / HISTORY, {"history": st["history"], "best_epoch": st["best_epoch"]})
 
 
-def _result(run: _Run, st: dict[str, Any], resumed: int = 0) -> TrainResult:
+def _result(run: _Run, st: dict[str, Any], resumed: int) -> TrainResult:
     """The model with its best weights, in eval mode, and the run's facts."""
     if st["best_state"] is None:  # pragma: no cover - epochs >= 1 always records a best state
         raise SerError("training produced no model")
