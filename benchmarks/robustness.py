@@ -204,15 +204,15 @@ def _train_fold(spec, k: int, roles, feats, classes, variants, fold_dir: Path, s
     if path.is_file():
         return load_model(path)[0], json.loads((fold_dir / "train.json").read_text())
     start = time.perf_counter()
-    ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
-    adopted = adopt_cv_fold(spec, k, roles, len(ids["train"]), fold_dir / "ckpt", seed) if not n_variants else None
+    ids, x, y, sources = fold_inputs(spec, roles, feats, classes, variants)
+    adopted = adopt_cv_fold(spec, k, roles, len(ids["train"]), fold_dir / "ckpt", seed) if not sources else None
     if adopted is not None:
         print(f"{spec.name} fold {fold_dir.name}: adopted the cross-validation fold {adopted}", flush=True)
     result, _ = fit_spec(spec, x, y, len(classes), seed, fold_dir / "ckpt", progress=True)
     info = {
         "seconds": round(time.perf_counter() - start, 1),
         "n_train": len(ids["train"]),
-        "n_train_variants": n_variants,
+        "n_train_variants": len(sources),
         "epochs_run": int(result.epochs_run),
         "test_speakers": sorted(roles["test"]["speaker"].unique().tolist()),
         **({"adopted_from": str(adopted.relative_to(HERE))} if adopted is not None else {}),

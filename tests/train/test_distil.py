@@ -303,6 +303,82 @@ def test_a_teacher_adopts_its_members_folds_finished_on_the_same_rows(data, monk
     assert not any("adopted_from" in v for v in other.info["teacher"]["members"].values())
 
 
+def test_each_robust_variant_takes_the_teacher_target_of_its_clean_clip():
+    from ser.train.distil import variant_targets
+
+    logits = np.log(np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]], np.float32))
+    out = variant_targets(logits, ["a", "b", "c"], ["a", "a", "c"])
+    assert out.shape == (6, 4)
+    np.testing.assert_array_equal(out[:3], logits)  # the clips' own targets first, unchanged
+    np.testing.assert_array_equal(out[3:], logits[[0, 0, 2]])  # then each variant: its clip's
+    assert variant_targets(logits, ["a", "b", "c"], []) is logits
+    with pytest.raises(SerError, match="no teacher target"):
+        variant_targets(logits, ["a", "b", "c"], ["a", "z"])  # a variant of a clip the teacher never labelled
+    with pytest.raises(SerError, match="3 teacher targets for 2"):
+        variant_targets(logits, ["a", "b"], ["a"])
+
+
+class _Variants:
+    """A variant source giving each training clip two noisy copies of its own log-mel, recording what it was asked."""
+
+    def __init__(self, feats):
+        self.feats, self.asked = feats, []
+
+    def __call__(self, train_rows):
+        self.asked += list(train_rows["utt_id"])
+        rng = np.random.default_rng(0)
+        return {
+            u: [{"logmel": self.feats[u]["logmel"] + rng.normal(0, 2, self.feats[u]["logmel"].shape).astype(np.float32)}
+                for _ in range(2)]
+            for u in train_rows["utt_id"]
+        }  # fmt: skip
+
+
+def test_a_robust_student_learns_its_variants_towards_the_teacher_on_their_clean_clips(
+    data, teacher_pair, tmp_path, monkeypatch
+):
+    import ser.train.cv as cv
+
+    manifest, splits, feats = data
+    student = _student(teacher_pair).model_copy(update={"robust": {"copies": 2}})
+    seen = {}
+    fit_spec = cv.fit_spec
+
+    def spy(spec, x, y, *args, teacher_logits=None, **kw):
+        if spec.name == "student":
+            seen.update(n=len(x["train"]), y=y["train"].copy(), logits=teacher_logits)
+        return fit_spec(spec, x, y, *args, teacher_logits=teacher_logits, **kw)
+
+    monkeypatch.setattr(cv, "fit_spec", spy)
+    source = _Variants(feats)
+    (out,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[0], seed=2, variants=source)
+    roles = fold_roles(manifest, splits, 0, student.val_speakers, 2 + student.seed)
+    train_ids = list(roles["train"]["utt_id"])
+    n = len(train_ids)
+    assert sorted(source.asked) == sorted(train_ids)  # variants of the training clips only
+    assert out.info["n_train"] == n and out.info["n_train_variants"] == 2 * n
+    # the teacher trained on and labelled the clean clips alone
+    assert out.info["teacher"]["n_train"] == n
+    kept = load_teacher(tmp_path / "student" / "fold_0_teacher")
+    assert kept is not None and kept.utt_ids == train_ids and kept.logits.shape == (n, len(CLASSES))
+    # the student: the clips with their targets, then each clip's two variants with the same target and label
+    assert seen["n"] == 3 * n and seen["logits"].shape == (3 * n, len(CLASSES))
+    np.testing.assert_array_equal(seen["logits"][:n], kept.logits)
+    np.testing.assert_array_equal(seen["logits"][n:], np.repeat(kept.logits, 2, axis=0))
+    np.testing.assert_array_equal(seen["y"][n:], np.repeat(seen["y"][:n], 2))
+    assert len(set(out.utt_ids) & set(train_ids)) == 0 and out.proba.shape == (len(out.utt_ids), len(CLASSES))
+
+    # the model that ships: the same, on every speaker (the teacher on the clean clips, the student beside variants)
+    seen.clear()
+    model, info = fit_shipped(
+        student, [student], manifest, feats, CLASSES, out_dir=tmp_path / "ship", variants_for=lambda _m: source
+    )
+    n = info["n_train"]
+    assert info["n_train_variants"] == 2 * n and info["distilled_from"]["teacher"] == "tiny-pair"
+    assert seen["logits"].shape == (3 * n, len(CLASSES))
+    np.testing.assert_array_equal(seen["logits"][n:], np.repeat(seen["logits"][:n], 2, axis=0))
+
+
 def test_the_shipped_model_is_the_student_alone(data, teacher_pair, tmp_path):
     import onnx
 
@@ -362,6 +438,11 @@ def test_the_cnn_distil_recipe(monkeypatch):
     crnn = RECIPES["crnn"]
     monkeypatch.setitem(RECIPES, "crnn", crnn.model_copy(update={"train": {**crnn.train, "lr": 1e-3}}))
     assert spec.fingerprint() != before  # a teacher member's recipe changed: another student
+    robust = RECIPES["cnn-distil-robust"]  # the default robust recipe as the student, from the same teacher
+    assert isinstance(robust, ModelSpec) and robust.distil == spec.distil
+    default = RECIPES["cnn-robust-noisy-long"]
+    assert robust.model_dump(exclude={"name", "distil"}) == default.model_dump(exclude={"name", "distil"})
+    assert feature_kinds([robust]) == {"logmel", "mfcc"}
     cut = get_recipe("cnn-distil", {"distil": {"teacher_overrides": {"train": {"epochs": 1}}}})
     assert cut.distil is not None and cut.distil.teacher == "cnn+crnn+rnn" and cut.distil.alpha == spec.distil.alpha
 
@@ -372,8 +453,6 @@ def test_distil_recipes_that_cannot_work_are_refused(data, teacher_pair):
 
     with pytest.raises(ValueError, match="torch model"):
         ModelSpec(name="x", model="classical", features="functionals", distil={"teacher": "cnn"})
-    with pytest.raises(ValueError, match="robust"):
-        ModelSpec(name="x", model="cnn", robust={"copies": 1}, distil={"teacher": "cnn"})
     with pytest.raises(ValueError, match="alpha"):
         DistilConfig(teacher="cnn", alpha=2.0)
     selfish = _student(teacher_pair).model_copy(update={"name": "selfish"})

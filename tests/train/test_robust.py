@@ -156,7 +156,9 @@ def test_only_training_clips_get_variants_and_they_keep_their_label():
     source = Recorder()
     x = {r: [np.zeros((64, 30), np.float32)] * len(df) for r, df in roles.items()}
     y = {r: np.array([1 if e == "angry" else 0 for e in df["emotion"]]) for r, df in roles.items()}
-    n = add_variants(spec, source, roles, train_ids, x, y)
+    sources = add_variants(spec, source, roles, train_ids, x, y)
+    n = len(sources)
+    assert sources == [u for u in train_ids for _ in range(2)]  # the clip each appended row copies, in order
     assert sorted(source.asked) == sorted(train_ids)
     assert not set(source.asked) & (set(roles["val"]["utt_id"]) | set(roles["test"]["utt_id"]))
     assert n == 2 * len(train_ids) and len(x["train"]) == len(y["train"]) == 3 * len(train_ids)

@@ -150,15 +150,17 @@ def add_variants(
     train_ids: list[str],
     x: dict[str, list],
     y: dict[str, np.ndarray],
-) -> int:
+) -> list[str]:
     """Append the training clips' variants (:func:`training_variants`) to ``x/y["train"]``, each with its clip's
-    label (``train_ids`` in the order of ``x/y["train"]``); returns how many. ``val`` and ``test`` are untouched."""
+    label (``train_ids`` in the order of ``x/y["train"]``); returns the ``utt_id`` each appended row copies (as many
+    as were appended; a distilled recipe gives each the teacher's target of its clip,
+    :func:`ser.train.distil.variant_targets`). ``val`` and ``test`` are untouched."""
     extra, sources = training_variants(spec, variants, roles, train_ids)
     if extra:
         label = dict(zip(train_ids, y["train"], strict=True))
         x["train"] = x["train"] + extra
         y["train"] = np.concatenate([y["train"], np.array([label[u] for u in sources], dtype=y["train"].dtype)])
-    return len(extra)
+    return sources
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,9 +173,10 @@ def fold_inputs(
     feats: dict[str, dict[str, np.ndarray]],
     classes: list[str],
     variants: VariantFn | None = None,
-) -> tuple[dict[str, list[str]], dict[str, list], dict[str, np.ndarray], int]:
-    """``(ids, x, y, n_variants)`` of a fold: per role the utterances with features, their model inputs and class
-    indices; ``x/y["train"]`` end with the training clips' robustness variants (:func:`add_variants`)."""
+) -> tuple[dict[str, list[str]], dict[str, list], dict[str, np.ndarray], list[str]]:
+    """``(ids, x, y, sources)`` of a fold: per role the utterances with features, their model inputs and class
+    indices; ``x/y["train"]`` end with the training clips' robustness variants, ``sources`` the clip each one copies
+    (:func:`add_variants`)."""
     index = {c: i for i, c in enumerate(classes)}
     ids = {r: [u for u in roles[r]["utt_id"] if u in feats] for r in ("train", "val", "test")}
     y = {r: np.array([index[e] for e in roles[r].set_index("utt_id").loc[ids[r], "emotion"]]) for r in ids}
@@ -203,7 +206,7 @@ def run_fold(
     trained on the same rows (:func:`ser.train.distil.adopt_member`).
     """
     start = time.perf_counter()
-    ids, x, y, n_variants = fold_inputs(spec, roles, feats, classes, variants)
+    ids, x, y, sources = fold_inputs(spec, roles, feats, classes, variants)
     teacher = None
     if spec.distil is not None:
         teacher = _fold_teacher(
@@ -217,7 +220,7 @@ def run_fold(
         proba = clf.predict_proba(np.stack(x["test"]))
         info: dict[str, Any] = {"n_params": int(clf.n_params()), "device": "cpu"}
     else:
-        logits = None if teacher is None else teacher.logits
+        logits = None if teacher is None else _student_targets(teacher.logits, ids["train"], sources)
         proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress, logits)
     if teacher is not None:
         info["teacher"] = teacher.info
@@ -226,7 +229,7 @@ def run_fold(
         # a resumed fold: this call's wall time plus the restored epochs' training time (a killed run's)
         seconds=round(time.perf_counter() - start + info.get("seconds_before_resume", 0.0), 2),
         n_train=len(ids["train"]),
-        n_train_variants=n_variants,
+        n_train_variants=len(sources),
         n_val=len(ids["val"]),
         n_test=len(ids["test"]),
         val_speakers=sorted(roles["val"]["speaker"].unique().tolist()),
@@ -242,6 +245,7 @@ def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, prog
     from ser.train.distil import fit_teacher
 
     assert spec.distil is not None
+    y = {"train": y["train"][: len(ids["train"])], "val": y["val"]}  # the clips, not their robust variants after them
     by_id = {r: roles[r].set_index("utt_id")["speaker"].astype(str) for r in ("train", "val")}
     row_speakers = {r: by_id[r].loc[ids[r]].tolist() for r in ("train", "val")}
     speakers = {r: sorted(set(row_speakers[r])) for r in ("train", "val")}
@@ -261,6 +265,13 @@ def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, prog
     if teacher.utt_ids != ids["train"]:  # pragma: no cover - fit_teacher keys its stored targets on the rows
         raise SerError("the teacher's targets are not those of the fold's training rows")
     return teacher
+
+
+def _student_targets(logits: np.ndarray, train_ids: list[str], sources: list[str]) -> np.ndarray:
+    """The teacher's targets of the student's training rows: the clips', then each robust variant's clip's."""
+    from ser.train.distil import variant_targets
+
+    return variant_targets(logits, train_ids, sources)
 
 
 def fit_spec(
@@ -585,13 +596,13 @@ def fit_final(
     x = {r: utterance_arrays(spec, feats, df["utt_id"].tolist()) for r, df in roles.items()}
     y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in roles.items()}
     start = time.perf_counter()
-    n_variants = add_variants(spec, variants, roles, train["utt_id"].tolist(), x, y)
+    sources = add_variants(spec, variants, roles, train["utt_id"].tolist(), x, y)
     teacher = None
     if spec.distil is not None:
         ids = {r: df["utt_id"].tolist() for r, df in roles.items()}
         teacher_dir = None if out_dir is None else Path(out_dir) / "teacher"
         teacher = _fold_teacher(spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress)
-    logits = None if teacher is None else teacher.logits
+    logits = None if teacher is None else _student_targets(teacher.logits, train["utt_id"].tolist(), sources)
     result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress, teacher_logits=logits)
     info = {
         "seconds": round(time.perf_counter() - start + result.seconds_before_resume, 2),
@@ -600,7 +611,7 @@ def fit_final(
         "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
         "epochs_run": int(result.epochs_run),
         "n_train": len(train),
-        "n_train_variants": n_variants,
+        "n_train_variants": len(sources),
         "n_val": len(val),
         "train_speakers": sorted(train["speaker"].unique().tolist()),
         "val_speakers": sorted(val["speaker"].unique().tolist()),

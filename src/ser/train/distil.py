@@ -16,6 +16,8 @@ forward passes (three models) into every step of every epoch; offline targets co
 By default they are the teacher's outputs on clips it was trained on, so they are more confident than on unseen
 speakers; the temperature is what exposes how it ranks the other classes (:data:`~ser.train.spec.DISTIL_TEMPERATURE`).
 With ``cross_fit`` they are out-of-fold instead: each speaker group labelled by a teacher trained on the others.
+A student with robustness variants (``robust``) takes, for each degraded variant, the target of its clean clip
+(:func:`variant_targets`); the teacher itself trains on the clean clips only.
 """
 
 from __future__ import annotations
@@ -217,6 +219,25 @@ def fit_teacher(
     if out_dir is not None:
         save_teacher(out_dir, key, out)
     return out
+
+
+def variant_targets(logits: np.ndarray, train_ids: list[str], sources: list[str]) -> np.ndarray:
+    """The soft targets of a student that trains on robustness variants beside its clips: ``logits``
+    ``(len(train_ids), n_classes)``, the teacher's targets of the clips ``train_ids``, followed by one row per variant
+    (``sources``: the clip each variant copies, in the order the variants follow the clips), that clip's target.
+
+    The teacher hears the clean clip and the student its degraded copy: teacher-student learning on parallel
+    clean / degraded audio (Li et al., 2017, "Large-scale domain adaptation via teacher-student learning"), so the
+    student is pulled towards what the teacher says of the clean speech, not towards a teacher that was never trained
+    on noise and guesses on it. Returns ``(len(train_ids) + len(sources), n_classes)``; a source that is not one of
+    ``train_ids`` is a SerError (a variant of a clip the teacher did not label)."""
+    row = {u: i for i, u in enumerate(train_ids)}
+    if len(row) != len(train_ids) or len(logits) != len(train_ids):
+        raise SerError(f"{len(logits)} teacher targets for {len(train_ids)} training clips (or a clip twice)")
+    missing = [u for u in sources if u not in row]
+    if missing:
+        raise SerError(f"a robust variant of {missing[0]!r}, which has no teacher target")
+    return np.concatenate([logits, logits[[row[u] for u in sources]]]) if sources else logits
 
 
 def speaker_groups(row_speakers: list[str], k: int, seed: int) -> list[list[str]]:

@@ -19,6 +19,9 @@ fold in cross-validation), and the student, the only model that ships, costs wha
 ``cnn-distil-oof`` takes out-of-fold targets instead (``cross_fit: 2``): each half of the training speakers is
 soft-labelled by a teacher trained on the other half, so the targets carry what the teacher is unsure of on unheard
 speakers rather than its near-certainty on clips it learnt (two teachers, each on half the rows).
+``cnn-distil-robust`` is the default ``cnn-robust-noisy-long`` distilled from the same teacher: the teacher trains
+and soft-labels the clean clips, and each degraded variant takes its clean clip's target (teacher-student learning on
+parallel clean / degraded audio, :func:`ser.train.distil.variant_targets`).
 """
 
 from __future__ import annotations
@@ -151,6 +154,14 @@ RECIPES: dict[str, ModelSpec | EnsembleSpec] = _by_name(
         # the same with out-of-fold targets: each half of the training speakers soft-labelled by a teacher trained
         # on the other half (the in-sample teacher was 99.7 % right on its own rows, so its targets taught little)
         cnn_recipe("cnn-distil-oof", distil=DistilConfig(teacher="cnn+crnn+rnn", cross_fit=2)),
+        # the default robust recipe as the student, named before any result (2026-12-03): the teacher's targets on
+        # the clean clips pull the 25-epoch robust cnn, its degraded variants towards their clean clip's target
+        cnn_recipe(
+            "cnn-distil-robust",
+            robust=ROBUST_NOISY,
+            train=ROBUST_LONG_TRAIN,
+            distil=DistilConfig(teacher="cnn+crnn+rnn"),
+        ),
         EnsembleSpec(name="cnn-x3", members=["cnn", "cnn-s1", "cnn-s2"]),
         EnsembleSpec(name="cnn+classical", members=["cnn", "classical"], weights=[0.5, 0.5]),
         # architecture ensembles, named before their 6-fold results were seen: three views at cnn-x3's cost, and

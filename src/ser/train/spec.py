@@ -109,12 +109,10 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _distil(self) -> ModelSpec:
-        """Distillation needs a torch student; robustness variants with it are not wired (they would need the
-        teacher's target of the clip each variant copies)."""
+        """Distillation needs a torch student (with robustness variants, each variant takes the teacher's target
+        of the clip it copies: :func:`ser.train.distil.variant_targets`)."""
         if self.distil is not None and self.model == "classical":
             raise ValueError("distil: the student must be a torch model, not classical")
-        if self.distil is not None and self.robust is not None:
-            raise ValueError("distil: a distilled student with robust variants is not supported")
         return self
 
     def fingerprint(self) -> str:
