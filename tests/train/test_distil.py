@@ -374,7 +374,8 @@ def test_a_robust_student_learns_its_variants_towards_the_teacher_on_their_clean
         student, [student], manifest, feats, CLASSES, out_dir=tmp_path / "ship", variants_for=lambda _m: source
     )
     n = info["n_train"]
-    assert info["n_train_variants"] == 2 * n and info["distilled_from"]["teacher"] == "tiny-pair"
+    assert model.name == "cnn" and info["n_train_variants"] == 2 * n
+    assert info["distilled_from"]["teacher"] == "tiny-pair"
     assert seen["logits"].shape == (3 * n, len(CLASSES))
     np.testing.assert_array_equal(seen["logits"][n:], np.repeat(seen["logits"][:n], 2, axis=0))
 
