@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -246,6 +247,16 @@ def _hash_file(path: Path) -> str:
         raise AudioError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
+def one_blas_thread() -> Any:
+    """A context in which BLAS (numpy's OpenBLAS) runs on one thread, so a clip's features are the same bits wherever
+    they are computed: the mel projection is a BLAS product whose rounding depends on how many threads split it (up
+    to 4e-6 dB apart between 1 and 2 threads), and a Ray or loky worker runs one thread while this process may run
+    several. Extraction parallelises over files, not within one, so nothing is lost."""
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _job(
     utt_id: str,
     path: str,
@@ -258,9 +269,11 @@ def _job(
 ) -> tuple[str, OneResult | None, str | None]:
     """Worker entry point: never raises, returns ``(utt_id, result, failure reason)``."""
     try:
-        res = extract_one(
-            path, cfg, kinds, cache=FeatureCache(cache_root), sha=sha or None, hashes=hashes, cache_frames=cache_frames
-        )
+        with one_blas_thread():
+            res = extract_one(
+                path, cfg, kinds, cache=FeatureCache(cache_root), sha=sha or None, hashes=hashes,
+                cache_frames=cache_frames,
+            )  # fmt: skip
         return utt_id, res, None
     except SerError as exc:
         return utt_id, None, str(exc)

@@ -217,6 +217,7 @@ def _render_job(
     """Worker: every missing variant of one clip (decoded once), cached; never raises (the reason is returned)."""
     from ser.audio import load_audio
     from ser.features.cache import FeatureCache
+    from ser.features.extract import one_blas_thread
     from ser.features.frames import compute
 
     cache = FeatureCache(cache_root)
@@ -224,7 +225,8 @@ def _render_job(
         y = load_audio(path, cfg.sr)
         out: list[dict[str, np.ndarray] | None] = []
         for d in draws:
-            feats = compute(render_variant(y, cfg.sr, d, noise_dir), cfg, kinds)
+            with one_blas_thread():  # the same bits in this process as in a worker
+                feats = compute(render_variant(y, cfg.sr, d, noise_dir), cfg, kinds)
             for kind in kinds:
                 cache.put(kind, cfg.kind_hash(kind), d.key, {"data": feats[kind]})
             out.append(feats)
