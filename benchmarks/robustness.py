@@ -21,7 +21,10 @@ Reported per recipe and condition: UAR pooled over the folds run, with a 95 % sp
 (:func:`ser.evaluate.bootstrap_ci`), accuracy, per-gender UAR and the gender gap (female - male); per condition
 the difference robust - baseline with a paired speaker bootstrap CI. Resumable: each fold's model
 (``benchmarks/runs/robustness/<tag>/<recipe>/fold_k/model.pt``, mid-training checkpoints beside it) and each
-(fold, condition)'s probabilities are kept; degraded test features are cached by (clip, condition, seed).
+(fold, condition)'s probabilities are kept; degraded test features are cached by (clip, condition, seed). A fold
+that ``ravdess_cv.py`` already trained (same recipe, seed, rows and robust variants) is adopted, not trained again;
+that is how a distilled recipe (``--recipes cnn,cnn-distil-robust``) is scored: its folds, teachers included, are
+trained by ``ravdess_cv.py`` and adopted here.
 Results: ``benchmarks/results/robustness.json`` and the "Robustness" section of ``benchmarks/RESULTS.md``.
 """
 
@@ -32,6 +35,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -181,34 +185,44 @@ def _test_features(
     return out
 
 
-def adopt_cv_fold(spec, k: int, roles, n_train: int, ckpt: Path, seed: int) -> Path | None:
+def adopt_cv_fold(spec, k: int, roles, n_train: int, ckpt: Path, seed: int, n_variants: int = 0) -> Path | None:
     """Copy the finished checkpoint of fold ``k`` of ``spec`` from a cross-validation run of the benchmarks
-    (:data:`ADOPT_FROM`: ``ravdess_cv.py``, ``ray_cv.py``) into ``ckpt`` when it trained this recipe (fingerprint),
-    seed, validation speakers and training rows (:func:`ser.train.distil.adopt_member` checks each); the fold then
-    resumes finished instead of training again. None when there is none to adopt."""
+    (:data:`ADOPT_FROM`: ``ravdess_cv.py``, ``ray_cv.py``) into ``ckpt`` when it trained this recipe (fingerprint,
+    which fixes a robust recipe's variants), seed, validation speakers, training rows and ``n_variants`` robust
+    variants (:func:`ser.train.distil.adopt_member` checks each); the fold then resumes finished instead of training
+    again. A distilled recipe's teacher is copied beside it (``<ckpt>/../teacher``), so the student's soft targets
+    are read back, not trained again. None when there is none to adopt."""
     from ser.train.distil import adopt_member
 
     speakers = {r: sorted(roles[r]["speaker"].unique().tolist()) for r in ("train", "val")}
     for run in ADOPT_FROM:
-        if adopt_member(spec, run / spec.name / f"fold_{k}", ckpt, speakers, n_train, seed) is not None:
-            return run / spec.name / f"fold_{k}"
+        fold = run / spec.name / f"fold_{k}"
+        if adopt_member(spec, fold, ckpt, speakers, n_train, seed, n_variants) is not None:
+            teacher = Path(f"{fold}_teacher")
+            if spec.distil is not None and teacher.is_dir() and not (ckpt.parent / "teacher").exists():
+                shutil.copytree(teacher, ckpt.parent / "teacher")
+            return fold
     return None
 
 
 def _train_fold(spec, k: int, roles, feats, classes, variants, fold_dir: Path, seed: int):
     """Fold ``k``'s model: read back when saved, else trained (resumable from its checkpoints) and saved."""
     from ser.models.factory import load_model, save_model
-    from ser.train.cv import fit_spec, fold_inputs
+    from ser.train.cv import fit_spec, fold_inputs, student_targets
 
     path = fold_dir / "model.pt"
     if path.is_file():
         return load_model(path)[0], json.loads((fold_dir / "train.json").read_text())
     start = time.perf_counter()
     ids, x, y, sources = fold_inputs(spec, roles, feats, classes, variants)
-    adopted = adopt_cv_fold(spec, k, roles, len(ids["train"]), fold_dir / "ckpt", seed) if not sources else None
+    adopted = adopt_cv_fold(spec, k, roles, len(ids["train"]), fold_dir / "ckpt", seed, len(sources))
     if adopted is not None:
         print(f"{spec.name} fold {fold_dir.name}: adopted the cross-validation fold {adopted}", flush=True)
-    result, _ = fit_spec(spec, x, y, len(classes), seed, fold_dir / "ckpt", progress=True)
+    # a distilled recipe: its teacher (read back when adopted with the fold) gives the student's soft targets
+    _, logits = student_targets(
+        spec, roles, ids, y, sources, feats, len(classes), seed - spec.seed, fold_dir / "teacher", progress=True
+    )
+    result, _ = fit_spec(spec, x, y, len(classes), seed, fold_dir / "ckpt", progress=True, teacher_logits=logits)
     info = {
         "seconds": round(time.perf_counter() - start, 1),
         "n_train": len(ids["train"]),

@@ -380,6 +380,48 @@ def test_a_robust_student_learns_its_variants_towards_the_teacher_on_their_clean
     np.testing.assert_array_equal(seen["logits"][n:], np.repeat(seen["logits"][:n], 2, axis=0))
 
 
+@pytest.fixture
+def robustness_benchmark(monkeypatch):
+    """benchmarks/robustness.py as a module (dropped again afterwards)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    yield importlib.import_module("robustness")
+    sys.modules.pop("robustness", None)
+
+
+def test_the_robustness_benchmark_scores_a_distilled_robust_fold_without_training_it_again(
+    data, teacher_pair, robustness_benchmark, tmp_path, monkeypatch
+):
+    """A distilled fold costs its teacher too: benchmarks/robustness.py adopts the cross-validation fold of the same
+    recipe, seed, rows and variants, with the fold's teacher, and scores it as it is."""
+    import ser.train.distil as distil
+
+    rob = robustness_benchmark
+    manifest, splits, feats = data
+    student = _student(teacher_pair).model_copy(update={"robust": {"copies": 2}})
+    source = _Variants(feats)
+    (cv_fold,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path / "cv", folds=[0], variants=source)
+    monkeypatch.setattr(rob, "ADOPT_FROM", (tmp_path / "cv",))
+    monkeypatch.setattr(rob, "HERE", tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the adopted fold's teacher was trained again")
+
+    monkeypatch.setattr(distil, "_fit_members", no_training)
+    roles = fold_roles(manifest, splits, 0, student.val_speakers, seed=0)
+    fold_dir = tmp_path / "robustness" / "full" / student.name / "fold_0"
+    model, info = rob._train_fold(student, 0, roles, feats, CLASSES, source, fold_dir, seed=0)
+    assert info["adopted_from"] == "cv/student/fold_0" and info["n_train_variants"] == 2 * info["n_train"]
+    assert (fold_dir / "teacher" / TEACHER_TARGETS).is_file()  # read back from the copy, not the run's own folder
+    clean = rob._predict(model, student, feats, feats, cv_fold.utt_ids, cv_fold.y, CLASSES, clean_trim=False)
+    np.testing.assert_allclose(clean, cv_fold.proba, atol=1e-6)  # the cross-validated student itself
+    # other variants (here none) are another training: not adopted
+    assert rob.adopt_cv_fold(student, 0, roles, info["n_train"], tmp_path / "other" / "ckpt", 0, 0) is None
+    assert not (tmp_path / "other").exists()
+
+
 def test_the_shipped_model_is_the_student_alone(data, teacher_pair, tmp_path):
     import onnx
 

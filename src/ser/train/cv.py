@@ -207,11 +207,9 @@ def run_fold(
     """
     start = time.perf_counter()
     ids, x, y, sources = fold_inputs(spec, roles, feats, classes, variants)
-    teacher = None
-    if spec.distil is not None:
-        teacher = _fold_teacher(
-            spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress, teacher_adopt
-        )
+    teacher, logits = student_targets(
+        spec, roles, ids, y, sources, feats, len(classes), seed - spec.seed, teacher_dir, progress, teacher_adopt
+    )
     if spec.model == "classical":
         from ser.models.classical import ClassicalModel
 
@@ -220,7 +218,6 @@ def run_fold(
         proba = clf.predict_proba(np.stack(x["test"]))
         info: dict[str, Any] = {"n_params": int(clf.n_params()), "device": "cpu"}
     else:
-        logits = None if teacher is None else _student_targets(teacher.logits, ids["train"], sources)
         proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress, logits)
     if teacher is not None:
         info["teacher"] = teacher.info
@@ -238,13 +235,32 @@ def run_fold(
     return FoldOutput(proba=proba, y=y["test"], utt_ids=ids["test"], info=info)
 
 
-def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, progress, adopt=None):
-    """The teacher's targets on the fold's training rows (:func:`ser.train.distil.fit_teacher`): only the training
-    and validation rows are handed over, never the test rows; the targets come back for exactly the training rows.
-    ``adopt``: the teacher members' cross-validation folds to adopt when they match."""
-    from ser.train.distil import fit_teacher
+def student_targets(
+    spec: ModelSpec,
+    roles: dict[str, pd.DataFrame],
+    ids: dict[str, list[str]],
+    y: dict[str, np.ndarray],
+    sources: list[str],
+    feats: dict[str, dict[str, np.ndarray]],
+    n_classes: int,
+    seed: int,
+    teacher_dir: Path | None,
+    progress: bool = False,
+    adopt: dict[str, Path] | None = None,
+) -> tuple[Any, np.ndarray | None]:
+    """``(teacher, soft targets)`` of a ``distil`` recipe's student, ``(None, None)`` for any other recipe.
 
-    assert spec.distil is not None
+    The teacher (:func:`ser.train.distil.fit_teacher`, kept in ``teacher_dir``) is trained on the clips
+    ``ids["train"]`` (early stopping on ``ids["val"]``): only the training and validation rows are handed over,
+    never the test rows, and never the robust variants that ``y["train"]`` carries after the clips. The targets
+    ``(len(ids["train"]) + len(sources), n_classes)`` are its outputs on those clips, then each variant's clip's
+    (``sources``: :func:`add_variants`; :func:`ser.train.distil.variant_targets`). ``seed``: the teacher's (the run's,
+    without the student recipe's own seed). ``adopt``: the teacher members' cross-validation folds to adopt when
+    they match."""
+    from ser.train.distil import fit_teacher, variant_targets
+
+    if spec.distil is None:
+        return None, None
     y = {"train": y["train"][: len(ids["train"])], "val": y["val"]}  # the clips, not their robust variants after them
     by_id = {r: roles[r].set_index("utt_id")["speaker"].astype(str) for r in ("train", "val")}
     row_speakers = {r: by_id[r].loc[ids[r]].tolist() for r in ("train", "val")}
@@ -264,14 +280,7 @@ def _fold_teacher(spec, roles, ids, y, feats, n_classes, seed, teacher_dir, prog
     )
     if teacher.utt_ids != ids["train"]:  # pragma: no cover - fit_teacher keys its stored targets on the rows
         raise SerError("the teacher's targets are not those of the fold's training rows")
-    return teacher
-
-
-def _student_targets(logits: np.ndarray, train_ids: list[str], sources: list[str]) -> np.ndarray:
-    """The teacher's targets of the student's training rows: the clips', then each robust variant's clip's."""
-    from ser.train.distil import variant_targets
-
-    return variant_targets(logits, train_ids, sources)
+    return teacher, variant_targets(teacher.logits, ids["train"], sources)
 
 
 def fit_spec(
@@ -597,12 +606,11 @@ def fit_final(
     y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in roles.items()}
     start = time.perf_counter()
     sources = add_variants(spec, variants, roles, train["utt_id"].tolist(), x, y)
-    teacher = None
-    if spec.distil is not None:
-        ids = {r: df["utt_id"].tolist() for r, df in roles.items()}
-        teacher_dir = None if out_dir is None else Path(out_dir) / "teacher"
-        teacher = _fold_teacher(spec, roles, ids, y, feats, len(classes), seed - spec.seed, teacher_dir, progress)
-    logits = None if teacher is None else _student_targets(teacher.logits, train["utt_id"].tolist(), sources)
+    ids = {r: df["utt_id"].tolist() for r, df in roles.items()}
+    teacher_dir = None if out_dir is None else Path(out_dir) / "teacher"
+    teacher, logits = student_targets(
+        spec, roles, ids, y, sources, feats, len(classes), seed - spec.seed, teacher_dir, progress
+    )
     result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress, teacher_logits=logits)
     info = {
         "seconds": round(time.perf_counter() - start + result.seconds_before_resume, 2),

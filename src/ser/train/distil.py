@@ -294,13 +294,21 @@ def _fit_members(
 
 
 def adopt_member(
-    member: ModelSpec, fold: Path, ckpt: Path, speakers: dict[str, list[str]], n_train: int, seed: int
+    member: ModelSpec,
+    fold: Path,
+    ckpt: Path,
+    speakers: dict[str, list[str]],
+    n_train: int,
+    seed: int,
+    n_variants: int = 0,
 ) -> Path | None:
     """Copy the checkpoint of ``member``'s finished cross-validation fold (``fold``: ``<run>/<member>/fold_<k>``,
     with ``.json`` facts and a ``_ckpt`` folder) into the teacher's ``ckpt`` folder when that fold trained the
     teacher's member on the teacher's rows: the same recipe (fingerprint), the same validation speakers and number of
-    training clips, none of its test speakers among the teacher's training speakers, finished (its last epoch
-    checkpoint marked done) and trained with the member's config and ``seed`` (where it ran aside). Returns the
+    training clips (and ``n_variants`` robust variants: none for a teacher member, whose recipe has no ``robust``
+    field; the variants themselves are fixed by the recipe's), none of its test speakers among the teacher's training
+    speakers, finished (its last epoch checkpoint marked done) and trained with the member's config and ``seed``
+    (where it ran aside). Returns the
     adopted checkpoint, or None
     (nothing copied) when the fold is missing, unfinished or another one; ``ckpt`` already holding a checkpoint
     (this teacher's own, half-trained) is left alone."""
@@ -319,7 +327,7 @@ def adopt_member(
         info.get("spec") == member.fingerprint()
         and sorted(info.get("val_speakers", [None])) == sorted(speakers["val"])
         and info.get("n_train") == n_train
-        and info.get("n_train_variants", 0) == 0
+        and info.get("n_train_variants", 0) == n_variants
         and not set(info.get("test_speakers", [])) & set(speakers["train"])
         and bool(info.get("test_speakers"))
     )
