@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from ser.executor import LOCAL, Executor
 from ser.io import atomic_path, write_json
 from ser.model_folder import frame_input
 from ser.train.spec import EnsembleSpec, ModelSpec, eval_settings, input_rows, model_input, train_config
+
+if TYPE_CHECKING:
+    from ser.train.distil import TeacherTargets
 
 VariantFn = Callable[[pd.DataFrame], dict[str, list[dict[str, np.ndarray]]]]
 """``variants(train_rows) -> {utt_id: [{kind: array}, ...]}``: degraded variants of the training clips it is handed
@@ -247,7 +250,7 @@ def student_targets(
     teacher_dir: Path | None,
     progress: bool = False,
     adopt: dict[str, Path] | None = None,
-) -> tuple[Any, np.ndarray | None]:
+) -> tuple[TeacherTargets | None, np.ndarray | None]:
     """``(teacher, soft targets)`` of a ``distil`` recipe's student, ``(None, None)`` for any other recipe.
 
     The teacher (:func:`ser.train.distil.fit_teacher`, kept in ``teacher_dir``) is trained on the clips

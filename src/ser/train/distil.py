@@ -308,10 +308,9 @@ def adopt_member(
     training clips (and ``n_variants`` robust variants: none for a teacher member, whose recipe has no ``robust``
     field; the variants themselves are fixed by the recipe's), none of its test speakers among the teacher's training
     speakers, finished (its last epoch checkpoint marked done) and trained with the member's config and ``seed``
-    (where it ran aside). Returns the
-    adopted checkpoint, or None
-    (nothing copied) when the fold is missing, unfinished or another one; ``ckpt`` already holding a checkpoint
-    (this teacher's own, half-trained) is left alone."""
+    (where it ran aside). Returns the adopted checkpoint, or None (nothing copied) when the fold is missing,
+    unfinished or another one; ``ckpt`` already holding a checkpoint (this teacher's own, half-trained) is left
+    alone."""
     from ser.train.checkpoint import same_config
     from ser.train.spec import train_config
     from ser.train.trainer import CHECKPOINT
