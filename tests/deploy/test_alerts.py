@@ -11,6 +11,7 @@ prometheus-alertmanager); without them the tests that run them fail under CI and
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -298,7 +299,11 @@ def test_rules_run_in_a_real_prometheus(tmp_path):
                     assert r.status_code == 200, r.text
 
             traffic()  # creates the series; increase() counts from their first scrape on
-            time.sleep(3)
+            # the second round must land after that first scrape, or every increase() is 0 and the shares 0/0:
+            # wait for the scrape itself (Prometheus may start scraping a few seconds after it reports ready)
+            deadline = time.monotonic() + 60
+            while len(_query(prom_url, 'ser_no_speech_total{job="ser"}')) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
             traffic()
             (model_dir / "model.onnx").write_bytes(b"not a model")  # the next load fails
             r = client.post("/v1/admin/reload", headers={"X-API-Key": "admin-test-key"})
@@ -315,6 +320,7 @@ def test_rules_run_in_a_real_prometheus(tmp_path):
         while True:
             rules, shares, firing = done()
             settled = all(r["health"] == "ok" for r in rules) and len(shares) == 2 and firing
+            settled = settled and all(math.isfinite(v) for v in shares.values())
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
