@@ -156,3 +156,14 @@ def ray_cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def robustness(monkeypatch):
+    """benchmarks/robustness.py as a module (dropped from ``sys.modules`` again afterwards)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    yield importlib.import_module("robustness")
+    sys.modules.pop("robustness", None)

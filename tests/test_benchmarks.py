@@ -70,14 +70,6 @@ def test_record_merges_logs_and_summaries_into_json_and_a_section(sweep, tmp_pat
     assert md.count("## Recurrent test") == 1 and "a-s0" not in md
 
 
-@pytest.fixture
-def robustness(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    module = importlib.import_module("robustness")
-    yield module
-    sys.modules.pop("robustness", None)
-
-
 def test_robustness_conditions_are_seeded_per_clip_and_held_out(robustness):
     import numpy as np
 

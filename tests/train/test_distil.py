@@ -380,25 +380,14 @@ def test_a_robust_student_learns_its_variants_towards_the_teacher_on_their_clean
     np.testing.assert_array_equal(seen["logits"][n:], np.repeat(seen["logits"][:n], 2, axis=0))
 
 
-@pytest.fixture
-def robustness_benchmark(monkeypatch):
-    """benchmarks/robustness.py as a module (dropped again afterwards)."""
-    import importlib
-    import sys
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    yield importlib.import_module("robustness")
-    sys.modules.pop("robustness", None)
-
-
 def test_the_robustness_benchmark_scores_a_distilled_robust_fold_without_training_it_again(
-    data, teacher_pair, robustness_benchmark, tmp_path, monkeypatch
+    data, teacher_pair, robustness, tmp_path, monkeypatch
 ):
     """A distilled fold costs its teacher too: benchmarks/robustness.py adopts the cross-validation fold of the same
     recipe, seed, rows and variants, with the fold's teacher, and scores it as it is."""
     import ser.train.distil as distil
 
-    rob = robustness_benchmark
+    rob = robustness
     manifest, splits, feats = data
     student = _student(teacher_pair).model_copy(update={"robust": {"copies": 2}})
     source = _Variants(feats)
