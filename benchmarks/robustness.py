@@ -167,6 +167,7 @@ def _test_features(
     ``<cache_root>/<condition key>`` in the feature-cache layout."""
     from ser.audio import load_audio
     from ser.features.cache import FeatureCache
+    from ser.features.extract import one_blas_thread
     from ser.features.frames import compute
 
     cache = FeatureCache(cache_root)
@@ -176,8 +177,9 @@ def _test_features(
         hits = {k: cache.get(k, cfg.kind_hash(k), key) for k in kinds}
         missing = tuple(k for k, h in hits.items() if h is None)
         if missing:
-            x = degrade_clip(load_audio(path, cfg.sr), cfg.sr, sha, condition, NOISE_DIR)
-            computed = compute(x, cfg, missing)
+            with one_blas_thread():  # the same bits as the training variants' features (see one_blas_thread)
+                x = degrade_clip(load_audio(path, cfg.sr), cfg.sr, sha, condition, NOISE_DIR)
+                computed = compute(x, cfg, missing)
             for k in missing:
                 cache.put(k, cfg.kind_hash(k), key, {"data": computed[k]})
                 hits[k] = {"data": computed[k]}
