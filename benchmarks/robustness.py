@@ -25,7 +25,9 @@ the difference robust - baseline with a paired speaker bootstrap CI. Resumable: 
 that ``ravdess_cv.py`` already trained (same recipe, seed, rows and robust variants) is adopted, not trained again;
 that is how a distilled recipe (``--recipes cnn,cnn-distil-robust``) is scored: its folds, teachers included, are
 trained by ``ravdess_cv.py`` and adopted here.
-Results: ``benchmarks/results/robustness.json`` and the "Robustness" section of ``benchmarks/RESULTS.md``.
+Results: ``benchmarks/results/robustness.json`` and the "Robustness" section of ``benchmarks/RESULTS.md``; a screen
+of candidates (``--screen NAME``) writes ``robustness_screen_NAME.json`` and its own section instead, so screens
+neither replace the record nor each other.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -370,22 +373,31 @@ def collect(args, tag, manifest, classes) -> dict[str, Any]:
     return {"scores": results, "difference": diffs}
 
 
-SCREEN_JSON = RESULTS_DIR / "robustness_screen.json"
-"""``--screen``: a comparison of candidate recipes on some folds (the issue's "screen on 2-3 folds"), kept beside the
-figures of record of ``robustness.json`` instead of replacing them."""
-SECTIONS = {False: "## Robustness", True: "## Recipe screen under degraded test conditions"}
+def screen_json(name: str) -> Path:
+    """``--screen NAME``: a comparison of candidate recipes (the issue's "screen on 2-3 folds", or candidates on all
+    six), kept in its own file beside the figures of record of ``robustness.json`` and beside the other screens."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise SystemExit(f"screen name {name!r}: use lower-case letters, digits and dashes")
+    return RESULTS_DIR / f"robustness_screen_{name}.json"
 
 
-def write_results(payload: dict[str, Any], screen: bool = False) -> None:
-    path = SCREEN_JSON if screen else RESULTS_JSON
+def heading(screen: str | None) -> str:
+    """The RESULTS.md heading of the record (``screen`` None) or of one screen: no heading is a prefix of another
+    (:func:`replace_section` matches by prefix), so each screen keeps its own section."""
+    if screen is None:
+        return "## Robustness: RAVDESS-8 under degraded test conditions"
+    return f"## Recipe screen `{screen}` under degraded test conditions: candidates for the default recipe"
+
+
+def write_results(payload: dict[str, Any], screen: str | None = None) -> None:
+    path = RESULTS_JSON if screen is None else screen_json(screen)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     scores, recipes = payload["scores"], list(payload["scores"])
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
     cut = payload["cut"]
     lines = [
-        SECTIONS[screen]
-        + (": candidates for the default recipe" if screen else ": RAVDESS-8 under degraded test conditions"),
+        heading(screen),
         "",
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/robustness.py` "
         f"(`{payload['command']}`). "
@@ -423,7 +435,7 @@ def write_results(payload: dict[str, Any], screen: bool = False) -> None:
         trim = "-" if t is None else f"{100 * t['kept']:.0f} % ({t['iou_clean']:.2f})"
         label = name.replace("|", "\\|")  # the clean-trim suffix's bar, escaped in a Markdown cell
         lines.append(f"| {label} | " + " | ".join([*cells, *diffs]) + f" | {trim} |")
-    replace_section(SECTIONS[screen], "\n".join(lines) + "\n")
+    replace_section(heading(screen), "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument(
         "--screen",
-        action="store_true",
-        help="write robustness_screen.json and its own section (a comparison of candidates), not the record",
+        metavar="NAME",
+        default=None,
+        help="a comparison of candidates, not the record: written to robustness_screen_NAME.json and its own section",
     )
     args = ap.parse_args(argv)
     args.folds = [int(f) for f in args.folds.split(",")]

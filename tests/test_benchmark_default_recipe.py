@@ -42,6 +42,24 @@ def test_the_rule_takes_the_best_mean_within_the_serving_budget(bench):
     assert dr.choose(mean, ms, clean, max_clean_loss=0.1) == "cnn-robust-vad"
 
 
+def test_a_screen_of_augmented_candidates_is_held_to_the_records_clean_baseline(bench):
+    dr = bench["default_recipe"]
+
+    def run(*recipes):  # (name, robust, clean UAR) in order
+        return {"scores": {n: {"clean": {"uar": u}} for n, _, u in recipes},
+                "recipes": {n: {"robust": r} for n, r, _ in recipes}}  # fmt: skip
+
+    record = run(("cnn", None, 0.639), ("cnn-robust", {"n_variants": 1}, 0.622))
+    screen = run(("cnn-robust-noisy-long", {"n_variants": 2}, 0.641), ("cnn-distil-robust", {"n_variants": 2}, 0.654))
+    assert dr.clean_baseline({"screen.json": screen, "robustness.json": record}) == {
+        "recipe": "cnn", "clean_uar": 0.639, "from": "robustness.json"}  # fmt: skip
+    assert dr.clean_baseline({"robustness.json": record})["from"] == "robustness.json"
+    vad = run(("cnn", None, 0.641), ("cnn-robust-vad", {"n_variants": 1}, 0.587))
+    assert dr.clean_baseline({"vad.json": vad, "robustness.json": record})["clean_uar"] == 0.641  # its own first
+    with pytest.raises(SystemExit, match="no baseline without augmentation"):
+        dr.clean_baseline({"screen.json": screen, "robustness.json": None})
+
+
 def test_the_mean_is_over_the_named_conditions_only(bench):
     dr = bench["default_recipe"]
     scores = {"clean": {"uar": 0.7}, "telephone": {"uar": 0.5}, "noise-10db:factory1|clean trim": {"uar": 0.0}}

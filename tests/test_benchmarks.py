@@ -299,20 +299,28 @@ def test_robustness_section_compares_every_recipe_with_the_baseline(robustness, 
     assert row.startswith("| clean | 50.0 [40.0, 60.0] | 1.0 |") and "| +10.0 [+2.0, +20.0] | - | - |" in row
 
 
-def test_a_robustness_screen_keeps_the_record_and_its_section(robustness, tmp_path, monkeypatch):
+def test_a_robustness_screen_keeps_the_record_the_other_screens_and_their_sections(robustness, tmp_path, monkeypatch):
     s = {"uar": 0.5, "uar_ci": [0.4, 0.6], "gender_gap_uar": 0.01}
     payload = {"machine": "m", "date": "d", "command": "c", "cut": "3 of 6 folds", "folds": [0, 1, 2],
                "test_actors": "a", "scores": {"cnn": {"clean": s}}, "difference": {}}  # fmt: skip
-    sections: list[str] = []
+    md = tmp_path / "RESULTS.md"
     monkeypatch.setattr(robustness, "RESULTS_JSON", tmp_path / "r.json")
-    monkeypatch.setattr(robustness, "SCREEN_JSON", tmp_path / "screen.json")
-    monkeypatch.setattr(robustness, "replace_section", lambda heading, text: sections.append(heading))
-    robustness.write_results(payload, screen=True)
-    assert (tmp_path / "screen.json").is_file() and not (tmp_path / "r.json").exists()
+    monkeypatch.setattr(robustness, "RESULTS_DIR", tmp_path)
+    replace_section = importlib.import_module("_common").replace_section  # the real one, on a file of this test
+    monkeypatch.setattr(robustness, "replace_section", lambda heading, text: replace_section(heading, text, md))
+    robustness.write_results(payload, screen="vad")
+    assert (tmp_path / "robustness_screen_vad.json").is_file() and not (tmp_path / "r.json").exists()
+    robustness.write_results({**payload, "date": "later"}, screen="va")  # a name that is a prefix of another
     robustness.write_results(payload)
-    assert (tmp_path / "r.json").is_file()
-    # neither heading is a prefix of the other (replace_section matches by prefix)
-    assert len(set(sections)) == 2 and not any(a != b and b.startswith(a) for a in sections for b in sections)
+    robustness.write_results({**payload, "date": "again"}, screen="vad")  # a rerun replaces its own section only
+    written = {p.name for p in tmp_path.glob("*.json")}
+    assert written == {"r.json", "robustness_screen_vad.json", "robustness_screen_va.json"}
+    text = md.read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [robustness.heading("vad"), robustness.heading("va"), robustness.heading(None)]
+    assert "Date: again" in text and "Date: later" in text and "Date: d." in text
+    with pytest.raises(SystemExit, match="screen name"):
+        robustness.screen_json("../x")
 
 
 def test_ravdess_cv_screens_keep_their_folds_for_the_full_run_and_cut_runs_apart(ravdess_cv):
