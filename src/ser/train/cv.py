@@ -617,16 +617,12 @@ def fit_final(
     result, cfg = fit_spec(spec, x, y, len(classes), seed, out_dir, progress=progress, teacher_logits=logits)
     info = {
         "seconds": round(time.perf_counter() - start + result.seconds_before_resume, 2),
-        "resumed_epochs": result.resumed_epochs,
-        "best_epoch": int(result.best_epoch),
-        "best_val_uar": None if result.best_val_uar is None else float(result.best_val_uar),
-        "epochs_run": int(result.epochs_run),
+        **fit_facts(result),
         "n_train": len(train),
         "n_train_variants": len(sources),
         "n_val": len(val),
         "train_speakers": sorted(train["speaker"].unique().tolist()),
         "val_speakers": sorted(val["speaker"].unique().tolist()),
-        "device": result.device,
         **eval_settings(cfg),
     }
     if teacher is not None and spec.distil is not None:
