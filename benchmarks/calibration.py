@@ -359,17 +359,18 @@ def plot(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], curves: d
 
 
 def plot_inputs(data: dict[str, dict[str, Any]]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Reliability panels: the baseline on its clean calibration set and in factory noise at 10 dB, then the
-    robust recipe on the telephone and in that noise (those that exist), each with its clean-fitted per-fold
-    temperatures."""
+    """Reliability panels: the first recipe (the baseline) on its clean calibration set and in factory noise at 10
+    dB, then the last one on the telephone and in that noise (of the recipes with clean folds, the conditions that
+    exist), each with its clean-fitted per-fold temperatures."""
     panels = []
+    names = [recipe for recipe, d in data.items() if d and d["clean"]]
+    if not names:
+        return panels
     for recipe, want in (
-        ("cnn", ["clean", "noise-10db:factory1"]),
-        ("cnn-robust", ["telephone", "noise-10db:factory1"]),
-    ):
-        d = data.get(recipe)
-        if not d or not d["clean"]:
-            continue
+        (names[0], ["clean", "noise-10db:factory1"]),
+        (names[-1], ["telephone", "noise-10db:factory1"]),
+    )[: min(len(names), 2)]:
+        d = data[recipe]
         for name in want:
             folds = d["clean"] if name == "clean" else d["conditions"].get(name, {})
             if not folds:

@@ -126,3 +126,16 @@ def test_main_uses_what_exists_and_says_so(cal, tmp_path, monkeypatch):
     assert "| b | clean (calibration set) | 0 in-sample | 240 |" in text
     assert "| none | - | - | - | - | no clean fold found |" in text
     assert "| a | telephone | 0,1 | 480 |" in text and "| a | telephone | 100 % / " in text
+
+
+def test_the_reliability_panels_are_the_first_recipe_clean_and_noisy_and_the_last_on_the_telephone(cal):
+    def run(*conditions):
+        return {"clean": {k: _fold(k, 0) for k in (0, 1)},
+                "conditions": {c: {k: _fold(k, 1) for k in (0, 1)} for c in conditions}}  # fmt: skip
+
+    data = {"base": run("noise-10db:factory1", "telephone"), "mid": run("telephone"),
+            "robust": run("telephone"), "none": {"clean": {}, "conditions": {}}}  # fmt: skip
+    titles = [p[0].split(" (")[0] for p in cal.plot_inputs(data)]
+    assert titles == ["base, clean", "base, noise-10db:factory1", "robust, telephone"]  # robust lacks the noise
+    assert [p[0].split(" (")[0] for p in cal.plot_inputs({"only": run("telephone")})] == ["only, clean"]
+    assert cal.plot_inputs({"none": {"clean": {}, "conditions": {}}}) == []
