@@ -19,9 +19,10 @@ fold in cross-validation), and the student, the only model that ships, costs wha
 ``cnn-distil-oof`` takes out-of-fold targets instead (``cross_fit: 2``): each half of the training speakers is
 soft-labelled by a teacher trained on the other half, so the targets carry what the teacher is unsure of on unheard
 speakers rather than its near-certainty on clips it learnt (two teachers, each on half the rows).
-``cnn-distil-robust`` is the default ``cnn-robust-noisy-long`` distilled from the same teacher: the teacher trains
-and soft-labels the clean clips, and each degraded variant takes its clean clip's target (teacher-student learning on
-parallel clean / degraded audio, :func:`ser.train.distil.variant_targets`).
+``cnn-distil-robust``, the default recipe (``benchmarks/default_recipe.py``'s rule), is ``cnn-robust-noisy-long``
+distilled from the same teacher: the teacher trains and soft-labels the clean clips, and each degraded variant takes
+its clean clip's target (teacher-student learning on parallel clean / degraded audio,
+:func:`ser.train.distil.variant_targets`).
 """
 
 from __future__ import annotations
