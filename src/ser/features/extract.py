@@ -251,10 +251,19 @@ def one_blas_thread() -> Any:
     """A context in which BLAS (numpy's OpenBLAS) runs on one thread, so a clip's features are the same bits wherever
     they are computed: the mel projection is a BLAS product whose rounding depends on how many threads split it (up
     to 4e-6 dB apart between 1 and 2 threads), and a Ray or loky worker runs one thread while this process may run
-    several. Extraction parallelises over files, not within one, so nothing is lost."""
-    from threadpoolctl import threadpool_limits  # comes with scikit-learn
+    several. Extraction parallelises over files, not within one, so nothing is lost; serving
+    (:meth:`ser.model_folder.Preprocessing.features`) enters it too, so it builds the bits training saw. About 10 µs
+    per entry: the thread pools are looked up once per process (:func:`_blas_controller`)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
-    return threadpool_limits(limits=1, user_api="blas")
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """The process's thread pools (threadpoolctl, which comes with scikit-learn), looked up once: a lookup costs
+    about 2 ms, too much for every clip served."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _job(
