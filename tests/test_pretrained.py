@@ -76,6 +76,7 @@ def test_bundled_folder_is_complete_and_licensed():
     assert sum(p.stat().st_size for p in d.iterdir()) < 5e6  # a few MB at most: it ships in every wheel
     meta = json.loads((d / "metadata.json").read_text())
     assert meta["license"] == LICENSE == "CC BY-NC-SA 4.0"
+    assert "decision" not in meta  # the builder's registry verdict is not the bundle's (see bundle)
     prov = meta["pretrained"]
     assert prov["config"].endswith("ravdess-all.yaml") and prov["recipe"] == meta["recipe"]["name"]
     assert prov["metrics"]["uar"] == meta["evaluation"]["uar"] > 0.25  # held out; chance is 0.125
@@ -115,7 +116,13 @@ def test_bundle_keeps_the_licence_and_records_the_run(tiny, tmp_path):
     with pytest.raises(Exception, match="LICENSE"):
         bundle(tiny, dest, {})
     (dest / "LICENSE").write_text("the licence")
-    (tiny / "MODEL_CARD.md").write_text("---\nlicense: other\n---\n\n# ser-emotion (version 7)\n\nbody\n")
+    (tiny / "MODEL_CARD.md").write_text(
+        "---\nlicense: other\n---\n\n# ser-emotion (version 7)\n\nbody\n\n## Registry decision\n\n**challenger**: "
+        "does not beat the champion\n\n## How to use\n\nuse\n"
+    )
+    registered = json.loads((tiny / "metadata.json").read_text())
+    decision = {"alias": "challenger", "outcome": "not_better"}  # against whatever the builder's workdir held
+    (tiny / "metadata.json").write_text(json.dumps({**registered, "decision": decision}))
     bundle(tiny, dest, {"config": "configs/x.yaml", "metrics": {"uar": 0.5}})
     assert (dest / "LICENSE").read_text() == "the licence" and not (dest / "stale.png").exists()
     meta = json.loads((dest / "metadata.json").read_text())
@@ -123,6 +130,8 @@ def test_bundle_keeps_the_licence_and_records_the_run(tiny, tmp_path):
     assert meta["pretrained"]["bundled_as"] == "ravdess-cnn"
     card = (dest / "MODEL_CARD.md").read_text()
     assert "license: cc-by-nc-sa-4.0" in card and card.index("# ser-emotion") < card.index("Bundled pretrained")
+    assert "decision" not in meta and "Registry decision" not in card and "challenger" not in card
+    assert card.endswith("body\n\n## How to use\n\nuse\n")  # the sections around it are kept whole
 
 
 # ------------------------------------------------------------------------------------------------ the fallback

@@ -111,8 +111,12 @@ def bundle(model_dir: str | Path, dest: str | Path, provenance: Mapping[str, Any
     if not (dest / CARD_FILE).is_file():
         raise SerError(f"{src} has no {CARD_FILE}: bundle a folder the pipeline registered")
     card = dest / CARD_FILE
-    card.write_text(_card_with_licence(card.read_text(encoding="utf-8"), dest.name), encoding="utf-8")
+    text = _without_section(card.read_text(encoding="utf-8"), REGISTRY_SECTION)
+    card.write_text(_card_with_licence(text, dest.name), encoding="utf-8")
     meta = read_metadata(dest)
+    # the registry's verdict was against whatever the builder's workdir held before (a champion there, or none): it
+    # says nothing about the model that ships, whose run and metrics are in "pretrained"
+    meta.pop("decision", None)
     meta["license"] = LICENSE
     meta["pretrained"] = {
         "bundled_as": dest.name,
@@ -121,6 +125,21 @@ def bundle(model_dir: str | Path, dest: str | Path, provenance: Mapping[str, Any
     }
     write_json(dest / METADATA_FILE, meta)
     return dest
+
+
+REGISTRY_SECTION = "## Registry decision"
+"""The model card's section on the registry's verdict in the workdir that built it, left out of the bundle."""
+
+
+def _without_section(card: str, heading: str) -> str:
+    """``card`` without the Markdown section that starts with the line ``heading`` (up to the next ``## `` heading
+    or the end)."""
+    lines = card.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
+    if start is None:
+        return card
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "".join(lines[:start] + lines[end:])
 
 
 def _card_with_licence(card: str, name: str) -> str:
