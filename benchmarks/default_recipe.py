@@ -92,15 +92,25 @@ def choose(
     return max(eligible, key=lambda r: mean[r])
 
 
+SAME_PROTOCOL = ("folds", "conditions", "test_seed", "cut")
+"""What a robustness run and the record must share for one's clean UAR to be a baseline for the other's recipes."""
+
+
 def clean_baseline(results: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """The recipe without augmentation whose clean UAR the rule's clean-speech condition is measured against: the first
-    recipe of the first of ``results`` (file name -> robustness results, the run the candidates come from first) whose
+    recipe of the first of ``results`` (name -> robustness results, the run the candidates come from first) whose
     first recipe has no robust variants. A screen of augmented candidates only takes it from the record
-    (``robustness.json``, the same protocol)."""
+    (``robustness.json``), which must have run the same protocol (:data:`SAME_PROTOCOL`: folds, conditions, test
+    seed, no cut): the same test clips, degraded the same way."""
+    run = next(iter(results.values()))
     for name, res in results.items():
         first = None if res is None else next(iter(res["scores"]))
-        if res is not None and not res["recipes"][first].get("robust"):
-            return {"recipe": first, "clean_uar": res["scores"][first]["clean"]["uar"], "from": name}
+        if res is None or res["recipes"][first].get("robust"):
+            continue
+        differ = [k for k in SAME_PROTOCOL if res.get(k) != run.get(k)]
+        if differ:
+            raise SystemExit(f"{name} ran another protocol ({', '.join(differ)} differ): no clean baseline here")
+        return {"recipe": first, "clean_uar": res["scores"][first]["clean"]["uar"], "from": name}
     raise SystemExit(f"no baseline without augmentation comes first in {', '.join(results)}")
 
 
@@ -270,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(f"{recipe}: mean UAR {candidates[-1]['mean_uar']:.3f}, {cost} ms per 3 s clip", flush=True)
-    record = json.loads(ROBUSTNESS_JSON.read_text()) if ROBUSTNESS_JSON.is_file() else None
+    own = args.robustness.resolve() == ROBUSTNESS_JSON.resolve()
+    record = json.loads(ROBUSTNESS_JSON.read_text()) if ROBUSTNESS_JSON.is_file() and not own else None
     baseline = clean_baseline({args.robustness.name: rob, ROBUSTNESS_JSON.name: record})
     clean = {baseline["recipe"]: baseline["clean_uar"], **{c["recipe"]: c["clean_uar"] for c in candidates}}
     chosen = choose(

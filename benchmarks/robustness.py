@@ -459,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         help="a comparison of candidates, not the record: written to robustness_screen_NAME.json and its own section",
     )
     args = ap.parse_args(argv)
+    if args.screen is not None:
+        screen_json(args.screen)  # a bad name fails now, not after every fold is scored
     args.folds = [int(f) for f in args.folds.split(",")]
     args.recipes = args.recipes.split(",")
     args.conditions = args.conditions.split(",")

@@ -45,9 +45,10 @@ def test_the_rule_takes_the_best_mean_within_the_serving_budget(bench):
 def test_a_screen_of_augmented_candidates_is_held_to_the_records_clean_baseline(bench):
     dr = bench["default_recipe"]
 
-    def run(*recipes):  # (name, robust, clean UAR) in order
+    def run(*recipes, folds=(0, 1, 2, 3, 4, 5)):  # (name, robust, clean UAR) in order
         return {"scores": {n: {"clean": {"uar": u}} for n, _, u in recipes},
-                "recipes": {n: {"robust": r} for n, r, _ in recipes}}  # fmt: skip
+                "recipes": {n: {"robust": r} for n, r, _ in recipes},
+                "folds": list(folds), "conditions": ["clean", "telephone"], "test_seed": 7, "cut": None}  # fmt: skip
 
     record = run(("cnn", None, 0.639), ("cnn-robust", {"n_variants": 1}, 0.622))
     screen = run(("cnn-robust-noisy-long", {"n_variants": 2}, 0.641), ("cnn-distil-robust", {"n_variants": 2}, 0.654))
@@ -58,6 +59,10 @@ def test_a_screen_of_augmented_candidates_is_held_to_the_records_clean_baseline(
     assert dr.clean_baseline({"vad.json": vad, "robustness.json": record})["clean_uar"] == 0.641  # its own first
     with pytest.raises(SystemExit, match="no baseline without augmentation"):
         dr.clean_baseline({"screen.json": screen, "robustness.json": None})
+    # a screen on other folds is not held to the record's clean UAR: other test actors
+    cut = run(("cnn-robust-noisy-long", {"n_variants": 2}, 0.70), folds=(0, 1, 2))
+    with pytest.raises(SystemExit, match="another protocol \\(folds differ\\)"):
+        dr.clean_baseline({"screen.json": cut, "robustness.json": record})
 
 
 def test_the_mean_is_over_the_named_conditions_only(bench):

@@ -253,7 +253,12 @@ def one_blas_thread() -> Any:
     to 4e-6 dB apart between 1 and 2 threads), and a Ray or loky worker runs one thread while this process may run
     several. Extraction parallelises over files, not within one, so nothing is lost; serving
     (:meth:`ser.model_folder.Preprocessing.features`) enters it too, so it builds the bits training saw. About 10 µs
-    per entry: the thread pools are looked up once per process (:func:`_blas_controller`)."""
+    per entry: the thread pools are looked up once per process (:func:`_blas_controller`).
+
+    A limit on OpenBLAS is process-wide, not per thread: in a process that computes features on several threads at
+    once, one thread leaving the context restores the pool while another is still inside. The servers therefore set
+    one BLAS thread for the whole process at start (:func:`ser.serve.app.one_blas_thread_per_request`), and entering
+    this context there changes nothing."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
