@@ -179,7 +179,8 @@ def refresh_cross_corpus(payload: dict[str, Any], path: Path = CROSS_CORPUS_JSON
 def write_results(payload: dict[str, Any]) -> None:
     RESULTS_JSON.write_text(json.dumps(payload, indent=2) + "\n")
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    b = payload["clean_baseline"]
+    first = payload["candidates"][0]  # a record written before the field: the first candidate was the baseline
+    b = payload.get("clean_baseline") or {**first, "from": payload["robustness_file"]}
     lines = [
         "## Default recipe",
         "",

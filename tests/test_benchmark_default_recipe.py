@@ -152,3 +152,20 @@ def test_no_cv_fold_to_adopt_means_training(bench, tmp_path, monkeypatch):
     roles = {r: pd.DataFrame({"speaker": ["a"]}) for r in ("train", "val")}
     assert rob.adopt_cv_fold(get_recipe("cnn"), 0, roles, 10, tmp_path / "fold_0" / "ckpt", 0) is None
     assert not (tmp_path / "fold_0" / "ckpt").exists()
+
+
+def test_the_section_names_the_clean_baseline_and_reads_records_written_before_it(bench, tmp_path, monkeypatch):
+    dr = bench["default_recipe"]
+    sections: list[str] = []
+    monkeypatch.setattr(dr, "RESULTS_JSON", tmp_path / "d.json")
+    monkeypatch.setattr(dr, "replace_section", lambda heading, text: sections.append(text))
+    cand = {"recipe": "cnn", "mean_uar": 0.35, "clean_uar": 0.639, "clean_loss": 0.0, "serve_ms": 4.0,
+            "serving_path_ms": 4.6, "within_budget": True, "keeps_clean": True, "eligible": True}  # fmt: skip
+    old = {"machine": "m", "date": "d", "robustness_file": "robustness.json", "robustness_run": "r", "limit_ms": 10.0,
+           "load_before_timing": 0.1, "max_clean_loss": 0.02, "robustness_cut": None, "chosen": "cnn",
+           "candidates": [cand], "cross_corpus": []}  # fmt: skip
+    dr.write_results(old)  # no clean_baseline field: the first candidate was the baseline
+    baseline = {"recipe": "cnn", "clean_uar": 0.5, "from": "robustness.json"}
+    dr.write_results({**old, "robustness_file": "robustness_screen_x.json", "clean_baseline": baseline})
+    assert "(`cnn`, 63.9 % clean UAR in `robustness.json`)" in sections[0]
+    assert "(`cnn`, 50.0 % clean UAR in `robustness.json`)" in sections[1] and "robustness_screen_x.json" in sections[1]

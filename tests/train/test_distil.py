@@ -470,10 +470,10 @@ def test_the_cnn_distil_recipe(monkeypatch):
     crnn = RECIPES["crnn"]
     monkeypatch.setitem(RECIPES, "crnn", crnn.model_copy(update={"train": {**crnn.train, "lr": 1e-3}}))
     assert spec.fingerprint() != before  # a teacher member's recipe changed: another student
-    robust = RECIPES["cnn-distil-robust"]  # the default robust recipe as the student, from the same teacher
+    robust = RECIPES["cnn-distil-robust"]  # the robust recipe as the student, from the same teacher
     assert isinstance(robust, ModelSpec) and robust.distil == spec.distil
-    default = RECIPES["cnn-robust-noisy-long"]
-    assert robust.model_dump(exclude={"name", "distil"}) == default.model_dump(exclude={"name", "distil"})
+    undistilled = RECIPES["cnn-robust-noisy-long"]
+    assert robust.model_dump(exclude={"name", "distil"}) == undistilled.model_dump(exclude={"name", "distil"})
     assert feature_kinds([robust]) == {"logmel", "mfcc"}
     cut = get_recipe("cnn-distil", {"distil": {"teacher_overrides": {"train": {"epochs": 1}}}})
     assert cut.distil is not None and cut.distil.teacher == "cnn+crnn+rnn" and cut.distil.alpha == spec.distil.alpha
