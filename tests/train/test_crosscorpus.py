@@ -196,3 +196,32 @@ def test_a_robust_recipe_gets_its_variants_of_training_rows_only(two_corpora, qu
     member = rows[0]["members"]["cnn-small"]
     assert member["n_train_variants"] == member["n_train"] == len(asked)
     assert not set(asked) & set(quiet_b["utt_id"])  # the test corpus never gets a variant
+
+
+def test_a_distilled_recipe_crosses_corpora_with_a_teacher_of_the_training_corpus_only(
+    two_corpora, quiet_b, one_torch_thread, monkeypatch
+):
+    """The default recipe is distilled: its cross-corpus run trains the teacher first, on the training corpus's
+    clips (never the test corpus's), and the student towards its targets."""
+    import json
+
+    from ser.train.crosscorpus import neural_cross_corpus
+    from ser.train.recipes import RECIPES, DistilConfig, EnsembleSpec, get_recipe
+
+    root, a, _ = two_corpora
+    tiny = _tiny()
+    for s in (0, 1):  # a two-member teacher of tiny cnns
+        monkeypatch.setitem(RECIPES, f"tiny-t{s}", tiny.model_copy(update={"name": f"tiny-t{s}", "seed": s}))
+    monkeypatch.setitem(RECIPES, "tiny-pair", EnsembleSpec(name="tiny-pair", members=["tiny-t0", "tiny-t1"]))
+    student = tiny.model_copy(update={"name": "student", "distil": DistilConfig(teacher="tiny-pair")})
+    out = root / "neural-distil"
+    (row,) = neural_cross_corpus(a, quiet_b, student, out_dir=out, workers=1, n_boot=50, modes=("none",))
+    assert row["members"]["student"]["distilled_from"] == "tiny-pair"
+    record = json.loads((out / "student_teacher" / "teacher.json").read_text())
+    trained_on = set(record["info"]["train_speakers"]) | set(record["info"]["val_speakers"])
+    assert trained_on and trained_on <= set(a["speaker"].astype(str))  # the training corpus's speakers only
+    assert not trained_on & set(quiet_b["speaker"].astype(str))
+    # read back, not trained again: the same row from the kept teacher and checkpoints
+    (again,) = neural_cross_corpus(a, quiet_b, student, out_dir=out, workers=1, n_boot=50, modes=("none",))
+    assert again["uar"] == row["uar"]
+    assert get_recipe("cnn-distil-robust").distil is not None  # the default this serves

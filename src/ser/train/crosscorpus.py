@@ -311,7 +311,7 @@ def neural_cross_corpus(
     from ser.evaluate.cv_report import cv_evaluation, write_cv_report
     from ser.evaluate.metrics import paired_bootstrap_diff
     from ser.model_folder import frame_input
-    from ser.train.cv import FoldOutput, fit_spec, fuse, load_frame_features, utterance_arrays
+    from ser.train.cv import FoldOutput, fit_spec, fuse, load_frame_features, student_targets, utterance_arrays
     from ser.train.recipes import feature_kinds
 
     bad = [m for m in modes if m not in ADAPT_MODES]
@@ -343,10 +343,18 @@ def neural_cross_corpus(
     infos = {}
     for m in member_specs:
         m_seed = seed + m.seed
-        x, y, fit_rows, val_rows = _member_inputs(
+        x, y, fit_rows, val_rows, sources = _member_inputs(
             m, tr, te, feats, index, m_seed, None if variants_for is None else variants_for(m)
         )
-        result, cfg = fit_spec(m, x, y, len(classes), m_seed, out_dir / m.name, progress=progress)
+        # a distilled member: its teacher trains first, on the training corpus's clips only (kept beside it)
+        roles = {"train": fit_rows, "val": val_rows}
+        ids = {r: df["utt_id"].tolist() for r, df in roles.items()}
+        teacher, logits = student_targets(
+            m, roles, ids, y, sources, feats, len(classes), seed, out_dir / f"{m.name}_teacher", progress
+        )
+        result, cfg = fit_spec(
+            m, x, y, len(classes), m_seed, out_dir / m.name, progress=progress, teacher_logits=logits
+        )
         x_test = utterance_arrays(m, feats, test_ids)
         for mode in modes:
             proba, n_bn = _member_proba(mode, result.model, m, x_test, y_test, len(classes), cfg, adaptation, out_dir)
@@ -360,6 +368,7 @@ def neural_cross_corpus(
             "n_train_variants": len(x["train"]) - len(fit_rows),
             "n_val": len(val_rows),
             "val_speakers": sorted(val_rows["speaker"].astype(str).unique().tolist()),
+            **({} if teacher is None else {"distilled_from": teacher.info["teacher"]}),
         }
     weights = getattr(spec, "weights", None)
     corpora = {"train": sorted(tr["corpus"].astype(str).unique()), "test": sorted(te["corpus"].astype(str).unique())}
@@ -411,11 +420,11 @@ def joint_splits(corpora: dict[str, pd.DataFrame], k: int, seed: int = 0) -> pd.
     return splits
 
 
-def _member_inputs(m, tr, te, feats, index, seed, variants) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame]:
-    """``(x, y, training rows, validation rows)`` of member ``m`` on the training corpus ``tr``: validation
+def _member_inputs(m, tr, te, feats, index, seed, variants) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame, list]:
+    """``(x, y, training rows, validation rows, sources)`` of member ``m`` on the training corpus ``tr``: validation
     speakers carved out of it, and a robust member's variants of its training rows beside them
-    (:func:`ser.train.cv.add_variants`, which refuses a robust member without a ``variants`` source); ``te`` (the
-    test corpus) takes part in the leakage check only."""
+    (:func:`ser.train.cv.add_variants`, which refuses a robust member without a ``variants`` source; ``sources``: the
+    clip each variant copies); ``te`` (the test corpus) takes part in the leakage check only."""
     from ser.data.split import carve_validation
     from ser.train.cv import add_variants, utterance_arrays
 
@@ -423,8 +432,8 @@ def _member_inputs(m, tr, te, feats, index, seed, variants) -> tuple[dict, dict,
     x = {r: utterance_arrays(m, feats, df["utt_id"].tolist()) for r, df in (("train", fit_rows), ("val", val_rows))}
     y = {r: np.array([index[e] for e in df["emotion"]]) for r, df in (("train", fit_rows), ("val", val_rows))}
     roles = {"train": fit_rows, "val": val_rows, "test": te}
-    add_variants(m, variants, roles, fit_rows["utt_id"].tolist(), x, y)
-    return x, y, fit_rows, val_rows
+    sources = add_variants(m, variants, roles, fit_rows["utt_id"].tolist(), x, y)
+    return x, y, fit_rows, val_rows, sources
 
 
 def joint_corpus(
