@@ -170,8 +170,7 @@ def _test_features(
     ``<cache_root>/<condition key>`` in the feature-cache layout."""
     from ser.audio import load_audio
     from ser.features.cache import FeatureCache
-    from ser.features.extract import one_blas_thread
-    from ser.features.frames import compute
+    from ser.features.frames import compute, one_blas_thread
 
     cache = FeatureCache(cache_root)
     out = {}

@@ -295,13 +295,11 @@ class Preprocessing:
         (:func:`frame_input`). ``S``: the STFT magnitude of ``audio``, when already known (see
         :meth:`stft_args`)."""
         from ser.features import make_config
-        from ser.features.extract import one_blas_thread
         from ser.features.frames import compute
 
         cfg = make_config(self.feature_config)
         kinds = tuple(dict.fromkeys((*trim_kinds(self.trim), *input_kinds(self.kind))))
-        with one_blas_thread():  # the bits training computed (its features are extracted on one BLAS thread)
-            feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds, S=S)
+        feats = compute(np.asarray(audio, dtype=np.float32), cfg, kinds, S=S)
         return frame_input(feats, self.kind, self.trim_db, self.min_frames, self.trim)
 
     def stft_args(self) -> dict[str, Any]:

@@ -378,6 +378,21 @@ def test_features_are_the_same_bits_however_many_blas_threads_the_process_runs(t
             np.testing.assert_array_equal(two.features[u][k], one.features[u][k])
 
 
+def test_compute_gives_the_same_bits_however_many_blas_threads_the_process_runs():
+    """Every caller of ``compute`` (extraction, training variants, serving) gets the same bits: it pins BLAS itself."""
+    from threadpoolctl import threadpool_limits
+
+    from ser.features.frames import compute
+
+    y = np.random.default_rng(1).normal(0, 0.1, 16_000).astype(np.float32)  # every band and frame has energy
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = compute(y, FeatureConfig(), ("logmel", "chroma"))
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = compute(y, FeatureConfig(), ("logmel", "chroma"))
+    for k in one:
+        np.testing.assert_array_equal(two[k], one[k])
+
+
 def test_broken_files_are_failures_while_the_rest_extract(tmp_path):
     manifest = make_manifest(tmp_path, freqs=(200.0, 300.0))
     text = tmp_path / "audio" / "text.wav"

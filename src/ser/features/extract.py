@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -247,30 +246,6 @@ def _hash_file(path: Path) -> str:
         raise AudioError(f"cannot read file: {exc.strerror or exc}") from exc
 
 
-def one_blas_thread() -> Any:
-    """A context in which BLAS (numpy's OpenBLAS) runs on one thread, so a clip's features are the same bits wherever
-    they are computed: the mel projection is a BLAS product whose rounding depends on how many threads split it (up
-    to 4e-6 dB apart between 1 and 2 threads), and a Ray or loky worker runs one thread while this process may run
-    several. Extraction parallelises over files, not within one, so nothing is lost; serving
-    (:meth:`ser.model_folder.Preprocessing.features`) enters it too, so it builds the bits training saw. About 10 µs
-    per entry: the thread pools are looked up once per process (:func:`_blas_controller`).
-
-    A limit on OpenBLAS is process-wide, not per thread: in a process that computes features on several threads at
-    once, one thread leaving the context restores the pool while another is still inside. The servers therefore set
-    one BLAS thread for the whole process at start (:func:`ser.serve.app.one_blas_thread_per_request`), and entering
-    this context there changes nothing."""
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
-@lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    """The process's thread pools (threadpoolctl, which comes with scikit-learn), looked up once: a lookup costs
-    about 2 ms, too much for every clip served."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
 def _job(
     utt_id: str,
     path: str,
@@ -283,7 +258,7 @@ def _job(
 ) -> tuple[str, OneResult | None, str | None]:
     """Worker entry point: never raises, returns ``(utt_id, result, failure reason)``."""
     try:
-        with one_blas_thread():
+        with frames_mod.one_blas_thread():
             res = extract_one(
                 path, cfg, kinds, cache=FeatureCache(cache_root), sha=sha or None, hashes=hashes,
                 cache_frames=cache_frames,

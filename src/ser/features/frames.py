@@ -305,6 +305,30 @@ def row_names(kind: str, cfg: FeatureConfig | None = None) -> list[str]:
     raise ConfigError(f"unknown frame kind {kind!r}; choose from {', '.join(FRAME_KINDS)}")
 
 
+def one_blas_thread() -> Any:
+    """A context in which BLAS (numpy's OpenBLAS) runs on one thread, so a clip's features are the same bits wherever
+    they are computed: the mel projection is a BLAS product whose rounding depends on how many threads split it (up
+    to 4e-6 dB apart between 1 and 2 threads), and a Ray or loky worker runs one thread while this process may run
+    several. :func:`compute` runs in it, so extraction, training variants and serving build the same bits; extraction
+    parallelises over files, not within one, so nothing is lost. About 10 µs per entry: the thread pools are looked
+    up once per process (:func:`_blas_controller`).
+
+    A limit on OpenBLAS is process-wide, not per thread: in a process that computes features on several threads at
+    once, one thread leaving the context restores the pool while another is still inside. The servers therefore set
+    one BLAS thread for the whole process at start (:func:`ser.serve.app.one_blas_thread_per_request`), and entering
+    this context there changes nothing."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """The process's thread pools (threadpoolctl, which comes with scikit-learn), looked up once: a lookup costs
+    about 2 ms, too much for every clip served."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def compute(
     y: np.ndarray,
     cfg: FeatureConfig | None = None,
@@ -325,6 +349,12 @@ def compute(
         if k not in ALIGNED_KINDS:
             raise ConfigError(f"unknown frame kind {k!r}; choose from {', '.join(ALIGNED_KINDS)}")
     y = check_signal(y, min_samples=cfg.win_length)
+    with one_blas_thread():  # the same bits in any process, whatever its BLAS thread count
+        return _compute(y, cfg, kinds, S)
+
+
+def _compute(y: np.ndarray, cfg: FeatureConfig, kinds: tuple[str, ...], S: np.ndarray | None) -> dict:
+    """:func:`compute` on a checked signal and known kinds."""
     stft = _StftArgs(n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length, window=cfg.window)
     if S is not None:
         if S.shape != (1 + cfg.n_fft // 2, n_frames(y.size, cfg.hop_length)):

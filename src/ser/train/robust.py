@@ -217,8 +217,7 @@ def _render_job(
     """Worker: every missing variant of one clip (decoded once), cached; never raises (the reason is returned)."""
     from ser.audio import load_audio
     from ser.features.cache import FeatureCache
-    from ser.features.extract import one_blas_thread
-    from ser.features.frames import compute
+    from ser.features.frames import compute, one_blas_thread
 
     cache = FeatureCache(cache_root)
     try:
