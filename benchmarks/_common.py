@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -13,6 +14,14 @@ NOISE_DIR = Path(os.environ.get("SER_NOISE_DIR", SHARED / "noise"))
 """The noise recordings (training draws and held-out test noises): ``$SER_NOISE_DIR``, else the shared copy."""
 RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_DIR = HERE / "results"
+
+
+def screen_name(name: str) -> str:
+    """A screen's name (``--screen NAME``): a comparison of candidates kept in its own results file and RESULTS.md
+    section beside the figures of record, so lower-case letters, digits and dashes only."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise SystemExit(f"screen name {name!r}: use lower-case letters, digits and dashes")
+    return name
 
 
 def machine() -> str:

@@ -5,6 +5,7 @@ Usage (reads saved probabilities only; seconds)::
 
     .venv/bin/python benchmarks/calibration.py
     .venv/bin/python benchmarks/calibration.py --robustness-root /elsewhere/robustness/full --cv-root cnn=/x/cnn
+    .venv/bin/python benchmarks/calibration.py --screen distil --recipes cnn-robust-noisy-long,cnn-distil-robust
 
 Inputs (nothing is trained): the robustness benchmark's per-fold probabilities
 (``<robustness-root>/<recipe>/fold_<k>/<condition>.npz``, keys ``proba``, ``y``, ``utt_ids``) and, per recipe, an
@@ -23,7 +24,9 @@ probability, the answered share and accuracy / UAR on the answered clips
 (:func:`ser.evaluate.calibration.abstention_curve`).
 
 Results: ``benchmarks/results/calibration.json``, ``benchmarks/results/calibration.png`` and the "Calibration"
-section of ``benchmarks/RESULTS.md``.
+section of ``benchmarks/RESULTS.md``. A screen (``--screen NAME``: the recipes of the robustness screen of that name,
+read from its own fold folders) writes ``calibration_screen_NAME.json`` / ``.png`` and its own section instead, so
+neither the record nor another screen is replaced.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from _common import HERE, RESULTS_DIR, machine, replace_section
+from _common import HERE, RESULTS_DIR, machine, replace_section, screen_name
 from robustness import CONDITIONS as ROBUSTNESS_CONDITIONS
+from robustness import runs_dir
 
-ROBUSTNESS_ROOT = HERE / "runs" / "robustness" / "full"
+ROBUSTNESS_ROOT = runs_dir("full", None)
 CV_ROOTS = {"cnn": HERE / "runs" / "ray_cv" / "ray" / "cnn"}
 """Cross-validation runs whose clean folds are the same models as the robustness run's (adopted there)."""
 RECIPES = ("cnn", "cnn-robust", "cnn-robust-vad", "cnn-robust-noisy-long")
@@ -247,10 +251,23 @@ def ece_cell(b: dict[str, Any]) -> str:
     return f"{pct(e['before'])} {_ci(e['before_ci'])} → {pct(e['after'])} {_ci(e['after_ci'])}"
 
 
-def section(payload: dict[str, Any]) -> str:
+def screen_json(name: str) -> Path:
+    """``--screen NAME``: the calibration of a robustness screen's candidates, in its own file."""
+    return RESULTS_DIR / f"calibration_screen_{screen_name(name)}.json"
+
+
+def heading(screen: str | None) -> str:
+    """The RESULTS.md heading of the record (``screen`` None) or of one screen; neither is a prefix of another
+    (:func:`replace_section` matches by prefix)."""
+    if screen is None:
+        return "## Calibration: temperature scaling on RAVDESS-8, clean and degraded (issue: calibrated confidences)"
+    return f"## Calibration screen `{screen}`: temperature scaling of candidate recipes on RAVDESS-8"
+
+
+def section(payload: dict[str, Any], screen: str | None = None) -> str:
     """The RESULTS.md section: protocol, the ECE table per recipe and condition, the abstention summary."""
     lines = [
-        "## Calibration: temperature scaling on RAVDESS-8, clean and degraded (issue: calibrated confidences)",
+        heading(screen),
         "",
         f"Machine: {payload['machine']}. Date: {payload['date']}. Produced by `benchmarks/calibration.py` "
         f"(`{payload['command']}`) from saved out-of-fold probabilities (nothing trained). "
@@ -385,7 +402,9 @@ def plot_inputs(data: dict[str, dict[str, Any]]) -> list[tuple[str, np.ndarray, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--robustness-root", type=Path, default=ROBUSTNESS_ROOT)
+    ap.add_argument(
+        "--robustness-root", type=Path, default=None, help="default: the record's folds, or the screen's (--screen)"
+    )
     ap.add_argument(
         "--cv-root",
         action="append",
@@ -398,9 +417,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS))
     ap.add_argument("--abstain-conditions", default=",".join(ABSTAIN_CONDITIONS))
     ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=RESULTS_JSON, help="results JSON (the PNG goes beside it)")
+    ap.add_argument(
+        "--screen",
+        metavar="NAME",
+        default=None,
+        help="the recipes of robustness screen NAME: calibration_screen_NAME.json and its own section, not the record",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (the PNG goes beside it)")
     ap.add_argument("--no-md", action="store_true", help="do not touch RESULTS.md")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = RESULTS_JSON if args.screen is None else screen_json(args.screen)
+    if args.robustness_root is None:
+        args.robustness_root = ROBUSTNESS_ROOT if args.screen is None else runs_dir("full", args.screen)
     conditions = args.conditions.split(",")
     if conditions[0] != "clean":
         conditions = ["clean", *[c for c in conditions if c != "clean"]]
@@ -456,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     if not args.no_md:
-        replace_section("## Calibration", section(payload))
+        replace_section(heading(args.screen), section(payload, args.screen))
     for recipe, r in recipes.items():
         if "clean" in r:
             c = r["clean"]

@@ -20,11 +20,11 @@ defeated by noise (it keeps every frame of a noisy clip).
 Reported per recipe and condition: UAR pooled over the folds run, with a 95 % speaker-cluster bootstrap CI
 (:func:`ser.evaluate.bootstrap_ci`), accuracy, per-gender UAR and the gender gap (female - male); per condition
 the difference robust - baseline with a paired speaker bootstrap CI. Resumable: each fold's model
-(``benchmarks/runs/robustness/<tag>/<recipe>/fold_k/model.pt``, mid-training checkpoints beside it) and each
-(fold, condition)'s probabilities are kept; degraded test features are cached by (clip, condition, seed). A fold
-that ``ravdess_cv.py`` already trained (same recipe, seed, rows and robust variants) is adopted, not trained again;
-that is how a distilled recipe (``--recipes cnn,cnn-distil-robust``) is scored: its folds, teachers included, are
-trained by ``ravdess_cv.py`` and adopted here.
+(``benchmarks/runs/robustness/<tag>/<recipe>/fold_k/model.pt``, a screen's under ``screen-<name>/<tag>/``,
+mid-training checkpoints beside it) and each (fold, condition)'s probabilities are kept; degraded test features
+are cached by (clip, condition, seed). A fold that ``ravdess_cv.py`` already trained (same recipe, seed, rows and
+robust variants) is adopted, not trained again; that is how a distilled recipe (``--recipes
+cnn,cnn-distil-robust``) is scored: its folds, teachers included, are trained by ``ravdess_cv.py`` and adopted here.
 Results: ``benchmarks/results/robustness.json`` and the "Robustness" section of ``benchmarks/RESULTS.md``; a screen
 of candidates (``--screen NAME``) writes ``robustness_screen_NAME.json`` and its own section instead, so screens
 neither replace the record nor each other.
@@ -37,7 +37,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section
+from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section, screen_name
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
 RUNS = HERE / "runs" / "robustness"
@@ -259,7 +258,7 @@ def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: 
 def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> None:
     """Train (or read back) fold ``k`` of ``spec`` and save the test probabilities of every missing condition; a
     full-protocol fold is then handed to ``ravdess_cv.py`` (:func:`save_cv_fold`)."""
-    fold_dir = RUNS / tag / spec.name / f"fold_{k}"
+    fold_dir = runs_dir(tag, args.screen) / spec.name / f"fold_{k}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     wanted = [(c, False) for c in args.conditions] + [(c, True) for c in args.conditions if c.startswith("noise")]
     todo = [(c, t) for c, t in wanted if not (fold_dir / f"{c}{CLEAN_TRIM if t else ''}.npz").is_file()]
@@ -352,7 +351,7 @@ def collect(args, tag, manifest, classes) -> dict[str, Any]:
     for recipe in args.recipes:
         results[recipe] = {}
         for name in names:
-            parts = [np.load(RUNS / tag / recipe / f"fold_{k}" / f"{name}.npz") for k in args.folds]
+            parts = [np.load(runs_dir(tag, args.screen) / recipe / f"fold_{k}" / f"{name}.npz") for k in args.folds]
             y = np.concatenate([p["y"] for p in parts])
             pred = np.concatenate([p["proba"].argmax(1) for p in parts])
             ids = np.concatenate([p["utt_ids"] for p in parts])
@@ -375,9 +374,14 @@ def collect(args, tag, manifest, classes) -> dict[str, Any]:
 def screen_json(name: str) -> Path:
     """``--screen NAME``: a comparison of candidate recipes (the issue's "screen on 2-3 folds", or candidates on all
     six), kept in its own file beside the figures of record of ``robustness.json`` and beside the other screens."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
-        raise SystemExit(f"screen name {name!r}: use lower-case letters, digits and dashes")
-    return RESULTS_DIR / f"robustness_screen_{name}.json"
+    return RESULTS_DIR / f"robustness_screen_{screen_name(name)}.json"
+
+
+def runs_dir(tag: str, screen: str | None) -> Path:
+    """Where a run keeps its fold models and probabilities: the record's under ``RUNS/<tag>``, a screen's under
+    ``RUNS/screen-<name>/<tag>``. A screen may score another training of a recipe of the record (adopted from
+    ``ravdess_cv.py``, say), so the two never share a fold folder: a rerun of the record scores its own models."""
+    return RUNS / tag if screen is None else RUNS / f"screen-{screen_name(screen)}" / tag
 
 
 def heading(screen: str | None) -> str:

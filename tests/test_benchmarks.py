@@ -323,6 +323,14 @@ def test_a_robustness_screen_keeps_the_record_the_other_screens_and_their_sectio
         robustness.screen_json("../x")
 
 
+def test_a_robustness_screen_keeps_its_fold_models_apart_from_the_record(robustness):
+    record, screen = robustness.runs_dir("full", None), robustness.runs_dir("full", "distil")
+    assert record == robustness.RUNS / "full" and screen == robustness.RUNS / "screen-distil" / "full"
+    assert not screen.is_relative_to(record) and robustness.runs_dir("epochs3", "distil").parent == screen.parent
+    with pytest.raises(SystemExit, match="screen name"):
+        robustness.runs_dir("full", "../full")
+
+
 def test_ravdess_cv_screens_keep_their_folds_for_the_full_run_and_cut_runs_apart(ravdess_cv):
     assert ravdess_cv.runs_dir(None) == ravdess_cv.RUNS  # --folds 2,3 at the recipes' epochs: resumed by the full run
     assert ravdess_cv.runs_dir(1) == ravdess_cv.RUNS / "cut"  # --epochs 1: other models, never mixed in

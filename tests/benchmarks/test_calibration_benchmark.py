@@ -122,7 +122,7 @@ def test_main_uses_what_exists_and_says_so(cal, tmp_path, monkeypatch):
     assert curve[0]["coverage"] >= curve[1]["coverage"] >= curve[2]["coverage"]
     assert out.with_suffix(".png").stat().st_size > 10_000
     (heading, text), = cal.written  # fmt: skip
-    assert heading == "## Calibration" and "**Cut**" in text
+    assert heading == cal.heading(None) and text.startswith(heading + "\n") and "**Cut**" in text
     assert "| b | clean (calibration set) | 0 in-sample | 240 |" in text
     assert "| none | - | - | - | - | no clean fold found |" in text
     assert "| a | telephone | 0,1 | 480 |" in text and "| a | telephone | 100 % / " in text
@@ -139,3 +139,23 @@ def test_the_reliability_panels_are_the_first_recipe_clean_and_noisy_and_the_las
     assert titles == ["base, clean", "base, noise-10db:factory1", "robust, telephone"]  # robust lacks the noise
     assert [p[0].split(" (")[0] for p in cal.plot_inputs({"only": run("telephone")})] == ["only, clean"]
     assert cal.plot_inputs({"none": {"clean": {}, "conditions": {}}}) == []
+
+
+def test_a_screen_reads_its_own_folds_and_writes_its_own_file_and_section(cal, tmp_path, monkeypatch):
+    screens = tmp_path / "runs"
+    monkeypatch.setattr(cal, "runs_dir", lambda tag, screen: screens / f"screen-{screen}" / tag)
+    monkeypatch.setattr(cal, "RESULTS_DIR", tmp_path / "res")
+    for k in range(2):  # the screen's folds; the record's (ROBUSTNESS_ROOT) are not read
+        _save(screens / "screen-distil" / "full" / "a" / f"fold_{k}" / "clean.npz", _fold(k, 0, sharpen=2.0))
+    argv = ["--screen", "distil", "--recipes", "a", "--conditions", "clean", "--abstain-conditions", "clean",
+            "--n-boot", "100"]  # fmt: skip
+    assert cal.main(argv) == 0
+    doc = json.loads((tmp_path / "res" / "calibration_screen_distil.json").read_text())
+    assert doc["recipes"]["a"]["clean_folds"] == [0, 1]
+    assert doc["inputs"]["robustness_root"] == str(screens / "screen-distil" / "full")
+    assert (tmp_path / "res" / "calibration_screen_distil.png").is_file()
+    (heading, text), = cal.written  # fmt: skip
+    assert heading == cal.heading("distil") != cal.heading(None) and text.startswith(heading)
+    assert not cal.heading(None).startswith(heading) and not heading.startswith(cal.heading(None))
+    with pytest.raises(SystemExit, match="screen name"):
+        cal.main(["--screen", "../x"])
