@@ -199,6 +199,27 @@ def test_named_but_missing_is_still_an_error(nowhere, run_cli):
     assert code == 2 and "champion" in err and not _notices(err)
 
 
+def test_the_bundle_is_not_rebuilt_from_uncommitted_code(run_cli, monkeypatch, tmp_path):
+    import ser.export
+    import ser.pipeline
+
+    monkeypatch.setattr(ser.export, "code_version", lambda: "0.1.0+git.abc123+dirty")
+    ran: list[object] = []
+    monkeypatch.setattr(ser.pipeline, "load_config", lambda path: ran.append(path))
+    code, _, err = run_cli("pipeline", "pretrained", "--workdir", tmp_path / "w", "--dest", tmp_path / "d")
+    assert code != 0 and "uncommitted changes (0.1.0+git.abc123+dirty)" in err and "--allow-dirty" in err
+    assert ran == []  # refused before the config is read or anything trained
+    monkeypatch.setattr(ser.pipeline, "load_config", lambda path: ran.append(path) or _stop())
+    code, _, err = run_cli("pipeline", "pretrained", "--allow-dirty", "--workdir", tmp_path / "w")
+    assert ran == [Path("configs/ravdess-all.yaml")] and "stopped here" in err
+
+
+def _stop():
+    from ser.errors import SerError
+
+    raise SerError("stopped here")
+
+
 def test_serve_falls_back_with_one_log_line(nowhere, tiny, stand_in, run_cli, monkeypatch, caplog):
     import uvicorn
 

@@ -98,6 +98,9 @@ def pretrained_cmd(
     config: Path = typer.Option(Path("configs/ravdess-all.yaml"), "--config", help="pipeline YAML of the bundle"),
     workdir: Path = typer.Option(Path("runs/pretrained"), "--workdir", help="the pipeline's workdir (its cache)"),
     dest: Path | None = typer.Option(None, "--dest", help="bundled folder to replace (default: the package's)"),
+    allow_dirty: bool = typer.Option(
+        False, "--allow-dirty", help="build from a tree with uncommitted changes (the card then names no commit)"
+    ),
 ) -> None:
     """Rebuild the bundled pretrained model: the pipeline on CONFIG (recipe, data and protocol from there), then
     the folder it registered copied into the package with the run record's stage keys and metrics
@@ -105,9 +108,18 @@ def pretrained_cmd(
 
     Example: ser pipeline pretrained --config configs/ravdess-all.yaml --workdir runs/pretrained   (make pretrained)
     """
+    from ser.export import code_version
     from ser.pipeline import load_config, run
     from ser.pretrained import bundle, bundled_dir
 
+    version = code_version()
+    if version.endswith("+dirty") and not allow_dirty:
+        # checked before an hour of training: the bundle's card and metadata record the code version it was built
+        # from, and "+dirty" names no commit anyone can check out to rebuild it
+        raise SerError(
+            f"the source tree has uncommitted changes ({version}): commit them first, so the bundled model's card "
+            "names the commit it was built from, or pass --allow-dirty"
+        )
     cfg = load_config(config)
     summary = run(cfg, workdir, progress=True)
     if not summary.ok:
