@@ -43,7 +43,8 @@ import numpy as np
 
 from _common import HERE, RESULTS_DIR, machine, replace_section, screen_name
 from robustness import CONDITIONS as ROBUSTNESS_CONDITIONS
-from robustness import runs_dir
+from robustness import fold_root, runs_dir
+from robustness import screen_json as robustness_screen_json
 
 ROBUSTNESS_ROOT = runs_dir("full", None)
 CV_ROOTS = {"cnn": HERE / "runs" / "ray_cv" / "ray" / "cnn"}
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RECIPE=DIR",
         help="a cross-validation run of a recipe (fold_<k>.npz); default cnn=benchmarks/runs/ray_cv/ray/cnn",
     )
-    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--recipes", default=None, help="default: the record's recipes, or the screen's (--screen)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--thresholds", default=",".join(f"{t:g}" for t in THRESHOLDS))
     ap.add_argument("--abstain-conditions", default=",".join(ABSTAIN_CONDITIONS))
@@ -426,13 +427,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results JSON (the PNG goes beside it)")
     ap.add_argument("--no-md", action="store_true", help="do not touch RESULTS.md")
     args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = RESULTS_JSON if args.screen is None else screen_json(args.screen)
-    if args.robustness_root is None:
-        args.robustness_root = ROBUSTNESS_ROOT if args.screen is None else runs_dir("full", args.screen)
+    if args.screen is None:
+        args.out = args.out or RESULTS_JSON
+        args.robustness_root = args.robustness_root or ROBUSTNESS_ROOT
+        args.recipes = args.recipes or ",".join(RECIPES)
+    else:  # the screen's own run: its recipes and its fold folders
+        run_file = robustness_screen_json(args.screen)
+        if not run_file.is_file():
+            raise SystemExit(f"no {run_file}: run benchmarks/robustness.py --screen {args.screen} first")
+        run = json.loads(run_file.read_text())
+        args.out = args.out or screen_json(args.screen)
+        args.robustness_root = args.robustness_root or fold_root(run, run_file)
+        args.recipes = args.recipes or ",".join(run["scores"])
     conditions = args.conditions.split(",")
     if conditions[0] != "clean":
         conditions = ["clean", *[c for c in conditions if c != "clean"]]
+    if any("=" not in s for s in args.cv_root or []):
+        raise SystemExit(f"--cv-root takes RECIPE=DIR, got {args.cv_root}")
     cv_roots = dict(CV_ROOTS) if args.cv_root is None else dict(s.split("=", 1) for s in args.cv_root)
     thresholds = tuple(float(t) for t in args.thresholds.split(","))
     abstain = tuple(args.abstain_conditions.split(","))

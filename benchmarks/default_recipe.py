@@ -11,7 +11,8 @@ The clean-speech condition is measured against the first recipe of that run when
 of augmented candidates only (``--robustness robustness_screen_NAME.json``) is measured against the record's first
 recipe (``cnn`` in ``robustness.json``, the same protocol and test clips).
 
-Serving cost: each candidate's fold-0 model of that robustness run is exported into a model folder
+Serving cost: each candidate's fold-0 model of that robustness run (its own fold folders,
+:func:`robustness.fold_root`) is exported into a model folder
 (:func:`ser.export.write_model_folder`, with the recipe's own trim) and timed with one onnxruntime thread (median of
 50 calls after 5 warm-up calls): the served network on a real 3 s clip's 300 log-mel frames, what the rule budgets,
 and beside it the whole serving path of :class:`ser.inference.Predictor` (features and trim included; decoding
@@ -43,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from _common import HERE, RESULTS_DIR, SHARED, machine, replace_section
+from _common import RESULTS_DIR, SHARED, machine, replace_section
+from robustness import fold_root
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
 ROBUSTNESS_JSON = RESULTS_DIR / "robustness.json"
@@ -255,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     rob = json.loads(args.robustness.read_text())
     conditions = list(rob["conditions"])
-    tag = "full" if not rob.get("cut") or "epochs" not in rob["cut"] else None
-    if tag is None:
-        raise SystemExit("robustness.json comes from a run with other epochs than the recipes': rerun it first")
+    if rob.get("cut") and ("epochs" in rob["cut"] or "network" in rob["cut"]):
+        raise SystemExit(f"{args.robustness.name} comes from a run of other models than the recipes': rerun it first")
+    root = fold_root(rob, args.robustness)
     classes = list(get_profile("ravdess8").classes)
     clip = load_audio(RAVDESS / CLIP, 16000)
     clip = np.pad(clip, (0, max(0, 48000 - len(clip))))[:48000].astype(np.float32)
@@ -266,9 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     for recipe, scores in rob["scores"].items():
         spec = get_recipe(recipe)
         if spec.fingerprint() != rob["recipes"][recipe]["fingerprint"]:
-            raise SystemExit(f"{recipe}: the recipe changed since robustness.json was written; rerun it")
-        fold = min(rob["folds"])
-        cost = serve_ms(HERE / "runs" / "robustness" / tag / recipe / f"fold_{fold}" / "model.pt", spec, classes, clip)
+            raise SystemExit(f"{recipe}: the recipe changed since {args.robustness.name} was written; rerun it")
+        model_pt = root / recipe / f"fold_{min(rob['folds'])}" / "model.pt"
+        if not model_pt.is_file():
+            raise SystemExit(f"{recipe}: no {model_pt}: the models of {args.robustness.name} are not on this machine")
+        cost = serve_ms(model_pt, spec, classes, clip)
         ms = cost["network"]
         candidates.append(
             {

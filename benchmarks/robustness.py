@@ -384,6 +384,17 @@ def runs_dir(tag: str, screen: str | None) -> Path:
     return RUNS / tag if screen is None else RUNS / f"screen-{screen_name(screen)}" / tag
 
 
+def fold_root(payload: dict[str, Any], path: Path) -> Path:
+    """The fold folder of the run a results file ``path`` records (``payload``, its contents): its ``tag`` and
+    ``screen``, or for a file written before they were recorded, ``full`` and the screen named by the file name
+    (``robustness_screen_NAME.json``). Readers of a run's models and probabilities (``default_recipe.py``,
+    ``calibration.py``) find them here."""
+    screen = payload.get("screen")
+    if "tag" not in payload and path.name.startswith("robustness_screen_"):
+        screen = path.name.removeprefix("robustness_screen_").removesuffix(".json")
+    return runs_dir(payload.get("tag", "full"), screen)
+
+
 def heading(screen: str | None) -> str:
     """The RESULTS.md heading of the record (``screen`` None) or of one screen: no heading is a prefix of another
     (:func:`replace_section` matches by prefix), so each screen keeps its own section."""
@@ -512,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "benchmarks/robustness.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.date.today().isoformat(),
         "machine": machine(),
+        "screen": args.screen,
+        "tag": tag,
         "folds": args.folds,
         "test_actors": ", ".join(test_actors),
         "recipes": {s.name: {"fingerprint": s.fingerprint(), "robust": s.robust} for s in specs},

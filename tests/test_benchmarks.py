@@ -331,6 +331,15 @@ def test_a_robustness_screen_keeps_its_fold_models_apart_from_the_record(robustn
         robustness.runs_dir("full", "../full")
 
 
+def test_a_results_file_leads_to_the_fold_folders_of_its_own_run(robustness, tmp_path):
+    runs, res = robustness.RUNS, tmp_path
+    assert robustness.fold_root({"tag": "full", "screen": "distil"}, res / "x.json") == runs / "screen-distil" / "full"
+    assert robustness.fold_root({"tag": "epochs3", "screen": None}, res / "robustness.json") == runs / "epochs3"
+    # written before the tag and screen were recorded: the record's full run, or the screen its file name names
+    assert robustness.fold_root({}, res / "robustness.json") == runs / "full"
+    assert robustness.fold_root({}, res / "robustness_screen_vad.json") == runs / "screen-vad" / "full"
+
+
 def test_ravdess_cv_screens_keep_their_folds_for_the_full_run_and_cut_runs_apart(ravdess_cv):
     assert ravdess_cv.runs_dir(None) == ravdess_cv.RUNS  # --folds 2,3 at the recipes' epochs: resumed by the full run
     assert ravdess_cv.runs_dir(1) == ravdess_cv.RUNS / "cut"  # --epochs 1: other models, never mixed in

@@ -141,21 +141,31 @@ def test_the_reliability_panels_are_the_first_recipe_clean_and_noisy_and_the_las
     assert cal.plot_inputs({"none": {"clean": {}, "conditions": {}}}) == []
 
 
-def test_a_screen_reads_its_own_folds_and_writes_its_own_file_and_section(cal, tmp_path, monkeypatch):
-    screens = tmp_path / "runs"
-    monkeypatch.setattr(cal, "runs_dir", lambda tag, screen: screens / f"screen-{screen}" / tag)
+def test_a_screen_reads_its_own_run_and_folds_and_writes_its_own_file_and_section(cal, tmp_path, monkeypatch):
+    robustness = sys.modules["robustness"]  # imported by calibration: where the screens' runs and results live
+    monkeypatch.setattr(robustness, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(robustness, "RESULTS_DIR", tmp_path / "res")
     monkeypatch.setattr(cal, "RESULTS_DIR", tmp_path / "res")
-    for k in range(2):  # the screen's folds; the record's (ROBUSTNESS_ROOT) are not read
-        _save(screens / "screen-distil" / "full" / "a" / f"fold_{k}" / "clean.npz", _fold(k, 0, sharpen=2.0))
-    argv = ["--screen", "distil", "--recipes", "a", "--conditions", "clean", "--abstain-conditions", "clean",
-            "--n-boot", "100"]  # fmt: skip
+    with pytest.raises(SystemExit, match="robustness.py --screen distil first"):
+        cal.main(["--screen", "distil"])
+    (tmp_path / "res").mkdir()
+    run = {"screen": "distil", "tag": "full", "scores": {"a": {}, "b": {}}}
+    (tmp_path / "res" / "robustness_screen_distil.json").write_text(json.dumps(run))
+    for k in range(2):  # the screen's folds (b's clean fold 0 only); the record's (ROBUSTNESS_ROOT) are not read
+        _save(tmp_path / "runs" / "screen-distil" / "full" / "a" / f"fold_{k}" / "clean.npz", _fold(k, 0, 2.0))
+    _save(tmp_path / "runs" / "screen-distil" / "full" / "b" / "fold_0" / "clean.npz", _fold(0, 3))
+    _save(tmp_path / "runs" / "full" / "cnn" / "fold_0" / "clean.npz", _fold(0, 4))
+    argv = ["--screen", "distil", "--conditions", "clean", "--abstain-conditions", "clean", "--n-boot", "100"]
     assert cal.main(argv) == 0
     doc = json.loads((tmp_path / "res" / "calibration_screen_distil.json").read_text())
-    assert doc["recipes"]["a"]["clean_folds"] == [0, 1]
-    assert doc["inputs"]["robustness_root"] == str(screens / "screen-distil" / "full")
+    assert list(doc["recipes"]) == ["a", "b"]  # the screen's recipes, not the record's
+    assert doc["recipes"]["a"]["clean_folds"] == [0, 1] and doc["recipes"]["b"]["clean_folds"] == [0]
+    assert doc["inputs"]["robustness_root"] == str(tmp_path / "runs" / "screen-distil" / "full")
     assert (tmp_path / "res" / "calibration_screen_distil.png").is_file()
     (heading, text), = cal.written  # fmt: skip
     assert heading == cal.heading("distil") != cal.heading(None) and text.startswith(heading)
     assert not cal.heading(None).startswith(heading) and not heading.startswith(cal.heading(None))
     with pytest.raises(SystemExit, match="screen name"):
         cal.main(["--screen", "../x"])
+    with pytest.raises(SystemExit, match="RECIPE=DIR"):
+        cal.main(["--cv-root", "cnn"])
