@@ -214,6 +214,30 @@ def test_the_bundle_is_not_rebuilt_from_uncommitted_code(run_cli, monkeypatch, t
     assert ran == [Path("configs/ravdess-all.yaml")] and "stopped here" in err
 
 
+def test_a_model_exported_from_uncommitted_code_is_not_bundled(run_cli, monkeypatch, tmp_path, tiny):
+    import ser.export
+    import ser.pipeline
+
+    model_dir = tmp_path / "registered"
+    shutil.copytree(tiny, model_dir)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    (model_dir / "metadata.json").write_text(json.dumps({**meta, "code_version": "0.1.0+git.abc123+dirty"}))
+
+    class Summary:  # a pipeline run read back from a cache that an earlier, dirty tree filled
+        ok, results = True, []
+
+        def record(self, name):
+            return {"result": {"model_dir": str(model_dir), "name": "m", "version": "1", "alias": "champion"}}
+
+    monkeypatch.setattr(ser.export, "code_version", lambda: "0.1.0+git.def456")  # the tree is clean now
+    monkeypatch.setattr(ser.pipeline, "load_config", lambda path: object())
+    monkeypatch.setattr(ser.pipeline, "run", lambda cfg, workdir, progress: Summary())
+    dest = tmp_path / "dest"
+    code, _, err = run_cli("pipeline", "pretrained", "--workdir", tmp_path / "w", "--dest", dest)
+    assert code != 0 and "exported from a tree with uncommitted changes (0.1.0+git.abc123+dirty)" in err
+    assert not dest.exists()
+
+
 def _stop():
     from ser.errors import SerError
 

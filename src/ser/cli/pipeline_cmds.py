@@ -109,6 +109,7 @@ def pretrained_cmd(
     Example: ser pipeline pretrained --config configs/ravdess-all.yaml --workdir runs/pretrained   (make pretrained)
     """
     from ser.export import code_version
+    from ser.model_folder import read_metadata
     from ser.pipeline import load_config, run
     from ser.pretrained import bundle, bundled_dir
 
@@ -126,6 +127,14 @@ def pretrained_cmd(
         failed = next(r for r in summary.results if r.status == "failed")
         raise SerError(f"pipeline stage {failed.name} failed: {failed.error}")
     registered = summary.record("register")["result"]
+    built_from = read_metadata(registered["model_dir"]).get("code_version", "")
+    if built_from.endswith("+dirty") and not allow_dirty:
+        # the stages' cache keys leave the code version out, so a clean tree can still read back a model exported
+        # from a dirty one: what ships is what the export recorded
+        raise SerError(
+            f"the registered model was exported from a tree with uncommitted changes ({built_from}): rebuild it in "
+            f"a fresh workdir (--workdir), or pass --allow-dirty"
+        )
     evaluation = summary.record("evaluate")["evaluation"]
     cal = evaluation.get("calibration") or {}
     provenance = {
