@@ -42,14 +42,20 @@ def machine() -> str:
 
 
 def replace_section(heading: str, section: str, path: Path = RESULTS_MD) -> None:
-    """Replace the Markdown section starting with ``heading`` (``## ...``) in ``path`` where it stands (so a rerun
-    leaves the file's order, and its diff, alone), or append it."""
+    """Write ``section`` (Markdown starting with its ``## ...`` heading line) into ``path`` where it stands, so a
+    rerun leaves the file's order, and its diff, alone: in place of the section with the same heading line (and of
+    any later copy of it); failing that, of the one section whose heading starts with ``heading`` (a script's
+    heading reworded); else appended. No other section is touched, even one whose heading ``heading`` is a prefix of
+    (``## Monitoring`` and ``## Monitoring in the service: ...`` are two scripts' sections)."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is written by its script.\n"
     parts = text.split("\n## ")
-    at = [i for i, p in enumerate(parts) if i > 0 and ("## " + p).startswith(heading)]
+    titles = [("## " + p).splitlines()[0] if i > 0 else None for i, p in enumerate(parts)]
+    at = [i for i, t in enumerate(titles) if t == section.strip().splitlines()[0]]
     if not at:
-        path.write_text(text.rstrip() + "\n\n" + section)
-        return
+        at = [i for i, t in enumerate(titles) if t is not None and t.startswith(heading)][:2]
+        if len(at) != 1:
+            path.write_text(text.rstrip() + "\n\n" + section)
+            return
     parts[at[0]] = section.strip().removeprefix("## ") + "\n"
     kept = [p for i, p in enumerate(parts) if i not in at[1:]]
     path.write_text("\n## ".join(kept).rstrip() + "\n")

@@ -349,12 +349,17 @@ def test_replace_section_rewrites_a_section_where_it_stands_and_appends_a_new_on
     monkeypatch.syspath_prepend(str(BENCH))
     common = importlib.import_module("_common")
     md = tmp_path / "RESULTS.md"
-    md.write_text("# Results\n\n## A\n\nold a\n\n## B\n\nold b\n\n## A again\n\nstale\n\n## C\n\nc\n")
+    md.write_text("# Results\n\n## A\n\nold a\n\n## B\n\nold b\n\n## A again\n\nother\n\n## C\n\nc\n\n## A\n\nstale\n")
     common.replace_section("## B", "## B\n\nnew b\n", md)
-    common.replace_section("## A", "## A\n\nnew a\n", md)  # also drops the later section "A again" it matches
-    assert md.read_text() == "# Results\n\n## A\n\nnew a\n\n## B\n\nnew b\n\n## C\n\nc\n"
+    # "## A" is a prefix of another script's "## A again", which stays; a later copy of "## A" itself goes
+    common.replace_section("## A", "## A\n\nnew a\n", md)
+    assert md.read_text() == "# Results\n\n## A\n\nnew a\n\n## B\n\nnew b\n\n## A again\n\nother\n\n## C\n\nc\n"
+    common.replace_section("## C", "## C: reworded\n\nc2\n", md)  # the one section the prefix names
+    assert "## C: reworded\n\nc2\n" in md.read_text() and "\n## C\n" not in md.read_text()
+    common.replace_section("## A", "## A: reworded\n\na2\n", md)  # two sections start with "## A": neither goes
+    assert md.read_text().count("## A") == 3 and md.read_text().endswith("## A: reworded\n\na2\n")
     common.replace_section("## D", "## D\n\nd\n", md)
-    assert md.read_text().endswith("## C\n\nc\n\n## D\n\nd\n")
+    assert md.read_text().endswith("## D\n\nd\n")
     before = md.read_text()
     common.replace_section("## B", "## B\n\nnew b\n", md)
     assert md.read_text() == before
