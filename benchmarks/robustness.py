@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from _common import HERE, NOISE_DIR, RESULTS_DIR, SHARED, machine, replace_section, screen_name
+from ser.io import atomic_path, write_json
 
 RAVDESS = Path(os.environ.get("SER_RAVDESS", SHARED / "ravdess"))
 RUNS = HERE / "runs" / "robustness"
@@ -213,9 +214,9 @@ def _train_fold(spec, k: int, roles, feats, classes, variants, fold_dir: Path, s
     from ser.models.factory import load_model, save_model
     from ser.train.cv import fit_spec, fold_inputs, student_targets
 
-    path = fold_dir / "model.pt"
-    if path.is_file():
-        return load_model(path)[0], json.loads((fold_dir / "train.json").read_text())
+    path, facts = fold_dir / "model.pt", fold_dir / "train.json"
+    if path.is_file() and facts.is_file():  # facts first, then the model: both there means the fold is done
+        return load_model(path)[0], json.loads(facts.read_text())
     start = time.perf_counter()
     ids, x, y, sources = fold_inputs(spec, roles, feats, classes, variants)
     adopted = adopt_cv_fold(spec, k, roles, len(ids["train"]), fold_dir / "ckpt", seed, len(sources))
@@ -234,8 +235,8 @@ def _train_fold(spec, k: int, roles, feats, classes, variants, fold_dir: Path, s
         "test_speakers": sorted(roles["test"]["speaker"].unique().tolist()),
         **({"adopted_from": str(adopted.relative_to(HERE))} if adopted is not None else {}),
     }
+    write_json(facts, info)
     save_model(path, result.model, {"classes": classes, "spec": spec.fingerprint()})
-    (fold_dir / "train.json").write_text(json.dumps(info, indent=2))
     return result.model.cpu().eval(), info
 
 
@@ -276,7 +277,8 @@ def _score_conditions(spec, k, roles, feats, classes, args, fold_dir: Path, todo
     from ser.train.recipes import feature_kinds
 
     variants = FeatureSource(cache_dir=CACHE, workers=args.workers, progress=True, noise_dir=NOISE_DIR).variants(spec)
-    model, info = _train_fold(spec, k, roles, feats, classes, variants, fold_dir, seed=k)
+    # the seed and roles of ser.train.cv's fold k (spec.seed + k), so a fold is the cross-validation's, both ways
+    model, info = _train_fold(spec, k, roles, feats, classes, variants, fold_dir, seed=spec.seed + k)
     print(f"{spec.name} fold {k}: trained ({info})", flush=True)
     test = roles["test"][roles["test"]["utt_id"].isin(feats)]
     ids = test["utt_id"].tolist()
@@ -289,7 +291,8 @@ def _score_conditions(spec, k, roles, feats, classes, args, fold_dir: Path, todo
         test_feats = feats if condition == "clean" else _test_features(rows, condition, cfg, RUNS / "test_cache", kinds)
         proba = _predict(model, spec, test_feats, feats, ids, y, classes, clean_trim)
         name = f"{condition}{CLEAN_TRIM if clean_trim else ''}"
-        np.savez(fold_dir / f"{name}.npz", proba=proba, y=y, utt_ids=np.array(ids))
+        with atomic_path(fold_dir / f"{name}.npz") as tmp, open(tmp, "wb") as f:  # a file there is a whole one
+            np.savez(f, proba=proba, y=y, utt_ids=np.array(ids))
         uar = float(np.mean([np.mean(proba[y == c].argmax(1) == c) for c in np.unique(y)]))
         print(f"  {name}: UAR {uar:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -504,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     feats = load_frame_features(manifest, kinds, cache_dir=CACHE, workers=args.workers, progress=True)
     for spec in specs:
         for k in args.folds:
-            roles = fold_roles(manifest, splits, k, spec.val_speakers, seed=0)
+            roles = fold_roles(manifest, splits, k, spec.val_speakers, seed=spec.seed)
             run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag)
     payload = collect(args, tag, manifest, classes)
     test = pd.concat([fold_roles(manifest, splits, k, 0, 0)["test"] for k in args.folds], ignore_index=True)

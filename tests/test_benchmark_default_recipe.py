@@ -3,6 +3,7 @@ protocol's run folder (benchmarks/robustness.py): pure parts and file formats, n
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -169,3 +170,38 @@ def test_the_section_names_the_clean_baseline_and_reads_records_written_before_i
     dr.write_results({**old, "robustness_file": "robustness_screen_x.json", "clean_baseline": baseline})
     assert "(`cnn`, 63.9 % clean UAR in `robustness.json`)" in sections[0]
     assert "(`cnn`, 50.0 % clean UAR in `robustness.json`)" in sections[1] and "robustness_screen_x.json" in sections[1]
+
+
+def test_a_robustness_fold_is_read_back_only_whole_and_trains_with_the_cv_seed(bench, tmp_path, monkeypatch):
+    import ser.train.cv as cv
+    from ser.models.factory import build_model, save_model
+    from ser.train.recipes import get_recipe
+
+    rob = bench["robustness"]
+    spec = get_recipe("cnn-s1")
+    fold = tmp_path / "fold_2"
+    fold.mkdir()
+    save_model(fold / "model.pt", build_model("cnn", 8, 64, **spec.params), {"spec": spec.fingerprint()})
+
+    class Trains(Exception):
+        pass
+
+    def fold_inputs(*a, **kw):
+        raise Trains
+
+    monkeypatch.setattr(cv, "fold_inputs", fold_inputs)
+    with pytest.raises(Trains):  # a model without its facts: killed between the two writes, trained again
+        rob._train_fold(spec, 2, {}, {}, [], None, fold, seed=3)
+    (fold / "train.json").write_text(json.dumps({"epochs_run": 40}))
+    assert rob._train_fold(spec, 2, {}, {}, [], None, fold, seed=3)[1] == {"epochs_run": 40}
+
+    seeds = []
+    monkeypatch.setattr(rob, "_train_fold", lambda *a, seed: seeds.append(seed) or (None, {}))
+    monkeypatch.setattr(rob, "_predict", lambda *a: np.full((1, 8), 1 / 8))
+    args = argparse.Namespace(workers=1)
+    roles = {"test": pd.DataFrame({"utt_id": ["u"], "emotion": ["neutral"], "path": ["p"], "sha256": ["s"]})}
+    classes = ["neutral", *[f"c{i}" for i in range(7)]]
+    rob._score_conditions(spec, 2, roles, {"u": {}}, classes, args, fold, [("clean", False)])
+    assert spec.seed == 1 and seeds == [3]  # ser.train.cv's seed for fold 2 of a seed-1 recipe: spec.seed + k
+    got = np.load(fold / "clean.npz")
+    assert got["proba"].shape == (1, 8) and list(got["utt_ids"]) == ["u"] and not list(fold.glob(".*.tmp"))
