@@ -89,10 +89,15 @@ def neural_lines(key: str, entry: dict[str, Any]) -> list[str]:
             "through end to end; its numbers are not findings.",
             "",
         ]
+    command = entry.get("command") or (
+        f"benchmarks/cross_corpus.py --model {entry['model']}" + "".join(f" --{k} {v}" for k, v in (cut or {}).items())
+    )
+    took = f"{entry['seconds']:.0f} s" + (
+        ", resumed: an earlier, killed invocation trained part of it" if entry.get("resumed") else ""
+    )
     lines += [
-        f"Machine: {entry['machine']}. Date: {entry['date']}. `benchmarks/cross_corpus.py --model {entry['model']}"
-        + "".join(f" --{k} {v}" for k, v in (cut or {}).items())
-        + f"` ({entry['seconds']:.0f} s). Stored as `neural[{key!r}]` in `results/cross_corpus.json`.",
+        f"Machine: {entry['machine']}. Date: {entry['date']}. `{command}` ({took}). Stored as `neural[{key!r}]` in "
+        "`results/cross_corpus.json`.",
         "",
         "| train → test | adaptation | test utts (speakers) | UAR (95 % CI) | accuracy (95 % CI) | Δ UAR vs none "
         "(paired 95 % CI) | recall per class |",
@@ -212,7 +217,9 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
     overrides = {"train": {"epochs": args.epochs}} if args.epochs is not None else None
     spec = get_recipe(args.model, overrides)
     key = f"{args.model}@cut" if cut else args.model
-    runs = HERE / "runs" / "cross_corpus" / key.replace("@", "-")
+    # a cut run's models are kept by what was cut: another --limit or --epochs never resumes them
+    runs = HERE / "runs" / "cross_corpus" / "-".join([args.model, *(f"{k}{v}" for k, v in cut.items())])
+    resumed = runs.is_dir() and any(runs.iterdir())
     corpora = load_corpora(args.workers, args.limit, args.seed)
     modes = tuple(args.adapt.split(","))
     # a robust recipe's training variants: the training noises, cached beside the features (training rows only)
@@ -263,6 +270,8 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
             print(f"joint → {r['test_corpus']}: UAR {100 * r['uar']:.1f} %")
     data.setdefault("neural", {})[key] = {
         "model": args.model,
+        "command": args.command,
+        "resumed": resumed,
         "cut": cut or None,
         "adaptation_modes": list(modes),
         "cross_corpus": rows,
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", default="local", help=f"neural: {EXECUTOR_HELP} (the joint folds)")
     ap.add_argument("--ray-address", default=RAY_LOCAL, help=RAY_ADDRESS_HELP)
     args = ap.parse_args(argv)
+    args.command = "benchmarks/cross_corpus.py " + " ".join(sys.argv[1:] if argv is None else argv)
     make_executor(args.executor, args.ray_address, args.threads)  # a bad option fails here, before any work
     data = _load()
     if args.model == "classical":
