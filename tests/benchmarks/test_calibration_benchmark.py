@@ -146,7 +146,7 @@ def test_a_screen_reads_its_own_run_and_folds_and_writes_its_own_file_and_sectio
     monkeypatch.setattr(robustness, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(robustness, "RESULTS_DIR", tmp_path / "res")
     monkeypatch.setattr(cal, "RESULTS_DIR", tmp_path / "res")
-    with pytest.raises(SystemExit, match="robustness.py --screen distil first"):
+    with pytest.raises(SystemExit, match=r"robustness\.py --screen distil first"):
         cal.main(["--screen", "distil"])
     (tmp_path / "res").mkdir()
     run = {"screen": "distil", "tag": "full", "scores": {"a": {}, "b": {}}}
