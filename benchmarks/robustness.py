@@ -126,22 +126,13 @@ def score(
 def paired_difference(
     y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, speakers: np.ndarray, n_classes: int, n_boot: int = 1000
 ) -> dict[str, Any]:
-    """UAR(b) - UAR(a) on the same clips, with a 95 % CI from resampling speakers (the same draw for both): a
-    difference whose CI excludes 0 is not explained by which speakers happened to be tested."""
-    from ser.evaluate.metrics import metrics_from_confusion
+    """UAR(b) - UAR(a) on the same clips, with a 95 % CI from resampling speakers (the same draw for both,
+    :func:`ser.evaluate.metrics.paired_bootstrap_diff`): a difference whose CI excludes 0 is not explained by which
+    speakers happened to be tested."""
+    from ser.evaluate.metrics import paired_bootstrap_diff
 
-    _, codes = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
-    s, k = int(codes.max()) + 1, n_classes
-    per = np.zeros((2, s, k * k))
-    for i, pred in enumerate((pred_a, pred_b)):
-        np.add.at(per[i], (codes, np.asarray(y) * k + np.asarray(pred)), 1.0)
-    weights = np.random.default_rng(0).multinomial(s, np.full(s, 1.0 / s), size=n_boot)
-    uar = [metrics_from_confusion((weights @ per[i]).reshape(n_boot, k, k))["uar"] for i in (0, 1)]
-    point = [metrics_from_confusion(per[i].sum(0).reshape(k, k))["uar"] for i in (0, 1)]
-    diff = uar[1] - uar[0]
-    diff = diff[np.isfinite(diff)]
-    low, high = np.quantile(diff, [0.025, 0.975])
-    return {"uar_diff": float(point[1] - point[0]), "ci": [float(low), float(high)]}
+    d = paired_bootstrap_diff(y, pred_b, pred_a, speakers, classes=list(range(n_classes)), n_boot=n_boot)["uar"]
+    return {"uar_diff": float(d["diff"]), "ci": [float(d["low"]), float(d["high"])]}
 
 
 def trim_overlap(clean_logmel: np.ndarray, logmel: np.ndarray, top_db: float | None) -> tuple[float, float]:
@@ -245,6 +236,7 @@ def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: 
     from ser.train.cv import utterance_arrays
     from ser.train.data import ArrayDataset
     from ser.train.predict import predict_proba
+    from ser.train.spec import train_config
 
     if clean_trim:  # the degraded frames inside the clean clip's trim bounds (the recipe's own trim)
         xs = []
@@ -253,7 +245,8 @@ def _predict(model, spec, test_feats, clean_feats, ids, y, classes, clean_trim: 
             xs.append(np.ascontiguousarray(test_feats[u]["logmel"][:, lo:hi]))
     else:
         xs = utterance_arrays(spec, test_feats, ids)
-    return predict_proba(model, ArrayDataset(xs, y, n_classes=len(classes)))
+    # scored as ser.train.cv scores its test fold (the recipe's eval_mode), since the clean fold is handed to it
+    return predict_proba(model, ArrayDataset(xs, y, n_classes=len(classes)), eval_mode=train_config(spec).eval_mode)
 
 
 def run_fold_conditions(spec, k, roles, feats, classes, manifest, args, tag) -> None:
