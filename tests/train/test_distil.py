@@ -5,6 +5,7 @@ recipe."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -296,8 +297,18 @@ def test_a_teacher_adopts_its_members_folds_finished_on_the_same_rows(data, monk
     scratch = load_teacher(tmp_path / "fresh" / "student" / "fold_0_teacher")
     assert adopted is not None and scratch is not None
     np.testing.assert_allclose(adopted.logits, scratch.logits, atol=1e-5)
-    # another seed: the members' folds were trained with other seeds, so they are not adopted
+    # a member's fold recorded other training speakers (same count, disjoint test speakers): not the teacher's rows
+    facts = tmp_path / "v-t0" / "fold_0.json"
+    info = json.loads(facts.read_text())
+    assert info["train_speakers"] == out.info["teacher"]["train_speakers"]
+    facts.write_text(json.dumps({**info, "train_speakers": [*info["train_speakers"][:-1], "elsewhere"]}))
     (tmp_path / "student" / "fold_0.npz").unlink()  # the run seed is not in a recipe's fingerprint: start afresh
+    shutil.rmtree(tmp_path / "student" / "fold_0_ckpt")
+    shutil.rmtree(tmp_path / "student" / "fold_0_teacher")
+    (again,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[0], seed=2)
+    assert {m: "adopted_from" in v for m, v in again.info["teacher"]["members"].items()} == {"v-t0": False, "v-t1": True}
+    # another seed: the members' folds were trained with other seeds, so they are not adopted
+    (tmp_path / "student" / "fold_0.npz").unlink()
     shutil.rmtree(tmp_path / "student" / "fold_0_ckpt")
     (other,) = cross_validate(manifest, splits, student, feats, CLASSES, tmp_path, folds=[0], seed=3)
     assert not any("adopted_from" in v for v in other.info["teacher"]["members"].values())

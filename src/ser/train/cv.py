@@ -224,7 +224,6 @@ def run_fold(
         proba, info = _fit_torch(spec, x, y, len(classes), seed, out_dir, progress, logits)
     if teacher is not None:
         info["teacher"] = teacher.info
-        info["train_speakers"] = teacher.info["train_speakers"]
     info.update(
         # a resumed fold: this call's wall time plus the restored epochs' training time (a killed run's)
         seconds=round(time.perf_counter() - start + info.get("seconds_before_resume", 0.0), 2),
@@ -232,6 +231,7 @@ def run_fold(
         n_train_variants=len(sources),
         n_val=len(ids["val"]),
         n_test=len(ids["test"]),
+        train_speakers=sorted(roles["train"]["speaker"].unique().tolist()),
         val_speakers=sorted(roles["val"]["speaker"].unique().tolist()),
         test_speakers=sorted(roles["test"]["speaker"].unique().tolist()),
     )

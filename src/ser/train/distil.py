@@ -329,6 +329,9 @@ def adopt_member(
         and info.get("n_train_variants", 0) == n_variants
         and not set(info.get("test_speakers", [])) & set(speakers["train"])
         and bool(info.get("test_speakers"))
+        # the training speakers themselves where the fold recorded them (older folds: their count and the disjoint
+        # test speakers above stand in)
+        and sorted(info.get("train_speakers", speakers["train"])) == sorted(speakers["train"])
     )
     if not same:
         return None
