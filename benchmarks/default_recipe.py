@@ -68,8 +68,19 @@ def mean_uar(scores: dict[str, Any], conditions: list[str]) -> float:
     """The mean of a recipe's UAR over ``conditions`` (every one must be scored)."""
     missing = [c for c in conditions if c not in scores]
     if missing:
-        raise SystemExit(f"robustness.json lacks condition(s) {', '.join(missing)}")
+        raise SystemExit(f"the robustness results lack condition(s) {', '.join(missing)}")
     return float(np.mean([scores[c]["uar"] for c in conditions]))
+
+
+def eligibility(
+    serve_ms: float, clean_uar: float | None, base: float | None, limit_ms: float, max_clean_loss: float
+) -> dict[str, bool]:
+    """The rule's two conditions for one recipe: ``within_budget`` (``serve_ms <= limit_ms``) and ``keeps_clean``
+    (its clean UAR at most ``max_clean_loss`` below the baseline's ``base``; true without a baseline), and
+    ``eligible``, both."""
+    within = serve_ms <= limit_ms
+    keeps = base is None or clean_uar is None or clean_uar >= base - max_clean_loss - 1e-12
+    return {"within_budget": within, "keeps_clean": keeps, "eligible": within and keeps}
 
 
 def choose(
@@ -87,7 +98,7 @@ def choose(
     eligible = [
         r
         for r in mean
-        if serve_ms[r] <= limit_ms and (base is None or clean is None or clean[r] >= base - max_clean_loss - 1e-12)
+        if eligibility(serve_ms[r], None if clean is None else clean[r], base, limit_ms, max_clean_loss)["eligible"]
     ]
     if not eligible:
         raise SystemExit(f"no recipe serves a 3 s clip in {limit_ms} ms and keeps clean speech: {serve_ms}, {clean}")
@@ -297,10 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     base = baseline["clean_uar"]
     for c in candidates:
-        c["within_budget"] = c["serve_ms"] <= args.limit_ms
         c["clean_loss"] = base - c["clean_uar"]
-        c["keeps_clean"] = c["clean_loss"] <= MAX_CLEAN_LOSS + 1e-12
-        c["eligible"] = c["within_budget"] and c["keeps_clean"]
+        c.update(eligibility(c["serve_ms"], c["clean_uar"], base, args.limit_ms, MAX_CLEAN_LOSS))
     payload = {
         "benchmark": "default_recipe",
         "date": dt.date.today().isoformat(),

@@ -375,8 +375,9 @@ def screen_json(name: str) -> Path:
 
 def runs_dir(tag: str, screen: str | None) -> Path:
     """Where a run keeps its fold models and probabilities: the record's under ``RUNS/<tag>``, a screen's under
-    ``RUNS/screen-<name>/<tag>``. A screen may score another training of a recipe of the record (adopted from
-    ``ravdess_cv.py``, say), so the two never share a fold folder: a rerun of the record scores its own models."""
+    ``RUNS/screen-<name>/<tag>``. A screen may hold another run of a recipe of the record (adopted from
+    ``ravdess_cv.py``, or trained later), so the two never share a fold folder: a rerun of the record scores the
+    models its own folder holds. (Both still adopt a missing fold from ``ravdess_cv.py`` and hand it a full one.)"""
     return RUNS / tag if screen is None else RUNS / f"screen-{screen_name(screen)}" / tag
 
 
