@@ -258,8 +258,8 @@ def screen_json(name: str) -> Path:
 
 
 def heading(screen: str | None) -> str:
-    """The RESULTS.md heading of the record (``screen`` None) or of one screen; neither is a prefix of another
-    (:func:`replace_section` matches by prefix)."""
+    """The RESULTS.md heading of the record (``screen`` None) or of one screen (:func:`replace_section` replaces
+    the section with the same heading)."""
     if screen is None:
         return "## Calibration: temperature scaling on RAVDESS-8, clean and degraded (issue: calibrated confidences)"
     return f"## Calibration screen `{screen}`: temperature scaling of candidate recipes on RAVDESS-8"

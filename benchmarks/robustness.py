@@ -393,8 +393,8 @@ def fold_root(payload: dict[str, Any], path: Path) -> Path:
 
 
 def heading(screen: str | None) -> str:
-    """The RESULTS.md heading of the record (``screen`` None) or of one screen: no heading is a prefix of another
-    (:func:`replace_section` matches by prefix), so each screen keeps its own section."""
+    """The RESULTS.md heading of the record (``screen`` None) or of one screen: each its own, so each keeps its own
+    section (:func:`replace_section` replaces the section with the same heading)."""
     if screen is None:
         return "## Robustness: RAVDESS-8 under degraded test conditions"
     return f"## Recipe screen `{screen}` under degraded test conditions: candidates for the default recipe"

@@ -133,7 +133,7 @@ def pretrained_cmd(
         # from a dirty one: what ships is what the export recorded
         raise SerError(
             f"the registered model was exported from a tree with uncommitted changes ({built_from}): rebuild it in "
-            f"a fresh workdir (--workdir), or pass --allow-dirty"
+            "a fresh workdir (--workdir), or pass --allow-dirty"
         )
     evaluation = summary.record("evaluate")["evaluation"]
     cal = evaluation.get("calibration") or {}
