@@ -93,7 +93,7 @@ def neural_lines(key: str, entry: dict[str, Any]) -> list[str]:
         f"benchmarks/cross_corpus.py --model {entry['model']}" + "".join(f" --{k} {v}" for k, v in (cut or {}).items())
     )
     took = f"{entry['seconds']:.0f} s" + (
-        ", resumed: an earlier, killed invocation trained part of it" if entry.get("resumed") else ""
+        ", resumed: an earlier invocation trained part of it" if entry.get("resumed") else ""
     )
     lines += [
         f"Machine: {entry['machine']}. Date: {entry['date']}. `{command}` ({took}). Stored as `neural[{key!r}]` in "
@@ -219,7 +219,7 @@ def run_neural(args: argparse.Namespace, data: dict[str, Any]) -> None:
     key = f"{args.model}@cut" if cut else args.model
     # a cut run's models are kept by what was cut: another --limit or --epochs never resumes them
     runs = HERE / "runs" / "cross_corpus" / "-".join([args.model, *(f"{k}{v}" for k, v in cut.items())])
-    resumed = runs.is_dir() and any(runs.iterdir())
+    resumed = runs.is_dir() and any(runs.iterdir())  # an earlier invocation left models: its seconds are not here
     corpora = load_corpora(args.workers, args.limit, args.seed)
     modes = tuple(args.adapt.split(","))
     # a robust recipe's training variants: the training noises, cached beside the features (training rows only)

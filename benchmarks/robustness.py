@@ -223,6 +223,7 @@ def _train_fold(spec, k: int, roles, feats, classes, variants, fold_dir: Path, s
         "n_train": len(ids["train"]),
         "n_train_variants": len(sources),
         "epochs_run": int(result.epochs_run),
+        "train_speakers": sorted(roles["train"]["speaker"].unique().tolist()),
         "test_speakers": sorted(roles["test"]["speaker"].unique().tolist()),
         **({"adopted_from": str(adopted.relative_to(HERE))} if adopted is not None else {}),
     }
@@ -293,9 +294,9 @@ def _score_conditions(spec, k, roles, feats, classes, args, fold_dir: Path, todo
 def save_cv_fold(spec, k: int, fold_dir: Path, roles) -> None:
     """Save fold ``k``'s clean test predictions as fold ``k`` of ``benchmarks/ravdess_cv.py``'s run of ``spec``
     (:func:`ser.train.cv.save_fold`, with the recipe's fingerprint): the clean condition of a full-protocol fold
-    here is that protocol's fold (same split, seed ``k``, training rows and variants), so ``ravdess_cv.py --models
-    <recipe>`` reads it back instead of training it again. A fold adopted from there, one already saved there, or
-    one without its clean predictions is left alone."""
+    here is that protocol's fold (same split, seed ``spec.seed + k``, training rows and variants), so
+    ``ravdess_cv.py --models <recipe>`` reads it back instead of training it again. A fold adopted from there, one
+    already saved there, or one without its clean predictions is left alone."""
     from ser.models.factory import load_model
     from ser.train.cv import FoldOutput, load_fold, save_fold
 

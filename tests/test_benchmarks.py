@@ -185,7 +185,7 @@ def test_cross_corpus_section_keeps_the_classical_rows_and_flags_cut_runs(monkey
     assert "Joint training: not run for this record (`--no-joint`)." in alone and "pooled" not in alone
     said = {**entry, "cut": None, "command": "benchmarks/cross_corpus.py --model cnn --no-joint", "resumed": True}
     text = cc.render({"neural": {"cnn": said}})  # the command as run, and a resumed run's time said to be partial
-    assert "`benchmarks/cross_corpus.py --model cnn --no-joint` (3 s, resumed: an earlier" in text
+    assert "`benchmarks/cross_corpus.py --model cnn --no-joint` (3 s, resumed: an earlier invocation" in text
 
 
 def test_adabn_benchmark_labels_and_four_class_argmax(monkeypatch, tmp_path):

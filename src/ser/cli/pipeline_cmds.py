@@ -99,7 +99,7 @@ def pretrained_cmd(
     workdir: Path = typer.Option(Path("runs/pretrained"), "--workdir", help="the pipeline's workdir (its cache)"),
     dest: Path | None = typer.Option(None, "--dest", help="bundled folder to replace (default: the package's)"),
     allow_dirty: bool = typer.Option(
-        False, "--allow-dirty", help="build from a tree with uncommitted changes (the card then names no commit)"
+        False, "--allow-dirty", help="build from a tree with uncommitted changes (the card then names <commit>+dirty)"
     ),
 ) -> None:
     """Rebuild the bundled pretrained model: the pipeline on CONFIG (recipe, data and protocol from there), then
