@@ -170,7 +170,9 @@ def _test_features(
         hits = {k: cache.get(k, cfg.kind_hash(k), key) for k in kinds}
         missing = tuple(k for k, h in hits.items() if h is None)
         if missing:
-            with one_blas_thread():  # the same bits as the training variants' features (see one_blas_thread)
+            # compute() pins BLAS itself; the degradation is pinned too, so a test clip is the same bits whatever
+            # this process's BLAS threads (the test cache holds clips rendered so)
+            with one_blas_thread():
                 x = degrade_clip(load_audio(path, cfg.sr), cfg.sr, sha, condition, NOISE_DIR)
                 computed = compute(x, cfg, missing)
             for k in missing:

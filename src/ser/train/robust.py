@@ -217,15 +217,14 @@ def _render_job(
     """Worker: every missing variant of one clip (decoded once), cached; never raises (the reason is returned)."""
     from ser.audio import load_audio
     from ser.features.cache import FeatureCache
-    from ser.features.frames import compute, one_blas_thread
+    from ser.features.frames import compute
 
     cache = FeatureCache(cache_root)
     try:
         y = load_audio(path, cfg.sr)
         out: list[dict[str, np.ndarray] | None] = []
         for d in draws:
-            with one_blas_thread():  # the same bits in this process as in a worker
-                feats = compute(render_variant(y, cfg.sr, d, noise_dir), cfg, kinds)
+            feats = compute(render_variant(y, cfg.sr, d, noise_dir), cfg, kinds)  # on one BLAS thread, as everywhere
             for kind in kinds:
                 cache.put(kind, cfg.kind_hash(kind), d.key, {"data": feats[kind]})
             out.append(feats)
